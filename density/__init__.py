@@ -1,0 +1,1 @@
+"""asgan: AudioStyleGAN models, data and training parts."""
