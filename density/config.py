@@ -1,0 +1,211 @@
+"""Training and model configuration (spec §1) as plain dataclasses, read through OmegaConf.
+
+Every field and default of the reference `TrainConfig` / `RP_W_Config` is kept so that the `cfg_yaml`
+stored in an official checkpoint merges onto these schemas unchanged. Differences from the reference:
+- `distributed` and `rp_w_cfg` use `default_factory` (the reference schema fails on Python >= 3.11).
+- `layer_specs` follow an overridden `rp_w_cfg.seq_len` on the command line (the reference froze them at
+  class-definition time); an explicit `layer_specs` (e.g. from a checkpoint) is taken as given.
+- `preset=mel` switches to the mel variant (c_dim 128, seq_len 96, the mel layer specs, data_type melspec).
+- Unknown keys are errors that name the closest valid keys.
+"""
+import difflib
+import sys
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message says which and what to do."""
+
+
+def hubert_layer_specs(seq_len: int = 48) -> List[List[Any]]:
+    """(c_out, kernel, length) of the 14 synthesis layers of the HuBERT variant (spec §1.2)."""
+    return ([[1024, 3, seq_len / 8]] * 5 + [[768, 3, seq_len / 4]] * 4
+            + [[512, 3, seq_len / 2]] * 3 + [[512, 3, seq_len]] * 2)
+
+
+def mel_layer_specs(seq_len: int = 96) -> List[List[Any]]:
+    """(c_out, kernel, length) of the 14 synthesis layers of the mel variant (spec §1.2)."""
+    return ([[1024, 5, seq_len / 8]] * 5 + [[512, 5, seq_len / 4]] * 4
+            + [[256, 5, seq_len / 2]] * 3 + [[128, 5, seq_len]] * 2)
+
+
+@dataclass
+class DistributedConfig:
+    dist_backend: str = 'nccl'
+    dist_url: str = 'tcp://localhost:54321'
+    n_nodes: int = 1
+    n_gpus_per_node: int = 1
+
+
+@dataclass
+class RPWConfig:
+    """Generator and discriminator hyper-parameters (`rp_w_cfg`, spec §1.2)."""
+    z_dim: int = 512
+    c_dim: int = 768
+    w_lr_mult: float = 0.01
+    w_dim: int = 512
+    w_layers: int = 2
+    ff_channels: int = 512
+    init_B_std: float = 0.1
+    seq_len: int = 48
+    apply_r1_every: int = 8
+    r1_gamma: float = 0.05
+    first_cutoff: float = 0.125
+    last_cutoff: float = 0.45
+    num_critical: int = 2
+    layer_specs: List[Any] = field(default_factory=hubert_layer_specs)
+    head_spec: List[Any] = field(default_factory=lambda: [768, 1])
+    lrelu_coeff: float = 0.1
+    D_head_dim: int = 512
+    D_kernel_size: int = 3
+    D_block_repeats: List[int] = field(default_factory=lambda: [3, 3, 3, 3])
+    equalized_lr: bool = True
+    g_ema_weight: float = 0.1
+    use_sg3_ff: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train_asgan.py` reads (spec §1.1), plus this project's additions at the end."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    rv: bool = True
+    c_dim: int = 768
+    z_dim: int = 512
+    z_mean: float = 0.0
+    z_std: float = 1.0
+    device: str = 'cuda'
+    preload: bool = False
+    seed: int = 1775
+    batch_size: int = 24
+    num_workers: int = 8
+    fp16: bool = True
+    n_epochs: int = 50
+    summary_interval: int = 50
+    grad_summary_interval: int = 500
+    checkpoint_interval: int = 5000
+    stdout_interval: int = 100
+    validation_interval: int = 2500
+    update_ratio: int = 1
+    d_loss_update_max_threshold: float = 9999
+    d_loss_update_min_threshold: float = -9999
+    lr: float = 6e-5
+    betas: List[float] = field(default_factory=lambda: [0.8, 0.99])
+    grad_clip: float = 1.0
+    checkpoint_path: str = MISSING
+    train_root: str = MISSING
+    n_valid: int = MISSING
+    resume_checkpoint: str = ''
+    aug_init_p: float = 0.05
+    adapt_d_lr: bool = False
+    d_lr_mult: float = 1.0
+    rp_w_cfg: RPWConfig = field(default_factory=RPWConfig)
+    model: str = 'rv_w'
+    data_type: str = 'hubert_L6'
+    use_sc09_splits: bool = False
+    sc09_valid_csv: str = ''
+    sc09_train_csv: str = ''
+    # --- additions of this project (not in the reference) ---
+    preset: str = 'hubert'  # 'hubert' or 'mel': which variant's dimensions and layer specs to start from
+
+
+RP_W_Config = RPWConfig
+
+PRESETS = {
+    'hubert': [],
+    'mel': ['c_dim=128', 'rp_w_cfg.c_dim=128', 'rp_w_cfg.seq_len=96', 'rp_w_cfg.head_spec=[128,1]',
+            'data_type=melspec'],
+}
+# Keys that reference checkpoints carry in `cfg_yaml` but no code reads (added at run time, spec §1).
+_LEGACY_KEYS = ('batch_size_per_gpu',)
+
+
+def _valid_keys(node, prefix=''):
+    """All dotted keys of a config tree, sections included."""
+    keys = []
+    for k in node.keys():
+        full = f'{prefix}{k}'
+        keys.append(full)
+        child = node._get_node(k)
+        if isinstance(child, DictConfig):
+            keys += _valid_keys(child, full + '.')
+    return keys
+
+
+def _check_keys(schema: DictConfig, keys, source: str) -> None:
+    valid = set(_valid_keys(schema))
+    for key in keys:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ''
+            raise ConfigError(f"Unknown config key '{key}' in {source}.{hint} "
+                              f"Run `python train_asgan.py --help` for all keys.")
+
+
+def default_config() -> DictConfig:
+    """The structured default TrainConfig (type-checked DictConfig)."""
+    return OmegaConf.structured(TrainConfig)
+
+
+def _merge(base: DictConfig, *others, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, *others)
+    except OmegaConfBaseException as e:
+        key = getattr(e, 'full_key', None) or ''
+        raise ConfigError(f"Bad value for config key '{key}' in {source}: {e.msg if hasattr(e, 'msg') else e}") from None
+
+
+def parse_config(argv: Optional[List[str]] = None) -> DictConfig:
+    """Merge `key=value` / `section.key=value` overrides (YAML values, lists as `[a,b]`) onto the default.
+
+    `preset=mel` is applied first, then the other overrides. If `rp_w_cfg.seq_len` is given and
+    `rp_w_cfg.layer_specs` is not, the layer lengths are recomputed for the new seq_len.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for arg in argv:
+        if '=' not in arg:
+            raise ConfigError(f"Argument '{arg}' is not of the form key=value (e.g. batch_size=16).")
+    schema = default_config()
+    try:
+        overrides = OmegaConf.from_dotlist(argv)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"Cannot parse command-line overrides {argv}: {e}") from None
+    given = [a.split('=', 1)[0] for a in argv]
+    _check_keys(schema, given, 'the command line')
+    preset = overrides.get('preset', 'hubert')
+    if preset not in PRESETS:
+        raise ConfigError(f"Unknown preset '{preset}'; choose one of {sorted(PRESETS)}.")
+    cfg = _merge(schema, OmegaConf.from_dotlist(PRESETS[preset]), overrides, source='the command line')
+    if preset == 'mel' and 'rp_w_cfg.layer_specs' not in given:
+        cfg.rp_w_cfg.layer_specs = mel_layer_specs(cfg.rp_w_cfg.seq_len)
+    elif 'rp_w_cfg.seq_len' in given and 'rp_w_cfg.layer_specs' not in given:
+        cfg.rp_w_cfg.layer_specs = hubert_layer_specs(cfg.rp_w_cfg.seq_len)
+    return cfg
+
+
+def config_from_yaml(text: str) -> DictConfig:
+    """Rebuild a TrainConfig from a checkpoint's `cfg_yaml` (the reference's or ours); layer_specs as given."""
+    loaded = OmegaConf.create(text)
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError("Checkpoint cfg_yaml is not a mapping; is this an ASGAN checkpoint?")
+    for key in _LEGACY_KEYS:
+        loaded.pop(key, None)
+    schema = default_config()
+    _check_keys(schema, _valid_keys(loaded), "the checkpoint's cfg_yaml")
+    return _merge(schema, loaded, source="the checkpoint's cfg_yaml")
+
+
+def config_to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def rp_w_section(cfg) -> Any:
+    """Accept a TrainConfig (returns its `rp_w_cfg`) or an rp_w_cfg itself (dataclass, DictConfig, dict)."""
+    if isinstance(cfg, dict):
+        return OmegaConf.create(cfg.get('rp_w_cfg', cfg))
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return cfg.rp_w_cfg if 'rp_w_cfg' in cfg else cfg
+    return getattr(cfg, 'rp_w_cfg', cfg)

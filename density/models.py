@@ -1,0 +1,468 @@
+"""ASGAN generator (StyleGAN-style, anti-aliased, modulated 1-D convolutions) and discriminator.
+
+Spec §2-§4. Tensors crossing the public API are frame-major (B, L, C); conv stacks are channel-major
+(B, C, L). State-dict keys and parameter order equal the reference's (`RP_W`, `RP_ConvDiscriminator`),
+so official checkpoints load with `strict=True`. All run-time gains are Python floats, not buffers.
+"""
+import math
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import rp_w_section
+
+SQRT2 = math.sqrt(2)  # gain that keeps unit variance through a (leaky) ReLU, StyleGAN convention
+CLAMP = 256.0  # discriminator activation clamp, guards fp16 overflow
+NORM_EMA_WEIGHT = 0.001  # rate of the running mean of x^2 that normalises each synthesis layer's input
+DEMOD_EPS = 1e-8  # demodulation epsilon
+MBSTD_GROUP = 4  # minibatch-std group size
+MBSTD_EPS = 1e-8
+
+
+def lrelu(x, slope):
+    return F.leaky_relu(x, slope)
+
+
+def _same_pad(k: int):
+    """'same' zero padding: (k-1)//2 on the left, the extra zero of an even kernel on the right."""
+    return (k - 1) // 2, k // 2
+
+
+def conv1d_same(x, weight, bias=None, stride=1):
+    """Cross-correlation with 'same' zero padding; x (B, C_in, L), weight (C_out, C_in/groups, k)."""
+    left, right = _same_pad(weight.shape[-1])
+    if left == right:
+        return F.conv1d(x, weight, bias, stride=stride, padding=left)
+    return F.conv1d(F.pad(x, (left, right)), weight, bias, stride=stride)
+
+
+class FullyConnected(nn.Module):
+    """y = x (g_w W)^T + g_b b. Equalized lr stores W at unit scale and applies g_w at run time."""
+
+    def __init__(self, in_features, out_features, bias=True, weight_gain=1.0, bias_gain=1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.weight_gain, self.bias_gain = weight_gain, bias_gain
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch default; callers override
+
+    def forward(self, x):
+        b = None if self.bias is None else self.bias * self.bias_gain
+        return F.linear(x, self.weight * self.weight_gain, b)
+
+
+class Conv(nn.Module):
+    """1-D conv weights (C_out, C_in, k) + optional bias with run-time gains; called by its owner."""
+
+    def __init__(self, c_in, c_out, k, bias=True, weight_gain=1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, k))
+        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+        self.weight_gain = weight_gain
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x, stride=1, padding=None):
+        """x (B, C_in, L) -> (B, C_out, L/stride); 'same' padding unless `padding` is given."""
+        w = self.weight * self.weight_gain
+        if padding is None:
+            return conv1d_same(x, w, self.bias, stride)
+        return F.conv1d(x, w, self.bias, stride=stride, padding=padding)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resampler (spec §3)
+
+def design_lowpass(factor: int, fc, taps_per_factor: int = 8, beta: float = 2.5) -> torch.Tensor:
+    """Kaiser-windowed sinc with 8·factor+1 taps; fc 'critical' means cutoff pi/factor.
+
+    Not normalised to unit DC gain and not multiplied by the up-factor (reference behaviour).
+    """
+    if fc == 'critical':
+        omega, centre = math.pi / factor, 1.0 / factor
+    else:
+        omega, centre = float(fc) * math.pi, float(fc)
+    K = taps_per_factor * factor
+    n = torch.arange(-K // 2, K // 2 + 1, dtype=torch.float32)
+    h = torch.sin(omega * n) / (math.pi * n + 1e-8)
+    h[K // 2] = centre
+    window = torch.kaiser_window(K + 1, periodic=False, beta=beta, dtype=torch.float32)
+    return window * h
+
+
+class Resampler(nn.Module):
+    """Up-sample by zero insertion + low-pass; low-pass + decimate (buffers `up_/down_lpf_filter`)."""
+
+    def __init__(self, up_factor=1, down_factor=1, up_fc='critical', down_fc='critical'):
+        super().__init__()
+        self.up_factor, self.down_factor = int(up_factor), int(down_factor)
+        self.register_buffer('down_lpf_filter', design_lowpass(self.down_factor, down_fc))
+        self.register_buffer('up_lpf_filter', design_lowpass(self.up_factor, up_fc))
+
+    @staticmethod
+    def lpf(x, h, stride=1):
+        """Depthwise 'same' filtering of x (B, C, L) with the taps h; keeps every `stride`-th output."""
+        C = x.shape[1]
+        return F.conv1d(x, h.to(x.dtype).expand(C, 1, -1), stride=stride, padding=h.shape[0] // 2, groups=C)
+
+    def up(self, x):
+        """(B, C, L) -> (B, C, U·L): y[U·t] = x[t], zeros between, then the up filter."""
+        if self.up_factor == 1:
+            return self.lpf(x, self.up_lpf_filter)
+        B, C, L = x.shape
+        y = x.new_zeros(B, C, L, self.up_factor)
+        y[..., 0] = x
+        return self.lpf(y.reshape(B, C, L * self.up_factor), self.up_lpf_filter)
+
+    def down(self, x):
+        """(B, C, L) -> (B, C, ceil(L/D)): the down filter evaluated at samples 0, D, 2D, ..."""
+        return self.lpf(x, self.down_lpf_filter, stride=self.down_factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator (spec §2)
+
+class MappingNetwork(nn.Module):
+    """z (B, z_dim) -> w (B, w_dim): w_layers+1 linear layers, leaky ReLU between (keys fcs.0, fcs.2, ...)."""
+
+    def __init__(self, z_dim, w_dim, n_layers, lr_mult=0.01, lrelu_coeff=0.1, equalized_lr=True):
+        super().__init__()
+        mods = []
+        dims = [z_dim] + [w_dim] * n_layers
+        for i in range(n_layers):
+            if equalized_lr:
+                fc = FullyConnected(dims[i], dims[i + 1], weight_gain=lr_mult / math.sqrt(dims[i]), bias_gain=lr_mult)
+                nn.init.normal_(fc.weight, 0.0, 1.0 / lr_mult)
+                nn.init.zeros_(fc.bias)
+            else:
+                fc = nn.Linear(dims[i], dims[i + 1])
+                if i >= (1 if z_dim != w_dim else 0):  # reference: identity added, first layer kept if z_dim != w_dim
+                    with torch.no_grad():
+                        fc.bias.zero_()
+                        fc.weight.add_(torch.eye(dims[i + 1], dims[i]))
+            mods += [fc, nn.LeakyReLU(lrelu_coeff) if i < n_layers - 1 else nn.Identity()]
+        self.fcs = nn.Sequential(*mods)
+
+    def forward(self, z):
+        return self.fcs(z)
+
+
+class FourierFeatures(nn.Module):
+    """1-D sine features with a per-sample phase from w: (B, w_dim), n -> (B, n, C) (spec §2.2)."""
+
+    def __init__(self, w_dim, channels, init_B_std=0.1, equalized_lr=True):
+        super().__init__()
+        B = init_B_std * torch.randn(channels)
+        self.register_buffer('B', B[B.abs().argsort()])
+        self.affine = FullyConnected(w_dim, 1, weight_gain=1 / math.sqrt(w_dim) if equalized_lr else 1.0)
+        self.mlp = FullyConnected(channels, channels, bias=False,
+                                  weight_gain=1 / math.sqrt(channels) if equalized_lr else 1.0)
+        with torch.no_grad():
+            if equalized_lr:
+                self.affine.weight.zero_()
+                self.mlp.weight.normal_()
+            else:
+                self.affine.weight.normal_(0.0, 0.02)
+                nn.init.xavier_uniform_(self.mlp.weight)
+
+    def forward(self, w, n):
+        t = torch.linspace(0, 1, n, dtype=w.dtype, device=w.device)  # (n,), both ends included
+        phase = self.affine(w)  # (B, 1)
+        gamma = torch.sin(2 * math.pi * (self.B[None, None, :] * t[None, :, None] + phase[:, :, None]))
+        return self.mlp(gamma)
+
+
+class SynthesisInput(nn.Module):
+    """StyleGAN3-style input: band-limited sines rotated/translated by w, (B, w_dim) -> (B, L0, C) (spec §2.3)."""
+
+    bandwidth = 2.0
+
+    def __init__(self, w_dim, channels, length, equalized_lr=True):
+        super().__init__()
+        self.length = int(length)
+        self.sampling_rate = self.length / 2
+        f = torch.randn(channels, 2)
+        r = f.square().sum(dim=1, keepdim=True).sqrt()
+        f = f / (r * torch.exp(r.square() / 4)) * self.bandwidth
+        order = r[:, 0].argsort()
+        self.register_buffer('transform', torch.eye(3))
+        self.register_buffer('freqs', f[order])
+        self.register_buffer('phases', torch.rand(channels)[order] - 0.5)
+        self.affine = FullyConnected(w_dim, 4, weight_gain=1 / math.sqrt(w_dim) if equalized_lr else 1.0)
+        self.mlp = FullyConnected(channels, channels, bias=False,
+                                  weight_gain=1 / math.sqrt(channels) if equalized_lr else 1.0)
+        with torch.no_grad():
+            self.affine.weight.zero_()
+            self.affine.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+            if equalized_lr:
+                self.mlp.weight.normal_()
+
+    def forward(self, w, n=None):
+        """n is ignored: the output always has L0 frames (reference behaviour)."""
+        t = self.affine(w)  # (B, 4): rotation (t0, t1) and translation (t2, t3)
+        t = t / t[:, :2].norm(dim=1, keepdim=True)
+        Bsz = w.shape[0]
+        eye = torch.eye(3, device=w.device, dtype=w.dtype).expand(Bsz, 3, 3)
+        R = eye.clone()
+        R[:, 0, 0], R[:, 0, 1], R[:, 1, 0], R[:, 1, 1] = t[:, 0], -t[:, 1], t[:, 1], t[:, 0]
+        T = eye.clone()
+        T[:, 0, 2], T[:, 1, 2] = -t[:, 2], -t[:, 3]
+        M = R @ T @ self.transform.to(w.dtype)[None]
+        phases = self.phases[None] + (self.freqs[None] @ M[:, :2, 2:]).squeeze(2)  # (B, C)
+        freqs = self.freqs[None] @ M[:, :2, :2]  # (B, C, 2)
+        amplitude = (1 - (freqs.norm(dim=2) - self.bandwidth) / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
+        j = torch.arange(self.length, device=w.device, dtype=w.dtype)
+        x = ((2 * j + 1) / self.length - 1) * (0.5 * self.length / self.sampling_rate)  # align_corners=False grid
+        feat = torch.sin(2 * math.pi * (x[None, :, None] * freqs[:, None, :, 0] + phases[:, None, :]))
+        return self.mlp(feat * amplitude[:, None, :])
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated conv -> bias -> up-sample -> lrelu·√2 -> down-sample (spec §2.6), (B, C_in, L) -> (B, C_out, L')."""
+
+    def __init__(self, c_in, c_out, kernel_size, w_dim, up_factor, down_factor, up_fc, down_fc,
+                 lrelu_coeff=0.1, equalized_lr=True, normalize=True, activation=True):
+        super().__init__()
+        self.c_in, self.c_out, self.kernel_size = c_in, c_out, kernel_size
+        self.equalized_lr, self.normalize, self.activation = equalized_lr, normalize, activation
+        self.lrelu_coeff = lrelu_coeff
+        self.affine = FullyConnected(w_dim, c_in, weight_gain=1 / math.sqrt(w_dim) if equalized_lr else 1.0)
+        self.conv = Conv(c_in, c_out, kernel_size)
+        with torch.no_grad():
+            self.affine.bias.fill_(1.0)
+            if equalized_lr:
+                self.affine.weight.normal_()
+                self.conv.weight.normal_()
+        # Un-normalised head styles are scaled by 1/sqrt(fan_in) in eq-lr mode.
+        self.style_gain = 1 / math.sqrt(c_in * kernel_size) if (equalized_lr and not normalize) else 1.0
+        self.register_buffer('norm_ema', torch.tensor(1.0))
+        self.resampler = Resampler(up_factor, down_factor, up_fc, down_fc)
+
+    def _modulated_conv(self, x, s):
+        """Per-sample conv with weights W·s[b] (demodulated if normalize), computed without forming them.
+
+        conv(x, W ⊙ s_b) · d_b = conv(x ⊙ s_b, W) · d_b, where d_b[o] = (Σ_{i,k} (W[o,i,k] s_b[i])² + ε)^-1/2;
+        the norm EMA enters as one scalar gain. x (B, C_in, L), s (B, C_in) -> (B, C_out, L).
+        """
+        w = self.conv.weight
+        if self.normalize:
+            w = w * w.square().mean(dim=(1, 2), keepdim=True).rsqrt()
+            s = s * s.square().mean().rsqrt()
+        else:
+            s = s * self.style_gain
+        y = conv1d_same(x * s[:, :, None], w.to(x.dtype))
+        gain = self.norm_ema.rsqrt() if self.equalized_lr else None
+        if self.normalize:
+            d = (s.square() @ w.square().sum(dim=2).T + DEMOD_EPS).rsqrt()  # (B, C_out)
+            gain = d if gain is None else d * gain
+        return y if gain is None else y * (gain[:, :, None] if gain.ndim else gain).to(y.dtype)
+
+    def forward(self, x, w, update_ema=False):
+        assert x.ndim == 3 and x.shape[1] == self.c_in, f'expected (B, {self.c_in}, L), got {tuple(x.shape)}'
+        if self.training:
+            if update_ema:
+                m = x.detach().float().square().mean()
+                self.norm_ema.copy_(self.norm_ema + NORM_EMA_WEIGHT * (m - self.norm_ema))
+            else:
+                warnings.warn('ASGAN generator is in training mode but update_ema=False: the input-norm EMA '
+                              'is not updated. Call .eval() for inference.', stacklevel=3)
+        if not self.equalized_lr:
+            x = x * self.norm_ema.rsqrt().to(x.dtype)
+        s = self.affine(w)
+        x = self._modulated_conv(x, s) + self.conv.bias.to(x.dtype)[None, :, None]
+        if self.resampler.up_factor > 1:
+            x = self.resampler.up(x)
+        if self.activation:
+            x = lrelu(x, self.lrelu_coeff)
+        x = x * SQRT2
+        if self.resampler.down_factor > 1:
+            x = self.resampler.down(x)
+        return x
+
+
+def cutoff_schedule(n_layers, first_cutoff, last_cutoff, num_critical) -> torch.Tensor:
+    """Geometric cutoff schedule (n_layers+1,) reaching last_cutoff for the final num_critical layers."""
+    e = (torch.arange(n_layers + 1, dtype=torch.float32) / (n_layers - num_critical)).clamp(0, 1)
+    return first_cutoff * (last_cutoff / first_cutoff) ** e
+
+
+class Generator(nn.Module):
+    """ASGAN generator "RP_W": z (B, z_dim) -> features (B, seq_len, c_dim).
+
+    cfg: anything holding the `rp_w_cfg` fields (dataclass, DictConfig, dict) or a whole TrainConfig.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        cfg = rp_w_section(cfg)
+        self.cfg = cfg
+        self.z_dim, self.w_dim, self.c_dim = int(cfg.z_dim), int(cfg.w_dim), int(cfg.c_dim)
+        self.seq_len = int(cfg.seq_len)
+        eq = bool(cfg.equalized_lr)
+        specs = [(int(c), int(k), float(l)) for c, k, l in cfg.layer_specs]
+        self.n_layers = len(specs)
+        self.first_len = int(specs[0][2])
+        C = int(cfg.ff_channels)
+        self.W = MappingNetwork(self.z_dim, self.w_dim, int(cfg.w_layers) + 1, cfg.w_lr_mult, cfg.lrelu_coeff, eq)
+        if cfg.use_sg3_ff:
+            self.ff = SynthesisInput(self.w_dim, C, self.first_len, eq)
+        else:
+            self.ff = FourierFeatures(self.w_dim, C, cfg.init_B_std, eq)
+        self.preconv = Conv(C, C, 1, weight_gain=1 / math.sqrt(C) if eq else 1.0)
+        with torch.no_grad():
+            if eq:
+                self.preconv.weight.normal_()
+        self.cutoffs = cutoff_schedule(self.n_layers, cfg.first_cutoff, cfg.last_cutoff, cfg.num_critical)
+        layers, c_in, prev_len = [], C, specs[0][2]
+        for i, (c_out, k, length) in enumerate(specs):
+            up = 2 if length == prev_len else 4  # keep length (x2, /2) or double it (x4, /2)
+            layers.append(SynthesisLayer(c_in, c_out, k, self.w_dim, up, 2, self.cutoffs[i], self.cutoffs[i + 1],
+                                         cfg.lrelu_coeff, eq, normalize=True, activation=True))
+            c_in, prev_len = c_out, length
+        self.layers = nn.ModuleList(layers)
+        self.head = SynthesisLayer(c_in, self.c_dim, int(cfg.head_spec[1]), self.w_dim, 1, 1, 0.5, 0.5,
+                                   cfg.lrelu_coeff, eq, normalize=False, activation=False)
+
+    def _synthesise(self, ws, n_seed, update_ema):
+        """ws: list of n_layers+2 tensors (B, w_dim) for ff, each layer and the head."""
+        x = self.ff(ws[0], n_seed).transpose(1, 2)  # (B, C, L0)
+        x = self.preconv(x)
+        for layer, w in zip(self.layers, ws[1:-1]):
+            x = layer(x, w, update_ema)
+        x = self.head(x, ws[-1], update_ema)
+        return x.transpose(1, 2)  # (B, L, c_dim)
+
+    def forward(self, z, seq_len=None, update_ema=False):
+        """z (B, z_dim) -> (B, L, c_dim); seq_len is ignored (the reference always starts from L0 frames)."""
+        assert z.ndim == 2 and z.shape[1] == self.z_dim, f'z must be (B, {self.z_dim}), got {tuple(z.shape)}'
+        w = self.W(z)
+        return self._synthesise([w] * (self.n_layers + 2), self.first_len, update_ema)
+
+    def forward_w(self, w, seq_len=None, update_ema=False):
+        """w (B, w_dim) or per-layer (B, n_layers+2, w_dim) -> (B, L, c_dim).
+
+        For the 1-D Fourier input, seq_len sets the seed length int(seq_len·L0/cfg.seq_len) (reference).
+        """
+        seq_len = self.seq_len if seq_len is None else seq_len
+        n_seed = int(seq_len * (self.first_len / self.seq_len))
+        if w.ndim == 2:
+            ws = [w] * (self.n_layers + 2)
+        else:
+            if w.ndim != 3 or w.shape[1] != self.n_layers + 2:
+                raise ValueError(f'per-layer w must have shape (B, {self.n_layers + 2}, {self.w_dim}) '
+                                 f'(ff, {self.n_layers} layers, head); got {tuple(w.shape)}')
+            ws = list(w.unbind(1))
+        return self._synthesise(ws, n_seed, update_ema)
+
+
+# ---------------------------------------------------------------------------------------------
+# Discriminator (spec §4)
+
+class DiscriminatorBlock(nn.Module):
+    """Residual block: (B, c_in, l) -> (B, c_out, ceil(l/down)) (spec §4.2)."""
+
+    def __init__(self, c_in, c_out, kernel_size, down, lrelu_coeff=0.1, equalized_lr=True):
+        super().__init__()
+        self.down, self.kernel_size, self.lrelu_coeff = down, kernel_size, lrelu_coeff
+        g = (lambda fan_in: 1 / math.sqrt(fan_in)) if equalized_lr else (lambda fan_in: 1.0)
+        self.conv0 = Conv(c_in, c_in, kernel_size, weight_gain=g(c_in * kernel_size))
+        self.conv1 = Conv(c_in, c_out, kernel_size, weight_gain=g(c_in * kernel_size))
+        self.skip = Conv(c_in, c_out, 1, bias=False, weight_gain=g(c_in))
+        if equalized_lr:
+            with torch.no_grad():
+                for conv in (self.conv0, self.conv1, self.skip):
+                    conv.weight.normal_()
+        self.resampler = Resampler(1, down)
+        if down > 1:
+            self.lpf = Resampler(1, 1)  # cutoff pi: a near-identity filter (reference quirk 12)
+
+    def forward(self, x):
+        s = self.resampler.down(x) if self.down > 1 else x
+        s = SQRT2 * self.skip(s)
+        h = lrelu(self.conv0(x).clamp(-CLAMP, CLAMP), self.lrelu_coeff)
+        if self.down > 1:
+            h = Resampler.lpf(h, self.lpf.down_lpf_filter)
+            h = self.conv1(h, stride=self.down, padding=self.kernel_size // 2)
+        else:
+            h = self.conv1(h)
+        h = lrelu(SQRT2 * h.clamp(-CLAMP, CLAMP), self.lrelu_coeff)
+        return s + h
+
+
+def minibatch_std(x, group_size=MBSTD_GROUP):
+    """Append the mean std over groups of samples b = g·n + q (group q) as one channel: (B, C, L) -> (B, C+1, L)."""
+    B, C, L = x.shape
+    G = min(group_size, B)
+    if B % G != 0:
+        raise ValueError(f'Discriminator minibatch-std needs the batch size ({B}) to be divisible by its group '
+                         f'size ({G}); use a batch size that is a multiple of {G}.')
+    y = x.float().reshape(G, B // G, C, L)
+    y = (y - y.mean(dim=0)).square().mean(dim=0)
+    y = (y + MBSTD_EPS).sqrt().mean(dim=(1, 2))  # (n,)
+    y = y.to(x.dtype).repeat(G)[:, None, None].expand(B, 1, L)
+    return torch.cat([x, y], dim=1)
+
+
+class DiscriminatorHead(nn.Module):
+    """Minibatch-std, conv, fully connected, logit: (B, d_dim, l) -> (B, 1) (spec §4.4)."""
+
+    def __init__(self, d_dim, length, kernel_size, lrelu_coeff=0.1, equalized_lr=True):
+        super().__init__()
+        self.lrelu_coeff, self.equalized_lr = lrelu_coeff, equalized_lr
+        eq = equalized_lr
+        # The reference's eq-lr conv gain counts d_dim·k inputs, not (d_dim+1)·k (quirk 14).
+        self.conv = Conv(d_dim + 1, d_dim, kernel_size, weight_gain=1 / math.sqrt(d_dim * kernel_size) if eq else 1.0)
+        self.fc = FullyConnected(d_dim * length, d_dim, weight_gain=1 / math.sqrt(d_dim * length) if eq else 1.0)
+        self.out = FullyConnected(d_dim, 1, weight_gain=1 / math.sqrt(d_dim) if eq else 1.0)
+        with torch.no_grad():
+            for m in (self.conv, self.fc, self.out):
+                m.bias.zero_()
+                if eq:
+                    m.weight.normal_()
+        self.act_gain = SQRT2 if eq else 1.0
+
+    def forward(self, x):
+        y = minibatch_std(x)
+        y = self.act_gain * lrelu(self.conv(y).clamp(-CLAMP, CLAMP), self.lrelu_coeff)
+        y = self.act_gain * lrelu(self.fc(y.flatten(1)), self.lrelu_coeff)
+        return self.out(y)
+
+
+class Discriminator(nn.Module):
+    """ASGAN discriminator "RP_ConvDiscriminator": (B, seq_len, c_dim) -> logits (B, 1)."""
+
+    def __init__(self, c_dim, d_dim, seq_len, lrelu_coeff=0.1, kernel_size=3, block_repeats=(3, 3, 3, 3),
+                 equalized_lr=True):
+        super().__init__()
+        self.c_dim, self.seq_len = int(c_dim), int(seq_len)
+        stations, length = [], self.seq_len
+        for stage, repeats in enumerate(block_repeats):
+            if stage == 0:  # the reference's "first-block fix": only the first station has c_dim channels
+                stations += [(length, c_dim)] + [(length, d_dim)] * (repeats - 1)
+            else:
+                stations += [(length, d_dim)] * repeats
+            length = math.ceil(length / 2)
+        self.layers = nn.ModuleList([
+            DiscriminatorBlock(c0, c1, kernel_size, math.ceil(l0 / l1), lrelu_coeff, equalized_lr)
+            for (l0, c0), (l1, c1) in zip(stations[:-1], stations[1:])])
+        self.head = DiscriminatorHead(d_dim, stations[-1][0], kernel_size, lrelu_coeff, equalized_lr)
+
+    @classmethod
+    def from_config(cls, cfg):
+        """Build from a TrainConfig: top-level c_dim, the rest from rp_w_cfg."""
+        r = cfg.rp_w_cfg
+        return cls(cfg.c_dim, r.D_head_dim, r.seq_len, r.lrelu_coeff, r.D_kernel_size, list(r.D_block_repeats),
+                   r.equalized_lr)
+
+    def forward(self, x):
+        assert x.ndim == 3 and x.shape[1:] == (self.seq_len, self.c_dim), \
+            f'expected (B, {self.seq_len}, {self.c_dim}), got {tuple(x.shape)}'
+        x = x.transpose(1, 2)
+        for block in self.layers:
+            x = block(x)
+        return self.head(x)
+
+
+RP_W = Generator
+RP_ConvDiscriminator = Discriminator
