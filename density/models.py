@@ -101,23 +101,33 @@ class Resampler(nn.Module):
         self.register_buffer('up_lpf_filter', design_lowpass(self.up_factor, up_fc))
 
     @staticmethod
-    def lpf(x, h, stride=1):
-        """Depthwise 'same' filtering of x (B, C, L) with the taps h; keeps every `stride`-th output."""
-        C = x.shape[1]
-        return F.conv1d(x, h.to(x.dtype).expand(C, 1, -1), stride=stride, padding=h.shape[0] // 2, groups=C)
+    def filter_matrix(h, length, up=1, down=1):
+        """(length, ceil(up·length/down)) matrix of: insert up-1 zeros after each sample, 'same' filter with h,
+        keep every down-th sample. M[t, j] = h[up·t - down·j + K/2] (zero outside the taps).
+
+        Resampling as one small dense matmul over time is exact and far faster on CPUs than a depthwise conv.
+        """
+        K = h.shape[0] - 1
+        t = torch.arange(length, device=h.device)[:, None]
+        j = torch.arange(-(-up * length // down), device=h.device)[None, :]
+        idx = up * t - down * j + K // 2
+        valid = (idx >= 0) & (idx <= K)
+        return torch.where(valid, h[idx.clamp(0, K)], torch.zeros((), dtype=h.dtype, device=h.device))
+
+    @classmethod
+    def lpf(cls, x, h, up=1, down=1):
+        """Zero-insert by `up`, depthwise 'same' filter with taps h, decimate by `down`: (B, C, L) -> (B, C, L')."""
+        B, C, L = x.shape
+        M = cls.filter_matrix(h, L, up, down).to(x.dtype)
+        return (x.reshape(B * C, L) @ M).reshape(B, C, -1)
 
     def up(self, x):
         """(B, C, L) -> (B, C, U·L): y[U·t] = x[t], zeros between, then the up filter."""
-        if self.up_factor == 1:
-            return self.lpf(x, self.up_lpf_filter)
-        B, C, L = x.shape
-        y = x.new_zeros(B, C, L, self.up_factor)
-        y[..., 0] = x
-        return self.lpf(y.reshape(B, C, L * self.up_factor), self.up_lpf_filter)
+        return self.lpf(x, self.up_lpf_filter, up=self.up_factor)
 
     def down(self, x):
         """(B, C, L) -> (B, C, ceil(L/D)): the down filter evaluated at samples 0, D, 2D, ..."""
-        return self.lpf(x, self.down_lpf_filter, stride=self.down_factor)
+        return self.lpf(x, self.down_lpf_filter, down=self.down_factor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,14 +257,16 @@ class SynthesisLayer(nn.Module):
         """
         w = self.conv.weight
         if self.normalize:
-            w = w * w.square().mean(dim=(1, 2), keepdim=True).rsqrt()
+            w_sq = w.square().sum(dim=2)  # (C_out, C_in)
+            w_scale = (w_sq.sum(dim=1) / (self.c_in * self.kernel_size)).rsqrt()  # 1 / RMS per output channel
+            w = w * w_scale[:, None, None]
             s = s * s.square().mean().rsqrt()
         else:
             s = s * self.style_gain
         y = conv1d_same(x * s[:, :, None], w.to(x.dtype))
         gain = self.norm_ema.rsqrt() if self.equalized_lr else None
         if self.normalize:
-            d = (s.square() @ w.square().sum(dim=2).T + DEMOD_EPS).rsqrt()  # (B, C_out)
+            d = (s.square() @ (w_sq * w_scale[:, None].square()).T + DEMOD_EPS).rsqrt()  # (B, C_out)
             gain = d if gain is None else d * gain
         return y if gain is None else y * (gain[:, :, None] if gain.ndim else gain).to(y.dtype)
 
