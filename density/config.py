@@ -110,6 +110,12 @@ class TrainConfig:
     sc09_train_csv: str = ''
     # --- additions of this project (not in the reference) ---
     preset: str = 'hubert'  # 'hubert' or 'mel': which variant's dimensions and layer specs to start from
+    engine: str = 'torch'  # 'torch' (one process, or DDP under torchrun) or 'deepspeed'
+    bf16: bool = False  # bfloat16 autocast/engine instead of fp16 (no loss scaling); takes precedence over fp16
+    ema_every: int = 0  # update the EMA generator every N steps; 0 = at checkpoint intervals (reference)
+    keep_last_checkpoints: int = 0  # keep only the newest N periodic checkpoints; 0 = keep all (reference)
+    max_nonfinite_steps: int = 20  # abort after this many consecutive non-finite (skipped) steps
+    max_steps: int = 0  # stop after this many global steps with a final checkpoint; 0 = run n_epochs
 
 
 RP_W_Config = RPWConfig
@@ -119,6 +125,26 @@ PRESETS = {
     'mel': ['c_dim=128', 'rp_w_cfg.c_dim=128', 'rp_w_cfg.seq_len=96', 'rp_w_cfg.head_spec=[128,1]',
             'data_type=melspec'],
 }
+CHOICES = {'engine': ('torch', 'deepspeed'), 'data_type': ('hubert_L6', 'melspec', 'wav'),
+           'preset': tuple(PRESETS)}
+MINIMA = {'ema_every': 0, 'keep_last_checkpoints': 0, 'max_nonfinite_steps': 1, 'max_steps': 0, 'batch_size': 1,
+          'update_ratio': 1, 'checkpoint_interval': 1, 'summary_interval': 1, 'stdout_interval': 1,
+          'validation_interval': 1, 'grad_summary_interval': 1, 'rp_w_cfg.apply_r1_every': 1}
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check values with a fixed set of choices or a lower bound; raise ConfigError naming the key."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"Config key '{key}' is {value!r}; choose one of {list(choices)}.")
+    for key, low in MINIMA.items():
+        value = OmegaConf.select(cfg, key)
+        if value < low:
+            raise ConfigError(f"Config key '{key}' is {value}; it must be >= {low}.")
+    return cfg
+
+
 # Keys that reference checkpoints carry in `cfg_yaml` but no code reads (added at run time, spec §1).
 _LEGACY_KEYS = ('batch_size_per_gpu',)
 
@@ -183,7 +209,7 @@ def parse_config(argv: Optional[List[str]] = None) -> DictConfig:
         cfg.rp_w_cfg.layer_specs = mel_layer_specs(cfg.rp_w_cfg.seq_len)
     elif 'rp_w_cfg.seq_len' in given and 'rp_w_cfg.layer_specs' not in given:
         cfg.rp_w_cfg.layer_specs = hubert_layer_specs(cfg.rp_w_cfg.seq_len)
-    return cfg
+    return validate(cfg)
 
 
 def config_from_yaml(text: str) -> DictConfig:
@@ -203,9 +229,14 @@ def config_to_yaml(cfg) -> str:
 
 
 def rp_w_section(cfg) -> Any:
-    """Accept a TrainConfig (returns its `rp_w_cfg`) or an rp_w_cfg itself (dataclass, DictConfig, dict)."""
+    """Accept a TrainConfig (returns its `rp_w_cfg`) or an rp_w_cfg itself (dataclass, DictConfig, dict).
+
+    A dict may be partial: missing fields take the RPWConfig defaults; unknown fields are an error.
+    """
     if isinstance(cfg, dict):
-        return OmegaConf.create(cfg.get('rp_w_cfg', cfg))
+        section = cfg.get('rp_w_cfg', cfg)
+        _check_keys(OmegaConf.structured(RPWConfig), list(section), 'the generator config')
+        return _merge(OmegaConf.structured(RPWConfig), section, source='the generator config')
     if isinstance(cfg, (DictConfig, ListConfig)):
         return cfg.rp_w_cfg if 'rp_w_cfg' in cfg else cfg
     return getattr(cfg, 'rp_w_cfg', cfg)
