@@ -1,0 +1,120 @@
+"""Audio I/O and the log-mel front end of the mel variant (spec §7.1), without torchaudio.
+
+`load_audio` reads wav/flac with soundfile and returns mono float32 at 16 kHz: stereo (any multi-channel)
+files are averaged to mono, as the reference HuBERT reader does; another sample rate is resampled only when
+asked (`resample=True`), otherwise it is an error. `log_mel` reproduces torchaudio's
+MelSpectrogram(n_fft 1024, hop 160, center False, power 1, Slaney mel scale and norm, 128 bands) after
+reflect-padding, then log(max(mel, 1e-5)).
+"""
+import functools
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 16000  # SC09 / HuBERT rate
+N_FFT = 1024  # STFT size = window length
+HOP = 160  # 10 ms hop -> 100 frames per second
+N_MELS = 128  # mel bands
+F_MAX = SAMPLE_RATE / 2  # top mel edge: Nyquist
+PAD = (N_FFT - HOP) // 2  # 432 reflect-pad samples per side so a 1-s clip gives exactly 100 frames
+LOG_FLOOR = 1e-5  # clamp before log; silence maps to log(1e-5) = -11.51
+
+# Slaney mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above (27 mels per factor 6.4).
+_F_SP = 200.0 / 3
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = math.log(6.4) / 27.0
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used: unreadable, empty, or at the wrong sample rate."""
+
+
+def load_audio(path, sr=SAMPLE_RATE, resample=False):
+    """Read a wav/flac file -> float32 (T,) mono at `sr`. Multi-channel audio is averaged to mono.
+
+    Another sample rate is resampled (polyphase) if `resample` is True, else AudioError.
+    """
+    if not Path(path).is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, channels)
+    except (RuntimeError, OSError, sf.SoundFileError) as e:
+        raise AudioError(f"{path}: cannot read audio ({e})") from e
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: file holds no samples")
+    wav = data.mean(axis=1)
+    if file_sr != sr:
+        if not resample:
+            raise AudioError(f"{path}: sample rate is {file_sr} Hz, expected {sr} Hz; "
+                             "convert it or enable resampling (resample=True / --resample)")
+        g = math.gcd(int(sr), int(file_sr))
+        wav = resample_poly(wav, int(sr) // g, int(file_sr) // g).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(wav))
+
+
+def save_wav(path, wav, sr=SAMPLE_RATE):
+    """Atomically write `wav` ((T,) or (T, channels), tensor or array, clipped to [-1, 1]) as 16-bit PCM wav."""
+    path = Path(path)
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().cpu().float().numpy()
+    wav = np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        sf.write(tmp, wav, sr, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _hz_to_mel(f):
+    f = np.asarray(f, dtype=np.float64)
+    return np.where(f >= _MIN_LOG_HZ, _MIN_LOG_MEL + np.log(np.maximum(f, 1e-12) / _MIN_LOG_HZ) / _LOGSTEP,
+                    f / _F_SP)
+
+
+def _mel_to_hz(m):
+    m = np.asarray(m, dtype=np.float64)
+    return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - _MIN_LOG_MEL)), m * _F_SP)
+
+
+@functools.lru_cache(maxsize=None)
+def _filterbank():
+    all_freqs = np.linspace(0, SAMPLE_RATE // 2, N_FFT // 2 + 1)  # (513,) STFT bin centres
+    f_pts = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(F_MAX), N_MELS + 2))  # (130,) band edges
+    f_diff = np.diff(f_pts)  # (129,)
+    slopes = f_pts[None, :] - all_freqs[:, None]  # (513, 130)
+    down = -slopes[:, :-2] / f_diff[:-1]  # rising edge of each triangle
+    up = slopes[:, 2:] / f_diff[1:]  # falling edge
+    fb = np.maximum(0.0, np.minimum(down, up))  # (513, 128) triangles with peak 1
+    fb *= 2.0 / (f_pts[2:] - f_pts[:-2])  # Slaney norm: each triangle has unit area in Hz
+    return torch.from_numpy(fb).float()
+
+
+def mel_filterbank():
+    """The (513, 128) Slaney-normalised Slaney-scale mel filter bank, 0-8000 Hz at 16 kHz."""
+    return _filterbank().clone()
+
+
+def log_mel(wav):
+    """(..., T) float waveform at 16 kHz, T > 432 -> (..., 128, frames) log-mel, frames = (T - 160) // 160 + 1."""
+    if wav.shape[-1] <= PAD:
+        raise ValueError(f"log_mel needs more than {PAD} samples, got {wav.shape[-1]}")
+    lead = wav.shape[:-1]
+    x = F.pad(wav.reshape(-1, wav.shape[-1]).float(), (PAD, PAD), mode="reflect")  # (N, T + 864)
+    window = torch.hann_window(N_FFT, periodic=True, device=x.device)
+    spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=N_FFT, window=window, center=False,
+                      onesided=True, return_complex=True).abs()  # (N, 513, frames)
+    mel = torch.matmul(_filterbank().to(x.device).T, spec)  # (N, 128, frames)
+    out = torch.log(torch.clamp(mel, min=LOG_FLOOR))
+    assert out.shape[-2] == N_MELS
+    return out.reshape(*lead, N_MELS, out.shape[-1])

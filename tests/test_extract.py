@@ -1,0 +1,130 @@
+"""Feature-cache extraction command: outputs, bad-file report, resume after an interruption, CSV and melspec modes."""
+import csv
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import hubert_feature_reader as hfr
+from density.audio import load_audio, log_mel
+
+GOOD = ["zero/a.wav", "zero/b.wav", "zero/c.flac", "one/d.wav", "one/short.wav", "one/stereo.wav"]
+BAD = ["one/corrupt.wav", "one/empty.wav", "one/rate8k.wav", "one/tiny.wav"]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "sc"
+    for d in ("zero", "one", "_background_noise_"):
+        (root / d).mkdir(parents=True)
+    for name in GOOD[:4]:
+        sf.write(root / name, 0.1 * rng.standard_normal(16000).astype(np.float32), 16000)
+    sf.write(root / "one/short.wav", 0.1 * rng.standard_normal(12000).astype(np.float32), 16000)
+    sf.write(root / "one/stereo.wav", 0.1 * rng.standard_normal((16000, 2)).astype(np.float32), 16000)
+    (root / "one/corrupt.wav").write_bytes(b"RIFF....WAVEgarbage")
+    sf.write(root / "one/empty.wav", np.zeros(0, np.float32), 16000)
+    sf.write(root / "one/rate8k.wav", 0.1 * rng.standard_normal(8000).astype(np.float32), 8000)
+    sf.write(root / "one/tiny.wav", np.zeros(50, np.float32), 16000)
+    sf.write(root / "_background_noise_/noise.wav", np.zeros(16000, np.float32), 16000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(fixtures_dir):
+    return str(fixtures_dir / "hubert_fairseq" / "tiny_hubert_fairseq.pt")
+
+
+def _run(root, out, ckpt, *extra):
+    return hfr.main(["--root", str(root), "--out", str(out), "--type", "hubert_L6", "--checkpoint", ckpt,
+                     "--batch_size", "2", "--device", "cpu", *extra])
+
+
+def test_outputs_and_bad_file_report(tree, tmp_path, ckpt_path, capsys):
+    out = tmp_path / "feats"
+    assert _run(tree, out, ckpt_path) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.pt"))
+    assert written == sorted(n.rsplit(".", 1)[0] + ".pt" for n in GOOD)  # bad files and _background_noise_ left out
+    assert not list(out.rglob("*.tmp"))
+    reader = hfr.HubertFeatureReader(ckpt_path, layer=6)
+    for name in ("zero/a.wav", "one/short.wav", "one/stereo.wav"):
+        feat = torch.load(out / name.replace(".wav", ".pt"), weights_only=True)
+        assert feat.dtype == torch.float32 and feat.dim() == 2 and feat.shape[1] == 48
+        torch.testing.assert_close(feat, reader.get_feats(tree / name), rtol=0, atol=1e-5)
+    assert torch.load(out / "zero/a.pt", weights_only=True).shape == (50, 48)
+    report = (out / hfr.REPORT_NAME).read_text()
+    assert report.startswith("10 files: 6 written, 0 already done, 4 skipped")
+    for name in BAD:
+        assert str(tree / name) in report
+    assert "8000 Hz" in report and "no samples" in report and "too short" in report
+    assert "4 skipped" in capsys.readouterr().out
+
+
+def test_resample_option(tree, tmp_path, ckpt_path):
+    out = tmp_path / "feats"
+    _run(tree, out, ckpt_path, "--resample")
+    assert torch.load(out / "one/rate8k.pt", weights_only=True).shape == (50, 48)  # 1 s at 8 kHz -> 16000 samples
+    assert "3 skipped" in (out / hfr.REPORT_NAME).read_text()
+
+
+def test_resume_after_interruption(tree, tmp_path, ckpt_path, monkeypatch):
+    out = tmp_path / "feats"
+    real_save, saves = torch.save, []
+
+    def dying_save(obj, f):  # the third write is cut off half way, like a killed process
+        saves.append(f)
+        if len(saves) == 3:
+            open(f, "wb").write(b"partial")
+            raise KeyboardInterrupt
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tree, out, ckpt_path)
+    finished = sorted(out.rglob("*.pt"))
+    assert len(finished) == 2 and not list(out.rglob("*.tmp"))  # nothing half written is left behind
+    mtimes = {p: p.stat().st_mtime_ns for p in finished}
+
+    saves.clear()
+    monkeypatch.setattr(torch, "save", lambda obj, f: (saves.append(f), real_save(obj, f)))
+    _run(tree, out, ckpt_path)
+    assert len(saves) == len(GOOD) - 2  # only the unfinished outputs are computed
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    assert len(list(out.rglob("*.pt"))) == len(GOOD)
+    assert "2 already done" in (out / hfr.REPORT_NAME).read_text()
+
+    (out / "zero/b.pt").write_bytes(b"truncated")  # a damaged output is redone, the rest is left alone
+    saves.clear()
+    _run(tree, out, ckpt_path)
+    assert [p.split("/")[-1].split(".")[1] for p in map(str, saves)] == ["b"]
+    assert torch.load(out / "zero/b.pt", weights_only=True).shape == (50, 48)
+
+
+def test_csv_mode_melspec(tree, tmp_path):
+    split = tmp_path / "train.csv"
+    with open(split, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows([[str(tree / "zero/a.wav"), "zero"], [str(tree / "one/short.wav"), "one"],
+                     [str(tree / "one/empty.wav"), "one"]])
+    out = tmp_path / "mels"
+    assert hfr.main(["--csv", str(split), "--out", str(out), "--type", "melspec", "--device", "cpu"]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.pt")) == ["one/short.pt", "zero/a.pt"]
+    mel = torch.load(out / "zero/a.pt", weights_only=True)
+    assert mel.shape == (100, 128)
+    torch.testing.assert_close(mel, log_mel(load_audio(tree / "zero/a.wav")).T, rtol=0, atol=1e-5)
+    assert torch.load(out / "one/short.pt", weights_only=True).shape == (75, 128)
+    assert "empty.wav" in (out / hfr.REPORT_NAME).read_text()
+
+
+def test_cli_errors_and_help(tree, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        hfr.main(["--help"])
+    assert e.value.code == 0 and "--checkpoint" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        hfr.main(["--root", str(tree), "--out", str(tmp_path / "o"), "--type", "hubert_L6"])
+    assert "--checkpoint is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        hfr.main(["--root", str(tree), "--out", str(tmp_path / "o"), "--type", "mfcc"])
+    assert "hubert_L<layer>" in capsys.readouterr().err
