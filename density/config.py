@@ -116,6 +116,7 @@ class TrainConfig:
     keep_last_checkpoints: int = 0  # keep only the newest N periodic checkpoints; 0 = keep all (reference)
     max_nonfinite_steps: int = 20  # abort after this many consecutive non-finite (skipped) steps
     max_steps: int = 0  # stop after this many global steps with a final checkpoint; 0 = run n_epochs
+    sil_vec_path: str = ''  # (c_dim,) tensor file padding short HuBERT items; '' = zeros (reference fallback)
 
 
 RP_W_Config = RPWConfig

@@ -1,0 +1,247 @@
+"""Training data (spec §7.1, §7.2, §7.4): feature/audio datasets, z sampling and the tile-padding collate.
+
+Items are (x, z): x is a (frames, C) float32 feature matrix (HuBERT layer-6 .pt features, cached log-mels,
+or the log-mel of an audio file computed on the fly) or, for data_type 'wav', a (T,) waveform; z is a
+(frames, z_dim) matrix of i.i.d. MVN(z_mean*1, z_std*I) rows (one (z_dim,) vector for 'wav'), of which the
+collate keeps row 0. z is drawn from torch's global RNG (as the reference does), so seeding torch (and, in
+DataLoader workers, torch's per-worker seeding) makes items reproducible; the collate's random crop uses
+python's `random`, also seeded per worker by the DataLoader.
+
+Decisions on the reference's quirks (spec §11):
+- z_std is used as a variance, exactly as the reference does (quirk 4), so that the same seed gives the same z.
+- Tiling at most once and only for items longer than seq_len/2, and crop starts in 0..l-seq_len-1 (never
+  l-seq_len), are kept as in the reference (quirks 22, 23): they define the training distribution.
+- HuBERT padding uses zeros unless a silence-vector file is given (`sil_vec_path`); the reference looked for
+  the unshipped 'density/runs/hubert_sil_vec.pt' and fell back to zeros.
+- 'wav' items are scaled by 0.99/max|x| (the reference divided by max x, which flips or blows up clips whose
+  positive peak is small or zero); the collate returns them as (B, seq_len, 1).
+- A 1-frame item keeps a (1, z_dim) z (the reference's became a vector and broke the collate).
+- preload stores every item as one compact fp16 tensor in a list (frames x C x 2 bytes each: SC09 HuBERT
+  train, about 18.6k x 50 x 768 x 2 B = 1.4 GB; log-mels 100 x 128 x 2 B = 25.6 kB per clip) and returns float32.
+"""
+import csv
+import glob
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from omegaconf.errors import MissingMandatoryValue
+from torch.distributions import MultivariateNormal
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from density.audio import load_audio, log_mel
+
+DATA_TYPES = ("hubert_L6", "melspec", "wav")
+FEATURE_EXT = ".pt"
+AUDIO_EXTS = (".wav", ".mp3", ".flac")  # searched in this order when train_root holds no .pt files
+MEL_SILENCE = -11.4  # reference padding value for log-mels (about log(1e-5) = -11.51)
+WAV_PEAK = 0.99  # waveform items are scaled to this peak
+PRELOAD_THREADS = 8  # as the reference
+
+
+class DatasetError(ValueError):
+    """Training data that cannot be used; the message names the file or config key and what to do."""
+
+
+def _get(cfg, key):
+    """cfg.key for a DictConfig or any attribute object; a missing mandatory value is a DatasetError."""
+    try:
+        return getattr(cfg, key)
+    except MissingMandatoryValue:
+        raise DatasetError(f"config key '{key}' must be set (e.g. {key}=...) for this data setup") from None
+
+
+def load_feature_file(path):
+    """A saved (frames, C) or (T,) tensor, loaded without unpickling code -> float32 tensor."""
+    try:
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot load feature file ({type(e).__name__}: {e}); "
+                           "delete it and re-run the feature extraction") from e
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise DatasetError(f"{path}: expected a float tensor, found {type(x).__name__}; "
+                           "is this a feature file written by hubert_feature_reader.py?")
+    return x.float()
+
+
+class FeatureDataset(Dataset):
+    """Items (x, z) of a list of .pt feature files or audio files (see module doc)."""
+
+    def __init__(self, files, data_type="hubert_L6", z_dim=512, z_mean=0.0, z_std=1.0, c_dim=None,
+                 preload=False):
+        if data_type not in DATA_TYPES:
+            raise DatasetError(f"data_type must be one of {DATA_TYPES}, got '{data_type}'")
+        if not z_std > 0:
+            raise DatasetError(f"z_std must be > 0 (it is the variance of each z entry), got {z_std}")
+        self.files = [str(f) for f in files]
+        self.data_type, self.c_dim = data_type, c_dim
+        # z_std is the covariance diagonal, i.e. a variance (spec quirk 4), kept for parity
+        self.z_dist = MultivariateNormal(torch.full((z_dim,), float(z_mean)), float(z_std) * torch.eye(z_dim))
+        self.cache = self._preload() if preload else None
+
+    def __len__(self):
+        return len(self.files)
+
+    def load(self, i):
+        """Features of item i: (frames, C) float32, or (T,) for 'wav'."""
+        path = self.files[i]
+        if path.endswith((FEATURE_EXT, ".pth")):
+            x = load_feature_file(path)
+        elif self.data_type == "melspec":
+            x = log_mel(load_audio(path)).T  # (frames, 128)
+        elif self.data_type == "wav":
+            x = load_audio(path)
+            x = WAV_PEAK * x / x.abs().max().clamp_min(torch.finfo(x.dtype).tiny)
+        else:
+            raise DatasetError(f"{path}: data_type hubert_L6 needs .pt feature files, not audio; extract features "
+                               "with hubert_feature_reader.py or set data_type=melspec/wav")
+        want_dim = 1 if self.data_type == "wav" else 2
+        if x.dim() != want_dim or x.shape[0] == 0:
+            raise DatasetError(f"{path}: expected a non-empty {'(T,)' if want_dim == 1 else '(frames, C)'} tensor "
+                               f"for data_type {self.data_type}, got shape {tuple(x.shape)}")
+        if want_dim == 2 and self.c_dim is not None and x.shape[1] != self.c_dim:
+            raise DatasetError(f"{path}: features have {x.shape[1]} channels but c_dim={self.c_dim}; "
+                               "set c_dim (and rp_w_cfg.c_dim) to match or point train_root at the right cache")
+        return x
+
+    def _load_fp16(self, i):
+        return self.load(i).to(torch.float16, memory_format=torch.contiguous_format, copy=True)
+
+    def _preload(self):
+        with ThreadPoolExecutor(PRELOAD_THREADS) as pool:
+            return list(tqdm(pool.map(self._load_fp16, range(len(self))), total=len(self),
+                             desc="preloading features", unit="file"))
+
+    def __getitem__(self, i):
+        x = self.cache[i].float() if self.cache is not None else self.load(i)
+        z = self.z_dist.sample() if self.data_type == "wav" else self.z_dist.sample((x.shape[0],))
+        return x, z
+
+
+def load_silence_vector(path, c_dim):
+    """A saved (c_dim,) padding vector (e.g. the mean HuBERT feature of silence) -> float32 (c_dim,)."""
+    v = load_feature_file(path)
+    if v.numel() != c_dim:
+        raise DatasetError(f"{path}: silence vector has {v.numel()} values, expected c_dim={c_dim}")
+    return v.reshape(c_dim)
+
+
+class Collate:
+    """[(x, z)] -> (feats (B, seq_len, C) float32, lengths (B,) int64, None, z (B, z_dim)) (spec §7.2).
+
+    An item of l frames: l <= seq_len is copied to the front and, only if seq_len - l < l, its first
+    seq_len - l frames fill the rest (one tile); otherwise the tail keeps the silence vector. l > seq_len is
+    cropped at start ~ U{0..l-seq_len-1} (python `random`; l-seq_len is never drawn, as in the reference).
+    'wav' items are (T,) samples and come out as (B, seq_len, 1).
+    """
+
+    def __init__(self, seq_len, data_type="hubert_L6", c_dim=768, sil_vec=None):
+        if data_type not in DATA_TYPES:
+            raise DatasetError(f"data_type must be one of {DATA_TYPES}, got '{data_type}'")
+        self.seq_len, self.data_type = int(seq_len), data_type
+        self.c_dim = 1 if data_type == "wav" else int(c_dim)
+        if sil_vec is not None:
+            self.silence = torch.as_tensor(sil_vec, dtype=torch.float32).reshape(self.c_dim)
+        else:
+            fill = MEL_SILENCE if data_type == "melspec" else 0.0
+            self.silence = torch.full((self.c_dim,), fill)
+
+    @classmethod
+    def from_config(cls, cfg, sil_vec_path=None):
+        """Collate for a TrainConfig; sil_vec_path (or cfg.sil_vec_path) names a (c_dim,) .pt padding vector."""
+        path = sil_vec_path or getattr(cfg, "sil_vec_path", "")
+        c_dim = _get(cfg, "c_dim")
+        sil = load_silence_vector(path, c_dim) if path else None
+        return cls(_get(cfg.rp_w_cfg, "seq_len"), _get(cfg, "data_type"), c_dim, sil)
+
+    def __call__(self, batch):
+        L, C = self.seq_len, self.c_dim
+        feats = self.silence.expand(len(batch), L, C).clone()
+        lengths = torch.empty(len(batch), dtype=torch.int64)
+        for b, (x, _) in enumerate(batch):
+            x = x.reshape(-1, 1) if self.data_type == "wav" else x
+            assert x.dim() == 2 and x.shape[1] == C, f"item {b}: shape {tuple(x.shape)}, expected (frames, {C})"
+            l = x.shape[0]
+            if l <= L:
+                feats[b, :l] = x
+                if L - l < l:  # tile once, only when the item covers more than half of seq_len
+                    feats[b, l:] = x[:L - l]
+            else:
+                start = random.randint(0, l - L - 1)  # inclusive bounds: l - L itself is never drawn
+                feats[b] = x[start:start + L]
+            lengths[b] = min(l, L)
+        z = torch.stack([z if self.data_type == "wav" else z[0] for _, z in batch])
+        return feats, lengths, None, z
+
+
+def discover_files(root):
+    """All *.pt under root (recursive); if none, all .wav, else .mp3, else .flac. Sorted path strings."""
+    if not Path(root).is_dir():
+        raise DatasetError(f"train_root {root} is not a directory")
+    for ext in (FEATURE_EXT,) + AUDIO_EXTS:
+        files = sorted(glob.glob(os.path.join(str(root), "**", "*" + ext), recursive=True))
+        if files:
+            return files
+    raise DatasetError(f"train_root {root} holds no .pt feature files and no {'/'.join(AUDIO_EXTS)} audio")
+
+
+def feature_path(audio_path, train_root):
+    """Split-CSV audio path -> cached feature path: train_root/<label>/<name>.pt (spec §7.4)."""
+    p = Path(audio_path)
+    return Path(train_root) / p.parent.name / (p.stem + FEATURE_EXT)
+
+
+def read_split_csv(csv_path, key, data_type, train_root=None):
+    """File list of a split CSV (column `path`); HuBERT paths are mapped into the feature cache, every file checked."""
+    if not csv_path:
+        raise DatasetError(f"use_sc09_splits=true needs {key}=<csv from split_data.py>")
+    if not Path(csv_path).is_file():
+        raise DatasetError(f"{key}={csv_path}: no such file; create the splits with "
+                           "`python split_data.py --root_path <speech commands root> --sc09_only true`")
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise DatasetError(f"{key}={csv_path}: expected a CSV with a 'path' column (as written by "
+                               f"split_data.py), found columns {reader.fieldnames}")
+        rows = [row["path"] for row in reader]
+    if not rows:
+        raise DatasetError(f"{key}={csv_path} lists no files")
+    hubert = data_type == "hubert_L6"
+    files = [feature_path(r, train_root) if hubert else Path(r) for r in rows]
+    missing = [(r, p) for r, p in zip(rows, files) if not p.is_file()]
+    if missing and hubert:
+        row, feat = missing[0]
+        raise DatasetError(
+            f"{key}={csv_path}: {len(missing)} of {len(rows)} rows have no cached features, e.g. row '{row}' "
+            f"-> expected {feat}. Extract them first: python hubert_feature_reader.py --csv {csv_path} "
+            f"--out {train_root} --type hubert_L6 --checkpoint <hubert_base_ls960.pt>")
+    if missing:
+        raise DatasetError(f"{key}={csv_path}: {len(missing)} of {len(rows)} listed files do not exist, "
+                           f"e.g. {missing[0][0]}")
+    return [str(p) for p in files]
+
+
+def build_datasets(cfg):
+    """(train, valid) FeatureDatasets for a TrainConfig (spec §7.1, §7.4)."""
+    data_type = _get(cfg, "data_type")
+    if _get(cfg, "use_sc09_splits"):
+        root = _get(cfg, "train_root") if data_type == "hubert_L6" else None
+        train = read_split_csv(_get(cfg, "sc09_train_csv"), "sc09_train_csv", data_type, root)
+        valid = read_split_csv(_get(cfg, "sc09_valid_csv"), "sc09_valid_csv", data_type, root)
+    else:
+        root = _get(cfg, "train_root")
+        files = discover_files(root)
+        random.Random(_get(cfg, "seed")).shuffle(files)
+        n_valid = int(_get(cfg, "n_valid"))
+        if not 0 <= n_valid < len(files):
+            raise DatasetError(f"n_valid={n_valid} must be in 0..{len(files) - 1} "
+                               f"({len(files)} files under train_root {root})")
+        train, valid = files[:len(files) - n_valid], files[len(files) - n_valid:]
+
+    def make(files):
+        return FeatureDataset(files, data_type, _get(cfg, "z_dim"), _get(cfg, "z_mean"), _get(cfg, "z_std"),
+                              _get(cfg, "c_dim"), _get(cfg, "preload"))
+    return make(train), make(valid)

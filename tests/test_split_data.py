@@ -1,0 +1,107 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import split_data
+from density.digits import make_digits_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _tone(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.zeros(160, np.float32), 16000)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A tiny Speech Commands tree: two digits, one other word, background noise, both lists."""
+    root = tmp_path / "sc"
+    for rel in ["zero/a_nohash_0.wav", "zero/b_nohash_0.wav", "zero/c_nohash_0.wav", "one/a_nohash_0.wav",
+                "one/b_nohash_0.wav", "one/c_nohash_0.wav", "yes/a_nohash_0.wav", "yes/b_nohash_0.wav",
+                "_background_noise_/noise.wav"]:
+        _tone(root / rel)
+    (root / "validation_list.txt").write_text("zero/b_nohash_0.wav\none/b_nohash_0.wav\nyes/b_nohash_0.wav\n")
+    (root / "testing_list.txt").write_text("zero/c_nohash_0.wav\none/c_nohash_0.wav\n")
+    return root
+
+
+@pytest.mark.parametrize("flag", ["true", "True", "1", "yes"])
+def test_sc09_only_true(tree, tmp_path, flag, capsys):
+    split_data.main(["--root_path", str(tree), "--sc09_only", flag, "--out_dir", str(tmp_path / "splits")])
+    out = capsys.readouterr().out
+    for name in ("train", "valid", "test"):
+        assert f"sc09-{name}.csv" in out
+    train, valid, test = (_read(tmp_path / "splits" / f"sc09-{n}.csv") for n in ("train", "valid", "test"))
+    assert [r["path"] for r in train] == [str(tree / "one/a_nohash_0.wav"), str(tree / "zero/a_nohash_0.wav")]
+    assert [r["label"] for r in train] == ["one", "zero"]
+    assert [r["path"] for r in valid] == [str(tree / "one/b_nohash_0.wav"), str(tree / "zero/b_nohash_0.wav")]
+    assert [r["path"] for r in test] == [str(tree / "one/c_nohash_0.wav"), str(tree / "zero/c_nohash_0.wav")]
+    assert sorted(p.name for p in (tmp_path / "splits").iterdir()) == ["sc09-test.csv", "sc09-train.csv",
+                                                                       "sc09-valid.csv"]  # no temp files left
+
+
+@pytest.mark.parametrize("flag", ["false", "False", "0", "no"])
+def test_sc09_only_false_keeps_all_words(tree, tmp_path, flag):
+    split_data.main(["--root_path", str(tree), "--sc09_only", flag, "--out_dir", str(tmp_path / "s")])
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["test.csv", "train.csv", "valid.csv"]
+    train = [r["path"] for r in _read(tmp_path / "s" / "train.csv")]
+    assert str(tree / "yes/a_nohash_0.wav") in train
+    assert not any("_background_noise_" in p for p in train)  # folders with '_' never enter train
+    assert str(tree / "yes/b_nohash_0.wav") in [r["path"] for r in _read(tmp_path / "s" / "valid.csv")]
+
+
+def test_bad_flag_is_rejected(tree, tmp_path):
+    with pytest.raises(SystemExit):
+        split_data.main(["--root_path", str(tree), "--sc09_only", "maybe", "--out_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("missing", ["validation_list.txt", "testing_list.txt"])
+def test_missing_list_is_an_error(tree, tmp_path, missing):
+    (tree / missing).unlink()
+    with pytest.raises(SystemExit, match=missing):
+        split_data.main(["--root_path", str(tree), "--sc09_only", "true", "--out_dir", str(tmp_path / "s")])
+    assert not (tmp_path / "s").exists()
+
+
+def test_empty_tree_and_missing_list_entry(tree, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="no .*found under .*empty"):
+        split_data.main(["--root_path", str(empty), "--out_dir", str(tmp_path / "s")])
+    with pytest.raises(SystemExit, match="digit-word"):  # only non-digit words: empty for SC09
+        split_data.main(["--root_path", str(tree / "yes"), "--sc09_only", "1", "--out_dir", str(tmp_path / "s")])
+    (tree / "testing_list.txt").write_text("zero/c_nohash_0.wav\none/gone_nohash_0.wav\n")
+    with pytest.raises(SystemExit, match="one/gone_nohash_0.wav"):
+        split_data.main(["--root_path", str(tree), "--sc09_only", "true", "--out_dir", str(tmp_path / "s")])
+
+
+def test_cli_on_generated_corpus(tmp_path):
+    root = tmp_path / "digits"
+    make_digits_corpus(root, seed=4, n_speakers=5, per_word=1, valid_frac=0.2, test_frac=0.2, progress=False)
+    res = subprocess.run([sys.executable, str(REPO / "split_data.py"), "--root_path", str(root),
+                          "--sc09_only", "true", "--out_dir", str(tmp_path / "splits")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "sc09-train.csv (30 files)" in res.stdout and "sc09-valid.csv (10 files)" in res.stdout
+    parts = {n: _read(tmp_path / "splits" / f"sc09-{n}.csv") for n in ("train", "valid", "test")}
+    assert sum(len(p) for p in parts.values()) == 50
+    for rows in parts.values():
+        assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+        for r in rows:
+            assert Path(r["path"]).is_file() and Path(r["path"]).parent.name == r["label"]
+    speakers = {n: {Path(r["path"]).name.split("_nohash_")[0] for r in rows} for n, rows in parts.items()}
+    assert not speakers["train"] & speakers["valid"] and not speakers["train"] & speakers["test"]
+    assert not speakers["valid"] & speakers["test"]
+    listed = (root / "validation_list.txt").read_text().split()
+    assert sorted(str(root / r) for r in listed) == [r["path"] for r in parts["valid"]]
