@@ -1,4 +1,4 @@
-"""Generator inference speed: full-size README-command config, eval, no_grad, fp32.
+"""Generator inference speed: full-size README-command config, eval, no_grad, fp32 (or autocast with --amp).
 
 Prints median samples/s, GFLOP/sample (from layer shapes), the measured 2048x2048 matmul throughput, the
 ratio of the two, and peak memory. Usage: python bench/bench_generator.py [--device cpu|cuda] [--batches 1 16 64]
@@ -22,17 +22,29 @@ def main():
     p.add_argument('--device', default='cpu')
     p.add_argument('--batches', type=int, nargs='+', default=[1, 16, 64])
     p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--amp', choices=['fp16', 'bf16'], default=None, help='autocast dtype (default: plain fp32)')
     args = p.parse_args()
     torch.manual_seed(0)
     cfg = parse_config(README_OVERRIDES)
     g = Generator(cfg.rp_w_cfg).to(args.device).eval()
     gflop = generator_flops(g) / 1e9
     print(f'machine: {machine(args.device)}; generator: {gflop:.3f} GFLOP/sample')
+    amp = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(args.amp)
+    device_type = torch.device(args.device).type
+
+    def generate(z):
+        with torch.no_grad(), torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
+            return g(z)
+
+    if amp is not None:
+        z = torch.randn(16, g.z_dim, device=args.device)
+        ref = g(z).detach()
+        err = ((generate(z).float() - ref).abs().max() / ref.abs().max()).item()
+        print(f'{args.amp} autocast vs fp32: max abs difference / max abs output = {err:.2e}')
     for bs in args.batches:
         peak = matmul_peak_gflops(args.device)  # measured next to each run, so load changes affect both alike
         z = torch.randn(bs, g.z_dim, device=args.device)
-        with torch.no_grad():
-            t = median_seconds(lambda: g(z), args.device, repeats=args.repeats)
+        t = median_seconds(lambda: generate(z), args.device, repeats=args.repeats)
         rate = bs / t
         print(f'batch {bs:3d}: {rate:8.1f} samples/s  {rate * gflop:7.1f} GFLOP/s  '
               f'{100 * rate * gflop / peak:5.1f}% of matmul peak ({peak:.0f} GFLOP/s)  peak mem {peak_memory_gb(args.device):.2f} GB')
