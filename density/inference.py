@@ -1,0 +1,171 @@
+"""Inference wrapper (spec §10) and the loaders behind the torch.hub entries.
+
+Differences from the reference wrapper: every generation call runs under `torch.inference_mode()` (no
+autograd), audio longer than 16000 samples is centre-cropped instead of returned longer, a best-FAD checkpoint
+without `g_ema_state_dict` loads its training G with a warning, and checkpoints are read with
+`weights_only=True`.
+"""
+import pickle
+import warnings
+import zipfile
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from density.config import config_from_yaml, parse_config
+from density.download import fetch, resolve
+from density.models import Generator
+from density.vocoder import GriffinLimVocoder, HifiGAN, hubert_config, load_vocoder, mel_config
+
+N_SAMPLES = 16000  # one second at 16 kHz: the SC09 clip length every generation call returns
+
+RELEASE = "https://github.com/RF5/simple-asgan/releases/download/v0/"
+CHECKPOINT_URL = RELEASE + "asgan_hubert_ckpt_00520000_slim.pt"
+VOCODER_URL = RELEASE + "g_02365000_package.pth"
+HUBERT_URL = RELEASE + "hubert_base_ls960_nofinetune.pt"
+# Environment variables that override the URLs above (an explicit argument wins), and give expected SHA-256s.
+CHECKPOINT_URL_ENV, CHECKPOINT_SHA_ENV = "ASGAN_CHECKPOINT_URL", "ASGAN_CHECKPOINT_SHA256"
+VOCODER_URL_ENV, VOCODER_SHA_ENV = "ASGAN_VOCODER_URL", "ASGAN_VOCODER_SHA256"
+HUBERT_URL_ENV, HUBERT_SHA_ENV = "ASGAN_HUBERT_URL", "ASGAN_HUBERT_SHA256"
+# Architecture of the released HuBERT model: the seed README's training command (spec §1.2).
+OFFICIAL_OVERRIDES = ["model=rp_w", "rp_w_cfg.w_layers=1", "rp_w_cfg.use_sg3_ff=True", "rp_w_cfg.D_kernel_size=5",
+                      "rp_w_cfg.r1_gamma=0.1"]
+
+
+def fit_length(audio, n=N_SAMPLES):
+    """(B, T) -> (B, n): zero-pad floor((n-T)/2) on the left and the rest on the right, or centre-crop if T > n."""
+    T = audio.shape[-1]
+    if T > n:
+        start = (T - n) // 2
+        return audio[..., start:start + n]
+    return F.pad(audio, ((n - T) // 2, n - T - (n - T) // 2))
+
+
+def resolve_device(device=None) -> torch.device:
+    """None -> CUDA if available else CPU; a CUDA device without CUDA -> CPU with a warning."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(f"device {device} requested but CUDA is not available; using the CPU", stacklevel=3)
+        return torch.device("cpu")
+    return device
+
+
+class ASGANInference(nn.Module):
+    """Generator + vocoder -> (N, 16000) float waveforms at 16 kHz, on the wrapper's device, without autograd.
+
+    Attributes: g (Generator, eval), vocoder (alias hifigan), cfg (TrainConfig), z_dim, w_dim, seq_len (16000).
+    Vocoder outputs are centre-padded (floor(n/2) zeros on the left) or centre-cropped to 16000 samples.
+    """
+
+    def __init__(self, g: Generator, vocoder: nn.Module, cfg):
+        super().__init__()
+        self.g, self.vocoder, self.cfg = g.eval(), vocoder.eval(), cfg
+        self.z_dim, self.w_dim = g.z_dim, g.w_dim
+        self.seq_len = N_SAMPLES
+
+    @property
+    def hifigan(self):
+        return self.vocoder
+
+    @property
+    def device(self) -> torch.device:
+        return self.g.preconv.bias.device
+
+    def _vocode(self, c):
+        audio = self.vocoder(c)  # (N, 1, T)
+        return fit_length(audio.squeeze(1).float())
+
+    @torch.inference_mode()
+    def unconditional_generate(self, N: int, generator: torch.Generator = None):
+        """N waveforms from z ~ N(0, I) drawn on the CPU (optionally from `generator`) -> (N, 16000)."""
+        z = torch.randn(N, self.z_dim, generator=generator)
+        return self.generate_from_latent(z)
+
+    @torch.inference_mode()
+    def generate_from_latent(self, z):
+        """z (N, z_dim) -> (N, 16000)."""
+        c = self.g(z.to(self.device), self.cfg.rp_w_cfg.seq_len)  # (N, L, c_dim)
+        return self._vocode(c)
+
+    @torch.inference_mode()
+    def z2w(self, z):
+        """z (N, z_dim) -> w (N, w_dim) through the mapping network."""
+        return self.g.W(z.to(self.device))
+
+    @torch.inference_mode()
+    def generate_from_w(self, w):
+        """w (N, w_dim) or per-layer (N, n_layers+2, w_dim) -> (N, 16000)."""
+        c = self.g.forward_w(w.to(self.device), self.cfg.rp_w_cfg.seq_len)
+        return self._vocode(c)
+
+
+Conv2SC09Wrapper = ASGANInference
+
+
+def load_generator(checkpoint, sha256=None, model_dir=None, progress=True):
+    """An ASGAN checkpoint (path or URL) -> (Generator in eval mode on the CPU, TrainConfig).
+
+    Uses `cfg_yaml` and `g_ema_state_dict`; a checkpoint without the EMA generator (the reference's
+    ckpt_best_fad.pt) falls back to `g_state_dict` with a warning. Read with `weights_only=True`.
+    """
+    path = fetch(checkpoint, model_dir, sha256, progress)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path}: not a readable ASGAN checkpoint (truncated download or foreign file? "
+                         f"delete it and download again): {e}") from e
+    if not isinstance(ckpt, dict) or "cfg_yaml" not in ckpt:
+        raise ValueError(f"{path}: no 'cfg_yaml' entry; an ASGAN checkpoint holds cfg_yaml and g_ema_state_dict")
+    cfg = config_from_yaml(ckpt["cfg_yaml"])
+    if "g_ema_state_dict" in ckpt:
+        state = ckpt["g_ema_state_dict"]
+    elif "g_state_dict" in ckpt:
+        warnings.warn(f"{path} has no g_ema_state_dict (a best-FAD checkpoint?); using the training "
+                      "generator g_state_dict instead of the EMA generator", stacklevel=2)
+        state = ckpt["g_state_dict"]
+    else:
+        raise ValueError(f"{path}: neither 'g_ema_state_dict' nor 'g_state_dict' found")
+    g = Generator(cfg.rp_w_cfg)
+    try:
+        g.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: generator weights do not match the checkpoint's own cfg_yaml: {e}") from e
+    return g.eval(), cfg
+
+
+def default_vocoder(cfg, device, url=None, sha256=None, model_dir=None, progress=True) -> nn.Module:
+    """The vocoder for a config when the user names none: the official HuBERT HiFi-GAN (downloaded; URL
+    overridable by `url` or $ASGAN_VOCODER_URL) for hubert_L6, Griffin-Lim for melspec."""
+    if cfg.data_type == "melspec":
+        return GriffinLimVocoder().to(device)
+    if cfg.data_type == "hubert_L6":
+        return load_vocoder(resolve(url, VOCODER_URL_ENV, VOCODER_URL), device,
+                            resolve(sha256, VOCODER_SHA_ENV, None), model_dir, progress)
+    raise ValueError(f"data_type '{cfg.data_type}' has no vocoder; expected 'hubert_L6' or 'melspec'")
+
+
+def load_asgan(checkpoint, vocoder=None, device=None, checkpoint_sha256=None, vocoder_sha256=None,
+               model_dir=None, progress=True) -> ASGANInference:
+    """Wrapper from a checkpoint (path or URL) and a vocoder (path, URL, module, or None for `default_vocoder`)."""
+    device = resolve_device(device)
+    g, cfg = load_generator(checkpoint, checkpoint_sha256, model_dir, progress)
+    if vocoder is None:
+        vocoder = default_vocoder(cfg, device, None, vocoder_sha256, model_dir, progress)
+    elif not isinstance(vocoder, nn.Module):
+        vocoder = load_vocoder(vocoder, device, vocoder_sha256, model_dir, progress)
+    return ASGANInference(g, vocoder, cfg).to(device).eval()
+
+
+def untrained_asgan(device=None, mel=False) -> ASGANInference:
+    """Randomly initialised full-size model: the released HuBERT architecture + HiFi-GAN, or the mel variant
+    + a mel HiFi-GAN. For tests and speed measurements; no download."""
+    if mel:
+        cfg = parse_config(["model=rp_w", "preset=mel"])
+        vocoder = HifiGAN(mel_config())
+    else:
+        cfg = parse_config(OFFICIAL_OVERRIDES)
+        vocoder = HifiGAN(hubert_config())
+    return ASGANInference(Generator(cfg.rp_w_cfg), vocoder.remove_weight_norm(), cfg).to(resolve_device(device))

@@ -1,0 +1,156 @@
+"""Generate one-second 16 kHz wavs with ASGAN, plus a PNG grid of their log-mel spectrograms.
+
+    python generate.py --pretrained --out_dir samples --n 64                        # official model (downloads)
+    python generate.py --checkpoint runs/ckpt_00100000.pt --vocoder hifigan.pt --out_dir samples
+    python generate.py --checkpoint runs/mel/ckpt_00100000.pt --out_dir samples     # mel model: Griffin-Lim
+    python generate.py --pretrained --out_dir interp --interpolate 3 7 --space w --steps 10 --truncation 0.7
+
+Sample i of a run is row i of a (n, z_dim) standard-normal draw from a CPU generator seeded with --seed, so
+files do not depend on --batch_size or the device (beyond float rounding). Interpolation goes from the latent
+of seed A to that of seed B (the first sample of --seed A and of --seed B): spherical in z (`--space z`),
+linear in w (`--space w`).
+Truncation moves every w toward the mean w of --w_avg_samples random z: w_avg + psi (w - w_avg).
+"""
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from density.audio import SAMPLE_RATE, log_mel, save_wav
+from density.inference import load_asgan, resolve_device
+
+W_AVG_SEED = 12345  # latents for the mean w are drawn from their own fixed stream, apart from --seed
+W_AVG_BATCH = 4096  # mapping-network batch when estimating the mean w
+PNG_COLUMNS = 8
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pretrained", action="store_true", help="official HuBERT SC09 model (torch.hub download)")
+    src.add_argument("--checkpoint", help="your own training checkpoint (.pt with cfg_yaml + g_ema_state_dict)")
+    p.add_argument("--vocoder", help="vocoder file or URL for --checkpoint (default: official HuBERT HiFi-GAN "
+                                     "for hubert_L6 models, Griffin-Lim for melspec models)")
+    p.add_argument("--out_dir", required=True, help="folder for the wavs and spectrograms.png (created)")
+    p.add_argument("--n", type=int, default=16, help="number of wavs (ignored with --interpolate)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent draw")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
+                   help="truncation psi toward the mean w (1 = off, 0 = always the mean)")
+    p.add_argument("--w_avg_samples", type=int, default=10000, help="random z used to estimate the mean w")
+    p.add_argument("--interpolate", type=int, nargs=2, metavar=("SEED_A", "SEED_B"),
+                   help="write an interpolation between the latents of two seeds instead of --n samples")
+    p.add_argument("--space", choices=["z", "w"], default="z", help="interpolation space")
+    p.add_argument("--steps", type=int, default=8, help="interpolation points, both ends included")
+    p.add_argument("--png_max", type=int, default=64, help="most spectrograms in the PNG grid (0: no PNG)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.vocoder and not args.checkpoint:
+        p.error("--vocoder goes with --checkpoint")
+    if args.n < 1 or args.batch_size < 1 or args.steps < 2 or args.w_avg_samples < 1:
+        p.error("--n, --batch_size, --w_avg_samples must be >= 1 and --steps >= 2")
+    return args
+
+
+def slerp(a, b, t):
+    """Spherical interpolation between rows a, b (1, D) at fractions t (S,) -> (S, D)."""
+    a_n, b_n = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((a_n * b_n).sum(-1).clamp(-1, 1))  # angle between the two latents
+    if omega.item() < 1e-6:
+        return torch.lerp(a, b, t[:, None])
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so)[:, None] * a + (torch.sin(t * omega) / so)[:, None] * b
+
+
+def mean_w(model, n, progress):
+    """Mean of W(z) over n standard-normal z drawn from a fixed seed -> (1, w_dim)."""
+    g = torch.Generator().manual_seed(W_AVG_SEED)
+    total = torch.zeros(1, model.w_dim, dtype=torch.float64)
+    for start in tqdm(range(0, n, W_AVG_BATCH), desc="mean w", disable=not progress):
+        z = torch.randn(min(W_AVG_BATCH, n - start), model.z_dim, generator=g)
+        total += model.z2w(z).double().sum(0, keepdim=True).cpu()
+    return (total / n).float()
+
+
+def latents(model, args):
+    """-> (latents (M, z_dim or w_dim) on the CPU, kind 'z' or 'w', file stems)."""
+    if args.interpolate:
+        a, b = (torch.randn(1, model.z_dim, generator=torch.Generator().manual_seed(s)) for s in args.interpolate)
+        t = torch.linspace(0, 1, args.steps)
+        stems = [f"interp_{args.space}_{args.interpolate[0]}_{args.interpolate[1]}_{k:03d}" for k in range(args.steps)]
+        if args.space == "z":
+            return slerp(a, b, t), "z", stems
+        wa, wb = model.z2w(a).cpu(), model.z2w(b).cpu()
+        return torch.lerp(wa, wb, t[:, None]), "w", stems
+    z = torch.randn(args.n, model.z_dim, generator=torch.Generator().manual_seed(args.seed))
+    return z, "z", [f"seed{args.seed}_{i:05d}" for i in range(args.n)]
+
+
+def write_png(path, mels, names):
+    """Grid of log-mel images (128, frames) with file names as titles, written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(PNG_COLUMNS, len(mels))
+    rows = -(-len(mels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, mel, name in zip(axes.flat, mels, names):
+        ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=-11.5, vmax=mel.max().item())
+        ax.set_title(name, fontsize=6)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    progress = not args.no_progress
+    device = resolve_device(args.device)
+    if args.pretrained:
+        from hubconf import asgan_hubert_sc09_6
+        model = asgan_hubert_sc09_6(pretrained=True, progress=progress, device=device)
+    else:
+        model = load_asgan(args.checkpoint, args.vocoder, device, progress=progress)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lat, kind, stems = latents(model, args)
+    w_avg = mean_w(model, args.w_avg_samples, progress) if args.truncation != 1 else None
+    mels, names = [], []
+    for start in tqdm(range(0, len(lat), args.batch_size), desc="generate", disable=not progress):
+        batch = lat[start:start + args.batch_size]
+        if w_avg is not None:
+            w = model.z2w(batch).cpu() if kind == "z" else batch
+            wavs = model.generate_from_w(torch.lerp(w_avg, w, args.truncation))
+        elif kind == "z":
+            wavs = model.generate_from_latent(batch)
+        else:
+            wavs = model.generate_from_w(batch)
+        wavs = wavs.cpu()
+        for wav, stem in zip(wavs, stems[start:start + args.batch_size]):
+            save_wav(out_dir / f"{stem}.wav", wav, SAMPLE_RATE)
+            if len(mels) < args.png_max:
+                mels.append(log_mel(wav))
+                names.append(stem)
+    if mels:
+        write_png(out_dir / "spectrograms.png", mels, names)
+    print(f"wrote {len(stems)} wavs{' and spectrograms.png' if mels else ''} to {out_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""generate.py: wavs, PNG grid, seeding, interpolation and truncation, on tiny checkpoints made here."""
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import soundfile as sf
+
+import generate
+from density.vocoder import save_vocoder
+from tiny_asgan import make_checkpoint, tiny_vocoder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    make_checkpoint(tmp_path / "ckpt.pt")
+    save_vocoder(tiny_vocoder(), tmp_path / "voc.pt")
+    return ["--checkpoint", str(tmp_path / "ckpt.pt"), "--vocoder", str(tmp_path / "voc.pt"), "--no_progress",
+            "--device", "cpu"]
+
+
+def read(folder):
+    """{file name: samples} of every wav in folder, checking 16 kHz mono 1 s."""
+    out = {}
+    for path in sorted(Path(folder).glob("*.wav")):
+        info = sf.info(str(path))
+        assert (info.samplerate, info.channels, info.frames, info.subtype) == (16000, 1, 16000, "PCM_16")
+        out[path.name], _ = sf.read(str(path), dtype="float32")
+    return out
+
+
+def test_writes_wavs_and_png(tiny, tmp_path):
+    generate.main(tiny + ["--out_dir", str(tmp_path / "a"), "--n", "5", "--batch_size", "2", "--seed", "3"])
+    wavs = read(tmp_path / "a")
+    assert list(wavs) == [f"seed3_{i:05d}.wav" for i in range(5)]
+    assert all(abs(w).max() > 0 for w in wavs.values())
+    png = matplotlib.image.imread(tmp_path / "a" / "spectrograms.png")
+    assert png.ndim == 3 and png.shape[0] > 50 and png.shape[1] > 200
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")) == []  # no temporaries
+    generate.main(tiny + ["--out_dir", str(tmp_path / "b"), "--n", "3", "--batch_size", "3", "--seed", "3",
+                          "--png_max", "0"])
+    again = read(tmp_path / "b")
+    assert not (tmp_path / "b" / "spectrograms.png").exists()
+    for name, w in again.items():  # same seed, other batch size: same samples up to float and 16-bit rounding
+        assert abs(w - wavs[name]).max() <= 2 / 32768
+
+
+def test_interpolation_endpoints_match_seeds(tiny, tmp_path):
+    generate.main(tiny + ["--out_dir", str(tmp_path / "i"), "--interpolate", "4", "9", "--steps", "4"])
+    interp = read(tmp_path / "i")
+    assert list(interp) == [f"interp_z_4_9_{k:03d}.wav" for k in range(4)]
+    for seed, name in [(4, "interp_z_4_9_000.wav"), (9, "interp_z_4_9_003.wav")]:
+        generate.main(tiny + ["--out_dir", str(tmp_path / f"s{seed}"), "--n", "1", "--seed", str(seed)])
+        single = read(tmp_path / f"s{seed}")[f"seed{seed}_00000.wav"]
+        assert abs(single - interp[name]).max() <= 2 / 32768  # equal up to 16-bit rounding
+    assert abs(interp["interp_z_4_9_001.wav"] - interp["interp_z_4_9_000.wav"]).max() > 0
+
+
+def test_w_interpolation_and_truncation(tiny, tmp_path):
+    generate.main(tiny + ["--out_dir", str(tmp_path / "w"), "--interpolate", "1", "2", "--space", "w",
+                          "--steps", "3", "--truncation", "0.5", "--w_avg_samples", "100"])
+    assert len(read(tmp_path / "w")) == 3
+    generate.main(tiny + ["--out_dir", str(tmp_path / "t"), "--n", "3", "--truncation", "0",
+                          "--w_avg_samples", "100", "--png_max", "0"])
+    wavs = list(read(tmp_path / "t").values())  # psi = 0: every sample is the mean w's
+    assert all((w == wavs[0]).all() for w in wavs)
+
+
+def test_mel_checkpoint_with_griffin_lim(tmp_path):
+    make_checkpoint(tmp_path / "mel.pt", mel=True)
+    generate.main(["--checkpoint", str(tmp_path / "mel.pt"), "--out_dir", str(tmp_path / "m"), "--n", "2",
+                   "--no_progress", "--device", "cpu"])
+    assert len(read(tmp_path / "m")) == 2 and (tmp_path / "m" / "spectrograms.png").is_file()
+
+
+def test_command_line_help_and_errors(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "generate.py"), "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0
+    for option in ["--pretrained", "--checkpoint", "--vocoder", "--interpolate", "--space", "--steps",
+                   "--truncation", "--w_avg_samples", "--batch_size", "--seed", "--device"]:
+        assert option in out.stdout
+    with pytest.raises(SystemExit):
+        generate.parse_args(["--vocoder", "v.pt", "--pretrained", "--out_dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        generate.parse_args(["--out_dir", str(tmp_path)])  # neither --pretrained nor --checkpoint

@@ -1,0 +1,204 @@
+"""torch.hub entries, the inference wrapper, checkpoint loading and the hash-checked downloader.
+
+Remote files are served by a local HTTP server on 127.0.0.1 and reach the code through the real download
+path, with the URLs overridden by environment variables or arguments.
+"""
+import http.server
+import shutil
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from torch.package import PackageExporter
+
+import hubconf
+from density.download import DownloadError, download, sha256_of
+from density.inference import N_SAMPLES, ASGANInference, Conv2SC09Wrapper, fit_length
+from density.vocoder import GriffinLimVocoder, save_vocoder
+from tiny_asgan import make_checkpoint, tiny_vocoder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; /truncated/<name> announces the full length but sends half of the file."""
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        if self.path.startswith("/truncated/"):
+            data = (Path(self.directory) / self.path.split("/")[-1]).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch, fixtures_dir):
+    """Folder of release-like files behind http://127.0.0.1:<port>/, and a fresh torch hub cache."""
+    root = tmp_path / "release"
+    root.mkdir()
+    make_checkpoint(root / "asgan_tiny.pt")
+    vocoder = tiny_vocoder().remove_weight_norm()
+    with PackageExporter(str(root / "g_tiny_package.pth")) as exporter:
+        exporter.intern("density.**")
+        exporter.extern("**")
+        exporter.save_pickle(".", "hifigan_pkl.pt", vocoder)
+    shutil.copy(fixtures_dir / "hubert_fairseq" / "tiny_hubert_fairseq.pt", root / "hubert_tiny.pt")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    httpd.requests = []
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    assert Path(torch.hub.get_dir()).is_relative_to(tmp_path), "another test fixed torch.hub's dir"
+    for var in ["CHECKPOINT", "VOCODER", "HUBERT"]:
+        monkeypatch.delenv(f"ASGAN_{var}_URL", raising=False)
+        monkeypatch.delenv(f"ASGAN_{var}_SHA256", raising=False)
+    yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}/", root
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def cache_files():
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+def test_official_entry_through_download_path(server, monkeypatch):
+    httpd, url, root = server
+    monkeypatch.setenv("ASGAN_CHECKPOINT_URL", url + "asgan_tiny.pt")
+    monkeypatch.setenv("ASGAN_CHECKPOINT_SHA256", sha256_of(root / "asgan_tiny.pt"))
+    model = hubconf.asgan_hubert_sc09_6(vocoder_url=url + "g_tiny_package.pth", progress=False, device="cpu")
+    assert isinstance(model, ASGANInference) and Conv2SC09Wrapper is ASGANInference
+    assert type(model.vocoder).__module__.startswith("<torch_package_") and model.hifigan is model.vocoder
+    assert (model.z_dim, model.w_dim, model.seq_len) == (16, 16, N_SAMPLES)
+    audio = model.unconditional_generate(3)
+    assert audio.shape == (3, N_SAMPLES) and audio.dtype == torch.float32 and not audio.requires_grad
+    assert (audio[0] - audio[1]).abs().max() > 1e-2  # samples differ
+    assert cache_files() == ["asgan_tiny.pt", "g_tiny_package.pth"]
+    n_requests = len(httpd.requests)
+    hubconf.asgan_hubert_sc09_6(vocoder_url=url + "g_tiny_package.pth", progress=False, device="cpu")
+    assert len(httpd.requests) == n_requests  # served from the cache the second time
+
+
+def test_hubert_base_through_download_path(server, fixtures_dir):
+    httpd, url, root = server
+    reader = hubconf.hubert_base(url=url + "hubert_tiny.pt", sha256=sha256_of(root / "hubert_tiny.pt"),
+                                 progress=False, device="cpu")
+    expected = torch.load(fixtures_dir / "hubert_fairseq" / "tiny_hubert_expected.pt", weights_only=True)
+    feats = reader.extract(expected["wav"])  # what fairseq returned, no padding
+    torch.testing.assert_close(feats, expected["layer6"], atol=1e-4, rtol=1e-4)
+    assert reader.get_feats(audio=expected["wav"][0]).shape == (50, 48)  # 1 s -> 50 frames at layer 6
+
+
+def test_wrong_sha256_is_a_clear_error(server, monkeypatch):
+    httpd, url, root = server
+    monkeypatch.setenv("ASGAN_CHECKPOINT_SHA256", "0" * 64)
+    with pytest.raises(DownloadError, match=r"asgan_tiny\.pt: SHA-256 is [0-9a-f]{64}, expected 0{64}"):
+        hubconf.asgan_hubert_sc09_6(checkpoint_url=url + "asgan_tiny.pt", progress=False, device="cpu")
+    assert cache_files() == []  # nothing kept, not even a partial file
+
+
+def test_truncated_download_is_a_clear_error(server):
+    httpd, url, root = server
+    with pytest.raises(DownloadError, match=r"truncated/asgan_tiny\.pt was truncated"):
+        hubconf.asgan_from_checkpoint(url + "truncated/asgan_tiny.pt", progress=False, device="cpu")
+    assert cache_files() == []
+    with pytest.raises(DownloadError, match=r"missing\.pt failed.*404"):
+        download(url + "missing.pt", progress=False)
+
+
+def test_cached_file_with_wrong_hash_is_refused(tmp_path):
+    (tmp_path / "f.pt").write_bytes(b"abc")
+    with pytest.raises(DownloadError, match=r"cached file .*f\.pt .*delete it"):
+        download("http://127.0.0.1:9/f.pt", model_dir=tmp_path, sha256="1" * 64)
+    assert download("http://127.0.0.1:9/f.pt", model_dir=tmp_path) == tmp_path / "f.pt"  # cached, no request
+
+
+def test_hub_load_local_untrained_offline():
+    model = torch.hub.load(str(REPO), "asgan_hubert_sc09_6", source="local", pretrained=False, device="cpu")
+    audio = model.unconditional_generate(2)
+    assert audio.shape == (2, N_SAMPLES) and audio.dtype == torch.float32 and torch.isfinite(audio).all()
+    assert sum(p.numel() for p in model.g.parameters()) == 33_384_196  # the released architecture
+
+
+def test_own_checkpoint_entry_and_wrapper_api(tmp_path):
+    g = make_checkpoint(tmp_path / "ckpt.pt")
+    vocoder = tiny_vocoder()
+    save_vocoder(vocoder, tmp_path / "voc.pt")
+    model = torch.hub.load(str(REPO), "asgan_from_checkpoint", source="local", checkpoint=str(tmp_path / "ckpt.pt"),
+                           vocoder=str(tmp_path / "voc.pt"), device="cpu")
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(5))
+    audio = model.generate_from_latent(z)
+    assert audio.shape == (4, N_SAMPLES)
+    with torch.no_grad():
+        raw = vocoder.remove_weight_norm()(g(z)).squeeze(1)  # (4, 16 * 320)
+    pad = (N_SAMPLES - raw.shape[1]) // 2
+    torch.testing.assert_close(audio[:, pad:pad + raw.shape[1]], raw, rtol=1e-4, atol=1e-5)
+    assert audio[:, :pad].abs().max() == 0 and audio[:, pad + raw.shape[1]:].abs().max() == 0
+    torch.testing.assert_close(model.unconditional_generate(4, generator=torch.Generator().manual_seed(5)), audio)
+    w = model.z2w(z)
+    assert w.shape == (4, 16)
+    torch.testing.assert_close(model.generate_from_w(w), audio, rtol=1e-4, atol=1e-5)
+    per_layer = w[:, None].expand(4, g.n_layers + 2, 16)
+    torch.testing.assert_close(model.generate_from_w(per_layer), audio, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_length_pads_and_crops_centred():
+    x = torch.arange(1.0, 6.0)[None]  # T = 5
+    torch.testing.assert_close(fit_length(x, 8), torch.tensor([[0, 1, 2, 3, 4, 5, 0, 0.]]))
+    torch.testing.assert_close(fit_length(x, 2), torch.tensor([[2, 3.]]))
+
+
+def test_best_fad_checkpoint_falls_back_to_training_g(tmp_path):
+    make_checkpoint(tmp_path / "ckpt_best_fad.pt", ema=False)
+    save_vocoder(tiny_vocoder(), tmp_path / "voc.pt")
+    with pytest.warns(UserWarning, match="no g_ema_state_dict"):
+        model = hubconf.asgan_from_checkpoint(tmp_path / "ckpt_best_fad.pt", tmp_path / "voc.pt", device="cpu")
+    assert model.unconditional_generate(1).shape == (1, N_SAMPLES)
+
+
+def test_mel_checkpoint_uses_griffin_lim(tmp_path):
+    make_checkpoint(tmp_path / "mel.pt", mel=True)
+    model = hubconf.asgan_from_checkpoint(tmp_path / "mel.pt", device="cpu")
+    assert isinstance(model.vocoder, GriffinLimVocoder)
+    audio = model.unconditional_generate(2)
+    assert audio.shape == (2, N_SAMPLES) and torch.isfinite(audio).all()
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    make_checkpoint(tmp_path / "ckpt.pt")
+    data = (tmp_path / "ckpt.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.pt: not a readable ASGAN checkpoint \(truncated"):
+        hubconf.asgan_from_checkpoint(tmp_path / "cut.pt", device="cpu")
+    torch.save({"state": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match=r"foreign\.pt: no 'cfg_yaml'"):
+        hubconf.asgan_from_checkpoint(tmp_path / "foreign.pt", device="cpu")
+    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+        hubconf.asgan_from_checkpoint(tmp_path / "nothere.pt", device="cpu")
+
+
+def test_cuda_request_without_cuda_falls_back_to_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    make_checkpoint(tmp_path / "ckpt.pt")
+    save_vocoder(tiny_vocoder(), tmp_path / "voc.pt")
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        model = hubconf.asgan_from_checkpoint(tmp_path / "ckpt.pt", tmp_path / "voc.pt", device="cuda")
+    assert model.device == torch.device("cpu")
+
+
+def test_hub_entries_and_reference_keyword(monkeypatch):
+    entries = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")}
+    assert entries == {"asgan_hubert_sc09_6", "asgan_from_checkpoint", "hubert_hifigan", "hubert_base"}
+    monkeypatch.setattr(hubconf._inf, "untrained_asgan", lambda device: torch.nn.Identity())
+    assert isinstance(hubconf.asgan_hubert_sc09_6(pretrianed=False), torch.nn.Identity)  # reference spelling
+    vocoder = hubconf.hubert_hifigan(pretrained=False, device="cpu")
+    assert vocoder(torch.zeros(1, 2, 768)).shape == (1, 1, 640)
