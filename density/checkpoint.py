@@ -1,0 +1,82 @@
+"""Training checkpoints: atomic writes, safe loading, pruning, and RNG state capture.
+
+A checkpoint is the dict of spec §1.3 (g/d/g_ema state dicts, optimiser and scaler states, steps, epoch,
+cfg_yaml) plus `train_state` (phase, counter, next batch index, smoothed losses, best FAD, d_update_perc),
+`ada_state` (Augmenter.state_dict()) and `rng_state` (python, numpy, torch, CUDA), enough to resume exactly.
+"""
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REQUIRED_KEYS = ('g_state_dict', 'd_state_dict', 'steps', 'epoch', 'cfg_yaml')
+PERIODIC = re.compile(r'ckpt_(\d{8})\.pt')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: missing, truncated, or not an asgan training checkpoint."""
+
+
+def save(state, path):
+    """Write `state` to `path` atomically: torch.save to a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path, require=REQUIRED_KEYS):
+    """Load a checkpoint dict on the CPU without unpickling code; CheckpointError names the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'{path}: no such checkpoint file')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f'{path}: not a readable torch checkpoint (truncated or foreign file?): {e}') from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f'{path}: holds a {type(state).__name__}, expected an asgan checkpoint dict')
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise CheckpointError(f'{path}: not an asgan training checkpoint, missing keys {missing}')
+    return state
+
+
+def periodic_path(checkpoint_path, steps):
+    return Path(checkpoint_path) / f'ckpt_{steps:08d}.pt'
+
+
+def prune(checkpoint_path, keep):
+    """Delete all but the newest `keep` periodic ckpt_XXXXXXXX.pt files (keep <= 0: delete nothing)."""
+    if keep <= 0:
+        return
+    files = sorted(p for p in Path(checkpoint_path).iterdir() if PERIODIC.fullmatch(p.name))
+    for p in files[:-keep]:
+        p.unlink()
+
+
+def rng_state():
+    """Generator states of python `random`, numpy, torch and every CUDA device, in weights_only-safe types."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {'python': random.getstate(),
+            'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': pos,
+                      'has_gauss': has_gauss, 'gauss': gauss},
+            'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state['numpy']
+    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
