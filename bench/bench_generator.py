@@ -27,6 +27,7 @@ def main():
     torch.manual_seed(0)
     cfg = parse_config(README_OVERRIDES)
     g = Generator(cfg.rp_w_cfg).to(args.device).eval()
+    g.calibrate_norm_ema(torch.randn(64, g.z_dim, device=args.device))  # trained-like activation scales
     gflop = generator_flops(g) / 1e9
     print(f'machine: {machine(args.device)}; generator: {gflop:.3f} GFLOP/sample')
     amp = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(args.amp)

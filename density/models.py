@@ -345,6 +345,26 @@ class Generator(nn.Module):
         x = self.head(x, ws[-1], update_ema)
         return x.transpose(1, 2)  # (B, L, c_dim)
 
+    @torch.no_grad()
+    def calibrate_norm_ema(self, z):
+        """Set each layer's `norm_ema` to the mean square of its input for latents z (B, z_dim).
+
+        That is the value training's running mean tends to. Untrained generators need it for meaningful
+        outputs: with norm_ema = 1 the un-normalised resampling filters shrink the signal 2-4x per layer
+        (reference quirk 10), so a fresh G outputs ~1e-7. Used by benchmarks and tests.
+        """
+        def set_input_power(layer, args):
+            layer.norm_ema.fill_(args[0].float().square().mean())
+
+        hooks = [m.register_forward_pre_hook(set_input_power) for m in [*self.layers, self.head]]
+        was_training = self.training
+        try:
+            self.eval()(z)
+        finally:
+            self.train(was_training)
+            for h in hooks:
+                h.remove()
+
     def forward(self, z, seq_len=None, update_ema=False):
         """z (B, z_dim) -> (B, L, c_dim); seq_len is ignored (the reference always starts from L0 frames)."""
         assert z.ndim == 2 and z.shape[1] == self.z_dim, f'z must be (B, {self.z_dim}), got {tuple(z.shape)}'

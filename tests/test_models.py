@@ -101,3 +101,18 @@ def test_train_mode_without_update_ema_warns_once_and_keeps_ema():
             g(torch.randn(4, 8))
     assert len([c for c in caught if 'update_ema' in str(c.message)]) == 1
     assert all(torch.equal(g.state_dict()[k], v) for k, v in before.items())
+
+
+def test_calibrate_norm_ema_gives_unit_power_inputs():
+    g = Generator(tiny_cfg().rp_w_cfg).train()
+    z = torch.randn(16, 8)
+    g.calibrate_norm_ema(z)
+    assert g.training
+    powers = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: powers.append(a[0].square().mean() / m.norm_ema))
+             for m in [*g.layers, g.head]]
+    with torch.no_grad():
+        g.eval()(z)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(torch.stack(powers), torch.ones(len(powers)))

@@ -1,9 +1,10 @@
 """Tiny ASGAN checkpoints and HiFi-GANs for the hub and generate tests (fast on 2 CPU cores).
 
 A freshly initialised generator's output is ~1e-9 (the un-normalised resampling filters shrink the signal
-at every layer, spec quirk 10), so each layer's `norm_ema` is set to the power of its input, which is what
-training's running mean converges to. The tiny HiFi-GAN has zero biases and a calibrated output gain, so
-that its waveform depends on its input instead of being dominated by the biases.
+at every layer, spec quirk 10), so each layer's `norm_ema` is calibrated to the power of its input
+(`Generator.calibrate_norm_ema`), which is what training's running mean converges to. The tiny HiFi-GAN
+has zero biases and a calibrated output gain, so that its waveform depends on its input instead of being
+dominated by the biases.
 """
 import torch
 
@@ -24,20 +25,12 @@ def tiny_cfg(mel=False):
     return cfg
 
 
-def _set_input_power(layer, args):
-    layer.norm_ema.fill_(args[0].pow(2).mean())
-
-
 def make_checkpoint(path, mel=False, ema=True):
     """Save cfg_yaml + g_ema_state_dict (or only g_state_dict, like the reference's ckpt_best_fad.pt) -> G."""
     torch.manual_seed(1)
     cfg = tiny_cfg(mel)
     g = Generator(cfg.rp_w_cfg).eval()
-    hooks = [m.register_forward_pre_hook(_set_input_power) for m in [*g.layers, g.head]]
-    with torch.no_grad():
-        g(torch.randn(64, g.z_dim))
-    for h in hooks:
-        h.remove()
+    g.calibrate_norm_ema(torch.randn(64, g.z_dim))
     key = "g_ema_state_dict" if ema else "g_state_dict"
     torch.save({"cfg_yaml": config_to_yaml(cfg), key: g.state_dict(), "steps": 10}, path)
     return g
