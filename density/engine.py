@@ -106,7 +106,19 @@ class TorchEngine(_Engine):
         return TorchTrainable(model, ddp, optimizer, scaler, self.grad_clip)
 
 
-class TorchTrainable:
+class _Trainable:
+    """Optimiser + loss-scaler state shared by both engines' trainables (`optimizer`, `scaler` attributes)."""
+
+    def state_dict(self):
+        return self.optimizer.state_dict(), self.scaler.state_dict() if self.scaler else None
+
+    def load_state_dict(self, optim_state, scaler_state):
+        self.optimizer.load_state_dict(optim_state)
+        if self.scaler and scaler_state:
+            self.scaler.load_state_dict(scaler_state)
+
+
+class TorchTrainable(_Trainable):
     def __init__(self, module, ddp, optimizer, scaler, grad_clip):
         self.module, self.ddp, self.optimizer, self.scaler, self.grad_clip = module, ddp, optimizer, scaler, grad_clip
 
@@ -129,14 +141,6 @@ class TorchTrainable:
         elif math.isfinite(norm):
             self.optimizer.step()
         return norm
-
-    def state_dict(self):
-        return self.optimizer.state_dict(), self.scaler.state_dict() if self.scaler else None
-
-    def load_state_dict(self, optim_state, scaler_state):
-        self.optimizer.load_state_dict(optim_state)
-        if self.scaler and scaler_state:
-            self.scaler.load_state_dict(scaler_state)
 
 
 def _free_port():
@@ -179,7 +183,7 @@ class DeepSpeedEngine(_Engine):
         return DeepSpeedTrainable(engine)
 
 
-class DeepSpeedTrainable:
+class DeepSpeedTrainable(_Trainable):
     def __init__(self, engine):
         self.engine, self.module, self.optimizer = engine, engine.module, engine.optimizer
 
@@ -207,11 +211,3 @@ class DeepSpeedTrainable:
         else:
             self.engine.zero_grad()
         return norm
-
-    def state_dict(self):
-        return self.optimizer.state_dict(), self.scaler.state_dict() if self.scaler else None
-
-    def load_state_dict(self, optim_state, scaler_state):
-        self.optimizer.load_state_dict(optim_state)
-        if self.scaler and scaler_state:
-            self.scaler.load_state_dict(scaler_state)
