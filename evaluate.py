@@ -16,14 +16,13 @@ Example:
 import argparse
 import json
 import math
-import os
 import pickle
-import tempfile
 
 import numpy as np
 import torch
 
 from density import metrics
+from density.fileio import write_text
 
 INPUTS = ("gen_feats", "real_feats", "gen_logits", "train_logits", "latents")
 
@@ -73,13 +72,8 @@ def compute(args):
 
 def write_json(path, result):
     """Atomic write; non-finite values become null."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     clean = {k: (v if math.isfinite(v) else None) for k, v in result.items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(clean, f, indent=2)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(clean, indent=2))
 
 
 def main(argv=None):

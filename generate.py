@@ -12,15 +12,14 @@ linear in w (`--space w`).
 Truncation moves every w toward the mean w of --w_avg_samples random z: w_avg + psi (w - w_avg).
 """
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from density.audio import SAMPLE_RATE, log_mel, save_wav
+from density.fileio import atomic_path
 from density.inference import load_asgan, resolve_device
 
 W_AVG_SEED = 12345  # latents for the mean w are drawn from their own fixed stream, apart from --seed
@@ -106,14 +105,9 @@ def write_png(path, mels, names):
         ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=-11.5, vmax=mel.max().item())
         ax.set_title(name, fontsize=6)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
 

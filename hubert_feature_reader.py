@@ -15,10 +15,8 @@ row equals `get_feats` of that clip.
 import argparse
 import csv
 import logging
-import os
 import re
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from tqdm import tqdm
 
 from density.audio import HOP, N_FFT, PAD, SAMPLE_RATE, AudioError, load_audio, log_mel
 from density.fairseq_checkpoint import hubert_config, hubert_state_dict, load_fairseq_checkpoint, task_normalize
+from density.fileio import save_torch, write_text
 
 log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -165,25 +164,6 @@ def _is_done(path):
     return isinstance(t, torch.Tensor) and t.dim() == 2
 
 
-def _write_atomic(path, write):
-    """Call write(tmp) on a temporary file next to `path`, then rename it, so `path` is never half written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def save_atomic(obj, path):
-    """Atomic torch.save."""
-    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
 class _Featurizer:
     """Batched (B, T) equal-length 16 kHz clips -> (B, frames, dim) for --type hubert_L<n> or melspec."""
 
@@ -218,7 +198,7 @@ def extract_all(jobs, out, featurize, batch_size=16, resample=False):
     def flush(items):
         feats = featurize(torch.stack([wav for wav, _ in items]))
         for feat, (_, dst) in zip(feats, items):
-            save_atomic(feat.to("cpu", copy=True), dst)  # copy: store this clip only, not the batch storage
+            save_torch(feat.to("cpu", copy=True), dst)  # copy: store this clip only, not the batch storage
         return len(items)
 
     bar = tqdm(todo, desc="extracting", unit="file", dynamic_ncols=True)
@@ -278,7 +258,7 @@ def main(argv=None):
     lines = [f"{len(jobs)} files: {written} written, {done} already done, {len(skipped)} skipped"]
     lines += [f"skipped {msg}" for msg in skipped]
     report = Path(args.out) / REPORT_NAME
-    _write_atomic(report, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    write_text(report, "\n".join(lines) + "\n")
     print("\n".join(lines) + f"\nreport: {report}")
     return 0
 

@@ -11,10 +11,10 @@ made any non-empty string true).
 """
 import argparse
 import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from density.fileio import atomic_path
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LIST_FILES = {"valid": "validation_list.txt", "test": "testing_list.txt"}
@@ -66,19 +66,11 @@ def make_splits(root, sc09_only):
 
 def write_csv(path, root, rels):
     """Atomically write a `path,label` CSV: path = root/rel, label = lower-cased parent folder name."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["path", "label"])
-            for r in rels:
-                w.writerow([str(Path(root) / r), Path(r).parent.name.lower().strip()])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label"])
+        for r in rels:
+            w.writerow([str(Path(root) / r), Path(r).parent.name.lower().strip()])
 
 
 def main(argv=None):

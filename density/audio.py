@@ -8,8 +8,6 @@ reflect-padding, then log(max(mel, 1e-5)).
 """
 import functools
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,8 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 from scipy.signal import resample_poly
+
+from density.fileio import atomic_path
 
 SAMPLE_RATE = 16000  # SC09 / HuBERT rate
 N_FFT = 1024  # STFT size = window length
@@ -66,14 +66,8 @@ def save_wav(path, wav, sr=SAMPLE_RATE):
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().cpu().float().numpy()
     wav = np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, wav, sr, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _hz_to_mel(f):

@@ -4,13 +4,14 @@ A checkpoint is the dict of spec §1.3 (g/d/g_ema state dicts, optimiser and sca
 cfg_yaml) plus `train_state` (phase, counter, next batch index, smoothed losses, best FAD, d_update_perc),
 `ada_state` (Augmenter.state_dict()) and `rng_state` (python, numpy, torch, CUDA), enough to resume exactly.
 """
-import os
 import random
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from density.fileio import save_torch
 
 REQUIRED_KEYS = ('g_state_dict', 'd_state_dict', 'steps', 'epoch', 'cfg_yaml')
 PERIODIC = re.compile(r'ckpt_(\d{8})\.pt')
@@ -22,14 +23,7 @@ class CheckpointError(ValueError):
 
 def save(state, path):
     """Write `state` to `path` atomically: torch.save to a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_torch(state, path)
 
 
 def load(path, require=REQUIRED_KEYS):

@@ -23,7 +23,6 @@ import hashlib
 import io
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import espeakng_loader
@@ -32,6 +31,7 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from density.audio import SAMPLE_RATE, save_wav
+from density.fileio import write_text
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = ("en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-gb-x-rp",
@@ -173,17 +173,6 @@ def plan_corpus(seed=0, n_speakers=100, per_word=2, valid_frac=0.1, test_frac=0.
     return speakers, clips
 
 
-def _write_text(path, text):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def make_digits_corpus(out_dir, seed=0, n_speakers=100, per_word=2, valid_frac=0.1, test_frac=0.1,
                        overwrite=False, progress=True):
@@ -203,13 +192,13 @@ def make_digits_corpus(out_dir, seed=0, n_speakers=100, per_word=2, valid_frac=0
         save_wav(out / c["rel"], render(c["word"], c["voice"], c["rate"], c["pitch"], c["range"], c["peak"],
                                         c["seed"]))
     for split, name in (("valid", "validation_list.txt"), ("test", "testing_list.txt")):
-        _write_text(out / name, "".join(f"{c['rel']}\n" for c in sorted(clips, key=lambda c: c["rel"])
+        write_text(out / name, "".join(f"{c['rel']}\n" for c in sorted(clips, key=lambda c: c["rel"])
                                         if c["split"] == split))
     table = io.StringIO()
     w = csv.DictWriter(table, fieldnames=list(speakers[0]), lineterminator="\n")
     w.writeheader()
     w.writerows(speakers)
-    _write_text(out / "speakers.csv", table.getvalue())
+    write_text(out / "speakers.csv", table.getvalue())
     return len(clips)
 
 

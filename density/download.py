@@ -9,7 +9,6 @@ mirrors and tests at a local server.
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from density.fileio import atomic_path
 
 CHUNK = 1 << 20  # 1 MiB read size: few syscalls, smooth progress bar
 TIMEOUT_S = 60  # socket timeout per read; a stalled server is an error, not a hang
@@ -67,16 +68,10 @@ def download(url, model_dir=None, sha256=None, progress=True, filename=None) -> 
     if dest.is_file():
         _check_sha(sha256_of(dest), sha256, f"cached file {dest} (from {url}); delete it to download again")
         return dest
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(dest, suffix=".partial") as tmp:
+        with open(tmp, "wb") as out:
             actual = _stream(url, out, progress, name)
         _check_sha(actual, sha256, f"download of {url}")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -5,12 +5,9 @@
 - `GriffinLimVocoder`: inverts the log-mel of `density.audio.log_mel` without any training.
 - `load_vocoder`: the official `torch.package` archive or this project's own state-dict checkpoints.
 """
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import List
 
 import torch
@@ -22,6 +19,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from density import audio
 from density.download import fetch
+from density.fileio import save_torch
 
 LRELU_SLOPE = 0.1  # HiFi-GAN's slope inside the generator
 POST_LRELU_SLOPE = 0.01  # the final activation before conv_post uses torch's default slope, as HiFi-GAN V1
@@ -173,15 +171,7 @@ class GriffinLimVocoder(nn.Module):
 
 def save_vocoder(model: HifiGAN, path):
     """Atomically save a HifiGAN as this project's plain checkpoint {'hifigan_cfg', 'state_dict'}."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"hifigan_cfg": asdict(model.cfg), "state_dict": model.state_dict()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_torch({"hifigan_cfg": asdict(model.cfg), "state_dict": model.state_dict()}, path)
 
 
 def _is_package(path) -> bool:
