@@ -18,11 +18,7 @@ CLAMP = 256.0  # discriminator activation clamp, guards fp16 overflow
 NORM_EMA_WEIGHT = 0.001  # rate of the running mean of x^2 that normalises each synthesis layer's input
 DEMOD_EPS = 1e-8  # demodulation epsilon
 MBSTD_GROUP = 4  # minibatch-std group size
-MBSTD_EPS = 1e-8
-
-
-def lrelu(x, slope):
-    return F.leaky_relu(x, slope)
+MBSTD_EPS = 1e-8  # inside the minibatch-std square root
 
 
 def _same_pad(k: int):
@@ -286,7 +282,7 @@ class SynthesisLayer(nn.Module):
         if self.resampler.up_factor > 1:
             x = self.resampler.up(x)
         if self.activation:
-            x = lrelu(x, self.lrelu_coeff)
+            x = F.leaky_relu(x, self.lrelu_coeff)
         x = x * SQRT2
         if self.resampler.down_factor > 1:
             x = self.resampler.down(x)
@@ -412,13 +408,13 @@ class DiscriminatorBlock(nn.Module):
     def forward(self, x):
         s = self.resampler.down(x) if self.down > 1 else x
         s = SQRT2 * self.skip(s)
-        h = lrelu(self.conv0(x).clamp(-CLAMP, CLAMP), self.lrelu_coeff)
+        h = F.leaky_relu(self.conv0(x).clamp(-CLAMP, CLAMP), self.lrelu_coeff)
         if self.down > 1:
             h = Resampler.lpf(h, self.lpf.down_lpf_filter)
             h = self.conv1(h, stride=self.down, padding=self.kernel_size // 2)
         else:
             h = self.conv1(h)
-        h = lrelu(SQRT2 * h.clamp(-CLAMP, CLAMP), self.lrelu_coeff)
+        h = F.leaky_relu(SQRT2 * h.clamp(-CLAMP, CLAMP), self.lrelu_coeff)
         return s + h
 
 
@@ -456,8 +452,8 @@ class DiscriminatorHead(nn.Module):
 
     def forward(self, x):
         y = minibatch_std(x)
-        y = self.act_gain * lrelu(self.conv(y).clamp(-CLAMP, CLAMP), self.lrelu_coeff)
-        y = self.act_gain * lrelu(self.fc(y.flatten(1)), self.lrelu_coeff)
+        y = self.act_gain * F.leaky_relu(self.conv(y).clamp(-CLAMP, CLAMP), self.lrelu_coeff)
+        y = self.act_gain * F.leaky_relu(self.fc(y.flatten(1)), self.lrelu_coeff)
         return self.out(y)
 
 
