@@ -36,7 +36,7 @@ def load_matrix(path):
             x = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise SystemExit(f"evaluate.py: {path} does not exist")
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as e:
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:
         raise SystemExit(f"evaluate.py: cannot load {path} as .npy or a weights_only torch file: {e}")
     if torch.is_tensor(x):
         x = x.float().numpy() if x.dtype in (torch.float16, torch.bfloat16) else x.numpy()

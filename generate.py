@@ -12,19 +12,21 @@ linear in w (`--space w`).
 Truncation moves every w toward the mean w of --w_avg_samples random z: w_avg + psi (w - w_avg).
 """
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from density.audio import SAMPLE_RATE, log_mel, save_wav
+from density.audio import LOG_FLOOR, SAMPLE_RATE, log_mel, save_wav
 from density.fileio import atomic_path
 from density.inference import load_asgan, resolve_device
 
 W_AVG_SEED = 12345  # latents for the mean w are drawn from their own fixed stream, apart from --seed
 W_AVG_BATCH = 4096  # mapping-network batch when estimating the mean w
 PNG_COLUMNS = 8
+MEL_FLOOR = math.log(LOG_FLOOR)  # log-mel of silence: bottom of the colour scale
 
 
 def parse_args(argv=None):
@@ -102,7 +104,8 @@ def write_png(path, mels, names):
     for ax in axes.flat:
         ax.axis("off")
     for ax, mel, name in zip(axes.flat, mels, names):
-        ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=-11.5, vmax=mel.max().item())
+        vmax = max(mel.max().item(), MEL_FLOOR + 1)  # a silent clip is all MEL_FLOOR: keep vmin < vmax
+        ax.imshow(mel.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=MEL_FLOOR, vmax=vmax)
         ax.set_title(name, fontsize=6)
     fig.tight_layout()
     try:

@@ -26,9 +26,10 @@ def asgan_hubert_sc09_6(pretrained=True, progress=True, device=None, checkpoint_
         pretrained = pretrianed
     if not pretrained:
         return _inf.untrained_asgan(device).eval()
+    # vocoder_url None: the checkpoint's data_type picks the vocoder (the official HiFi-GAN or $ASGAN_VOCODER_URL
+    # for hubert_L6, Griffin-Lim for melspec)
     return _inf.load_asgan(_download.resolve(checkpoint_url, _inf.CHECKPOINT_URL_ENV, _inf.CHECKPOINT_URL),
-                           _download.resolve(vocoder_url, _inf.VOCODER_URL_ENV, _inf.VOCODER_URL), device,
-                           _download.resolve(checkpoint_sha256, _inf.CHECKPOINT_SHA_ENV, None),
+                           vocoder_url, device, _download.resolve(checkpoint_sha256, _inf.CHECKPOINT_SHA_ENV, None),
                            _download.resolve(vocoder_sha256, _inf.VOCODER_SHA_ENV, None), model_dir, progress)
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from density.audio import HOP, N_FFT, PAD, SAMPLE_RATE, AudioError, load_audio, log_mel
+from density.audio import SAMPLE_RATE, AudioError, load_audio, log_mel, num_mel_frames
 from density.fairseq_checkpoint import hubert_config, hubert_state_dict, load_fairseq_checkpoint, task_normalize
 from density.fileio import save_torch, write_text
 
@@ -43,9 +43,13 @@ def _load_encoder(checkpoint):
         return checkpoint, False
     if isinstance(checkpoint, dict) or Path(checkpoint).is_file():
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_fairseq_checkpoint(checkpoint)
-        config = hubert_config(ckpt)
-        model = HubertModel(config)
-        model.load_state_dict(hubert_state_dict(ckpt, config), strict=True)
+        name = "checkpoint dict" if isinstance(checkpoint, dict) else checkpoint
+        try:
+            config = hubert_config(ckpt)
+            model = HubertModel(config)
+            model.load_state_dict(hubert_state_dict(ckpt, config), strict=True)
+        except (KeyError, ValueError, RuntimeError) as e:  # e.g. a fine-tuned (CTC) or wav2vec 2.0 checkpoint
+            raise ValueError(f"{name}: not a supported fairseq HuBERT pre-training checkpoint: {e}") from e
         return model, task_normalize(ckpt)
     if Path(checkpoint).suffix in (".pt", ".pth"):
         raise FileNotFoundError(f"HuBERT checkpoint {checkpoint} not found")
@@ -76,10 +80,13 @@ class HubertFeatureReader(nn.Module):
             stride *= s
         self.hop = stride
 
+    def _pad_len(self, n_samples):
+        """Zeros appended to an n-sample clip: up to the next multiple of 320, a full 320 when aligned (reference)."""
+        return self.downsample_factor - n_samples % self.downsample_factor
+
     def num_frames(self, n_samples):
         """Frames `get_feats` returns for an n-sample clip (0: too short for the conv front end)."""
-        padded = n_samples + self.downsample_factor - n_samples % self.downsample_factor
-        return max(0, (padded - self.receptive_field) // self.hop + 1)
+        return max(0, (n_samples + self._pad_len(n_samples) - self.receptive_field) // self.hop + 1)
 
     def read_audio(self, path, ref_len=None):
         """16 kHz mono (T,) waveform of `path`; warns when it is more than 160 samples off `ref_len`."""
@@ -104,7 +111,7 @@ class HubertFeatureReader(nn.Module):
         return torch.cat(feats, dim=1)
 
     def _pad(self, x):
-        return F.pad(x, (0, self.downsample_factor - x.shape[-1] % self.downsample_factor))
+        return F.pad(x, (0, self._pad_len(x.shape[-1])))
 
     def get_feats(self, file_path=None, ref_len=None, audio=None):
         """One clip (a file, or `audio` (T,)) -> (frames, dim) on the reader's device."""
@@ -176,7 +183,7 @@ class _Featurizer:
     def num_frames(self, n_samples):
         if self.reader is not None:
             return self.reader.num_frames(n_samples)
-        return 0 if n_samples <= PAD else (n_samples + 2 * PAD - N_FFT) // HOP + 1
+        return num_mel_frames(n_samples)
 
     @torch.no_grad()
     def __call__(self, x):

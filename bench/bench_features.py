@@ -6,14 +6,13 @@ Prints the median clips/s over `repeats` timed calls (after one warm-up call) an
 """
 import argparse
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import median_seconds  # noqa: E402
 from hubert_feature_reader import HubertFeatureReader  # noqa: E402
 
 SAMPLE_RATE = 16000  # 1-s clips
@@ -52,18 +51,8 @@ def main():
     print(f"model: HuBERT base config, {n_params / 1e6:.1f} M parameters, layer 6 (blocks 7-12 not run), fp32")
     for bs in args.batch_sizes:
         x = 0.1 * torch.randn(bs, SAMPLE_RATE, device=dev)
-        times = []
-        for i in range(args.repeats + 1):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            feats = reader.get_feats_batched(x)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first call is warm-up
-                times.append(time.perf_counter() - t0)
-        assert feats.shape == (bs, 50, 768)
-        med = statistics.median(times)
+        assert reader.get_feats_batched(x).shape == (bs, 50, 768)  # also the warm-up call
+        med = median_seconds(lambda: reader.get_feats_batched(x), dev, warmup=0, repeats=args.repeats)
         print(f"batch {bs:3d}: median {med * 1e3:8.1f} ms/call, {bs / med:7.1f} clips/s ({args.repeats} calls)")
 
 

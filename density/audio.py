@@ -34,7 +34,7 @@ _LOGSTEP = math.log(6.4) / 27.0
 
 
 class AudioError(ValueError):
-    """An audio file that cannot be used: unreadable, empty, or at the wrong sample rate."""
+    """An audio file that cannot be used: unreadable, empty, non-finite, or at the wrong sample rate."""
 
 
 def load_audio(path, sr=SAMPLE_RATE, resample=False):
@@ -50,14 +50,31 @@ def load_audio(path, sr=SAMPLE_RATE, resample=False):
         raise AudioError(f"{path}: cannot read audio ({e})") from e
     if data.shape[0] == 0:
         raise AudioError(f"{path}: file holds no samples")
+    if not np.isfinite(data).all():  # possible in float wavs: would turn every feature of the clip into NaN
+        raise AudioError(f"{path}: holds NaN or infinite samples")
     wav = data.mean(axis=1)
     if file_sr != sr:
         if not resample:
             raise AudioError(f"{path}: sample rate is {file_sr} Hz, expected {sr} Hz; "
                              "convert it or enable resampling (resample=True / --resample)")
-        g = math.gcd(int(sr), int(file_sr))
-        wav = resample_poly(wav, int(sr) // g, int(file_sr) // g).astype(np.float32)
+        wav = resample_audio(wav, file_sr, sr).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(wav))
+
+
+def resample_audio(wav, sr_in, sr_out=SAMPLE_RATE):
+    """Polyphase resampling of a numpy waveform (..., T) from sr_in to sr_out Hz (float64 out for float64 in)."""
+    g = math.gcd(int(sr_in), int(sr_out))
+    return resample_poly(wav, int(sr_out) // g, int(sr_in) // g, axis=-1)
+
+
+def fit_length(wav, n=SAMPLE_RATE):
+    """(..., T) tensor -> (..., n): zero-pad floor((n-T)/2) on the left and the rest on the right, or centre-crop
+    when T > n."""
+    T = wav.shape[-1]
+    if T > n:
+        start = (T - n) // 2
+        return wav[..., start:start + n]
+    return F.pad(wav, ((n - T) // 2, n - T - (n - T) // 2))
 
 
 def save_wav(path, wav, sr=SAMPLE_RATE):
@@ -99,8 +116,13 @@ def mel_filterbank():
     return _filterbank().clone()
 
 
+def num_mel_frames(n_samples):
+    """Frames `log_mel` gives for n samples: (n + 2 PAD - N_FFT) // HOP + 1 = n // 160; 0 when n <= PAD (too short)."""
+    return 0 if n_samples <= PAD else (n_samples + 2 * PAD - N_FFT) // HOP + 1
+
+
 def log_mel(wav):
-    """(..., T) float waveform at 16 kHz, T > 432 -> (..., 128, frames) log-mel, frames = (T - 160) // 160 + 1."""
+    """(..., T) float waveform at 16 kHz, T > 432 -> (..., 128, num_mel_frames(T)) log-mel."""
     if wav.shape[-1] <= PAD:
         raise ValueError(f"log_mel needs more than {PAD} samples, got {wav.shape[-1]}")
     lead = wav.shape[:-1]
@@ -110,5 +132,5 @@ def log_mel(wav):
                       onesided=True, return_complex=True).abs()  # (N, 513, frames)
     mel = torch.matmul(_filterbank().to(x.device).T, spec)  # (N, 128, frames)
     out = torch.log(torch.clamp(mel, min=LOG_FLOOR))
-    assert out.shape[-2] == N_MELS
+    assert out.shape[-2:] == (N_MELS, num_mel_frames(wav.shape[-1]))
     return out.reshape(*lead, N_MELS, out.shape[-1])

@@ -77,6 +77,10 @@ class FeatureDataset(Dataset):
         if not z_std > 0:
             raise DatasetError(f"z_std must be > 0 (it is the variance of each z entry), got {z_std}")
         self.files = [str(f) for f in files]
+        audio = [f for f in self.files if not f.endswith((FEATURE_EXT, ".pth"))]
+        if audio and data_type == "hubert_L6":  # found here, not in a DataLoader worker at the first batch
+            raise DatasetError(f"{audio[0]}: data_type hubert_L6 needs .pt feature files, not audio; extract features "
+                               "with hubert_feature_reader.py or set data_type=melspec/wav")
         self.data_type, self.c_dim = data_type, c_dim
         # z_std is the covariance diagonal, i.e. a variance (spec quirk 4), kept for parity
         self.z_dist = MultivariateNormal(torch.full((z_dim,), float(z_mean)), float(z_std) * torch.eye(z_dim))
@@ -92,12 +96,9 @@ class FeatureDataset(Dataset):
             x = load_feature_file(path)
         elif self.data_type == "melspec":
             x = log_mel(load_audio(path)).T  # (frames, 128)
-        elif self.data_type == "wav":
+        else:  # 'wav' (audio files for hubert_L6 are refused in __init__)
             x = load_audio(path)
             x = WAV_PEAK * x / x.abs().max().clamp_min(torch.finfo(x.dtype).tiny)
-        else:
-            raise DatasetError(f"{path}: data_type hubert_L6 needs .pt feature files, not audio; extract features "
-                               "with hubert_feature_reader.py or set data_type=melspec/wav")
         want_dim = 1 if self.data_type == "wav" else 2
         if x.dim() != want_dim or x.shape[0] == 0:
             raise DatasetError(f"{path}: expected a non-empty {'(T,)' if want_dim == 1 else '(frames, C)'} tensor "

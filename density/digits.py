@@ -27,17 +27,16 @@ from pathlib import Path
 
 import espeakng_loader
 import numpy as np
-from scipy.signal import resample_poly
+import torch
 from tqdm import tqdm
 
-from density.audio import SAMPLE_RATE, save_wav
+from density.audio import SAMPLE_RATE, fit_length, resample_audio, save_wav
 from density.fileio import write_text
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = ("en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-gb-x-rp",
            "en-us-nyc")
 ESPEAK_SR = 22050  # espeak-ng's native output rate
-RESAMPLE = (320, 441)  # 22050 Hz * 320 / 441 = 16000 Hz
 CLIP_LEN = SAMPLE_RATE  # 1-s clips, as in Speech Commands
 MAX_SPEECH = int(0.9 * SAMPLE_RATE)  # longer words are re-synthesised faster so the clip keeps a margin
 MAX_TRIES = 5  # re-synthesis attempts at a higher rate before giving up
@@ -116,16 +115,13 @@ def render(word, voice, rate, pitch, pitch_range, peak, seed):
         raw = synthesize(word, voice, rate, pitch, pitch_range, seed)
         if raw.size == 0 or not raw.any():
             raise RuntimeError(f"espeak-ng returned silence for '{word}' with voice '{voice}'")
-        speech = _trim(resample_poly(raw.astype(np.float64) / 32768.0, *RESAMPLE))
+        speech = _trim(resample_audio(raw.astype(np.float64) / 32768.0, ESPEAK_SR))
         if len(speech) <= MAX_SPEECH:
             break
         rate = int(rate * len(speech) / MAX_SPEECH) + 5  # speak faster until the word fits
     else:
         raise RuntimeError(f"'{word}' with voice '{voice}' stays longer than {MAX_SPEECH} samples even at rate {rate}")
-    clip = np.zeros(CLIP_LEN)
-    start = (CLIP_LEN - len(speech)) // 2
-    clip[start:start + len(speech)] = speech * (peak / np.abs(speech).max())
-    return clip.astype(np.float32)
+    return fit_length(torch.from_numpy(speech * (peak / np.abs(speech).max())).float(), CLIP_LEN).numpy()
 
 
 def _speaker_id(voice):
@@ -171,7 +167,6 @@ def plan_corpus(seed=0, n_speakers=100, per_word=2, valid_frac=0.1, test_frac=0.
                     pitch=min(100, max(0, s["pitch"] + rng.randint(-PITCH_JITTER, PITCH_JITTER))),
                     range=s["range"], peak=rng.uniform(*PEAK_RANGE), seed=rng.getrandbits(31)))
     return speakers, clips
-
 
 
 def make_digits_corpus(out_dir, seed=0, n_speakers=100, per_word=2, valid_frac=0.1, test_frac=0.1,

@@ -5,8 +5,10 @@ objects (the `Dictionary` label sets in `task_state`). `load_fairseq_checkpoint`
 allow-list: torch tensor/storage rebuilding, `collections.OrderedDict`, `argparse.Namespace`, numpy scalars
 and arrays, harmless builtins. Every `fairseq.*` global becomes an inert `FairseqPlaceholder` that only
 records its arguments and state; any other global raises `UnsafeCheckpointError` naming it, before it is
-called. `hubert_config` and `hubert_state_dict` turn the fairseq config and weights into a transformers
-`HubertConfig` and a `HubertModel` state dict.
+called. State may only be set on instances of the allowed classes (pickle's BUILD on a class or function
+would let a file overwrite, e.g., the defaults of torch's own tensor rebuilder), so the pure-Python unpickler
+runs with that opcode guarded. `hubert_config` and `hubert_state_dict` turn the fairseq config and weights
+into a transformers `HubertConfig` and a `HubertModel` state dict.
 """
 import argparse
 import _compat_pickle
@@ -59,8 +61,22 @@ class FairseqPlaceholder:
         return f"<placeholder for {type(self).__module__}.{type(self).__qualname__}>"
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+# BUILD (set state) is allowed only on instances of these; never on a class, function or module.
+_BUILDABLE = (collections.OrderedDict, argparse.Namespace, FairseqPlaceholder, np.ndarray, np.dtype)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
     placeholders = {}
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_build(self):
+        inst = self.stack[-2]  # below the state
+        if not isinstance(inst, _BUILDABLE):
+            raise UnsafeCheckpointError(f"checkpoint sets the state of {inst!r}, which a fairseq checkpoint never "
+                                        "does; refusing to load it (the file may be unsafe)")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module, name):
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))  # Python 2 names in
@@ -85,9 +101,15 @@ _restricted_pickle = types.SimpleNamespace(
 def load_fairseq_checkpoint(path):
     """Safely read a fairseq checkpoint file -> dict (`cfg`, `model`, ...) with tensors on the CPU."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # truncated, corrupt or not a torch file at all
+        raise ValueError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {e}); "
+                         "is it a complete fairseq HuBERT .pt file?") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ValueError(f"{path}: not a fairseq checkpoint (expected a dict with a 'model' state dict)")
+    return ckpt
 
 
 def _conv_layers(spec):
@@ -157,7 +179,7 @@ def hubert_config(ckpt):
     )
 
 
-_TRAINING_ONLY = ("label_embs_concat", "final_proj.", "label_embs.", "untie_final_proj")
+_TRAINING_ONLY = ("label_embs_concat", "final_proj.", "label_embs.")
 
 # fairseq key prefix -> transformers key prefix, applied in order (first match wins).
 _RENAMES = (
@@ -170,8 +192,9 @@ _RENAMES = (
     ("encoder.layer_norm.", "encoder.layer_norm."),
 )
 _LAYER_RENAMES = (
-    ("self_attn.", "attention."), ("self_attn_layer_norm.", "layer_norm."), ("fc1.", "feed_forward.intermediate_dense."),
-    ("fc2.", "feed_forward.output_dense."), ("final_layer_norm.", "final_layer_norm."),
+    ("self_attn.", "attention."), ("self_attn_layer_norm.", "layer_norm."),
+    ("fc1.", "feed_forward.intermediate_dense."), ("fc2.", "feed_forward.output_dense."),
+    ("final_layer_norm.", "final_layer_norm."),
 )
 
 

@@ -11,8 +11,9 @@ import zipfile
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+import yaml
 
+from density.audio import fit_length
 from density.config import config_from_yaml, parse_config
 from density.download import fetch, resolve
 from density.models import Generator
@@ -31,15 +32,6 @@ HUBERT_URL_ENV, HUBERT_SHA_ENV = "ASGAN_HUBERT_URL", "ASGAN_HUBERT_SHA256"
 # Architecture of the released HuBERT model: the seed README's training command (spec §1.2).
 OFFICIAL_OVERRIDES = ["model=rp_w", "rp_w_cfg.w_layers=1", "rp_w_cfg.use_sg3_ff=True", "rp_w_cfg.D_kernel_size=5",
                       "rp_w_cfg.r1_gamma=0.1"]
-
-
-def fit_length(audio, n=N_SAMPLES):
-    """(B, T) -> (B, n): zero-pad floor((n-T)/2) on the left and the rest on the right, or centre-crop if T > n."""
-    T = audio.shape[-1]
-    if T > n:
-        start = (T - n) // 2
-        return audio[..., start:start + n]
-    return F.pad(audio, ((n - T) // 2, n - T - (n - T) // 2))
 
 
 def resolve_device(device=None) -> torch.device:
@@ -76,7 +68,7 @@ class ASGANInference(nn.Module):
 
     def _vocode(self, c):
         audio = self.vocoder(c)  # (N, 1, T)
-        return fit_length(audio.squeeze(1).float())
+        return fit_length(audio.squeeze(1).float(), N_SAMPLES)
 
     @torch.inference_mode()
     def unconditional_generate(self, N: int, generator: torch.Generator = None):
@@ -119,7 +111,10 @@ def load_generator(checkpoint, sha256=None, model_dir=None, progress=True):
                          f"delete it and download again): {e}") from e
     if not isinstance(ckpt, dict) or "cfg_yaml" not in ckpt:
         raise ValueError(f"{path}: no 'cfg_yaml' entry; an ASGAN checkpoint holds cfg_yaml and g_ema_state_dict")
-    cfg = config_from_yaml(ckpt["cfg_yaml"])
+    try:
+        cfg = config_from_yaml(ckpt["cfg_yaml"])
+    except (ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: unusable cfg_yaml: {e}") from e
     if "g_ema_state_dict" in ckpt:
         state = ckpt["g_ema_state_dict"]
     elif "g_state_dict" in ckpt:

@@ -79,14 +79,16 @@ class HifiGAN(nn.Module):
 
     def __init__(self, cfg: HifiGANConfig):
         super().__init__()
-        assert len(cfg.upsample_rates) == len(cfg.upsample_kernel_sizes)
+        if len(cfg.upsample_rates) != len(cfg.upsample_kernel_sizes):
+            raise ValueError(f"{len(cfg.upsample_rates)} upsample rates but {len(cfg.upsample_kernel_sizes)} kernels")
         self.cfg = cfg
         ch = cfg.upsample_initial_channel
         self.conv_pre = nn.Conv1d(cfg.in_dim, ch, 7, padding=3)
         self.ups = nn.ModuleList()
         self.resblocks = nn.ModuleList()
         for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
-            assert (k - u) % 2 == 0, f"upsample kernel {k} and rate {u} must differ by an even number"
+            if k < u or (k - u) % 2:
+                raise ValueError(f"upsample kernel {k} and rate {u}: need k >= u with k - u even")
             c_in, c_out = ch // 2 ** i, ch // 2 ** (i + 1)
             self.ups.append(nn.ConvTranspose1d(c_in, c_out, k, u, padding=(k - u) // 2))
             self.resblocks.extend(ResBlock(c_out, rk, d)
@@ -215,6 +217,6 @@ def load_vocoder(path_or_url, device="cpu", sha256=None, model_dir=None, progres
             model.remove_weight_norm()
         else:
             model.remove_weight_norm().load_state_dict(ckpt["state_dict"])
-    except (TypeError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: 'hifigan_cfg' and 'state_dict' do not describe one HifiGAN: {e}") from e
     return model.to(device).eval()

@@ -6,7 +6,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from density.audio import SAMPLE_RATE, AudioError, load_audio, log_mel, mel_filterbank, save_wav
+from density.audio import (SAMPLE_RATE, AudioError, fit_length, load_audio, log_mel, mel_filterbank, num_mel_frames,
+                           save_wav)
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +76,19 @@ def test_empty_and_missing(tmp_path):
         load_audio(tmp_path / "empty.wav")
     with pytest.raises(AudioError, match="missing.wav"):
         load_audio(tmp_path / "missing.wav")
+    sf.write(tmp_path / "nan.wav", np.array([0.1, np.nan, 0.2] * 200, np.float32), SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(AudioError, match="nan.wav.*NaN"):
+        load_audio(tmp_path / "nan.wav")
+
+
+@pytest.mark.parametrize("n", [433, 592, 12000, 16000, 16159])
+def test_num_mel_frames_is_what_log_mel_returns(n):
+    assert log_mel(torch.zeros(n)).shape == (128, num_mel_frames(n)) and num_mel_frames(n) == n // 160
+    assert num_mel_frames(432) == 0
+
+
+def test_fit_length_centres():
+    x = torch.arange(1.0, 6.0).repeat(2, 1)  # (2, 5)
+    torch.testing.assert_close(fit_length(x, 8), torch.tensor([[0, 1, 2, 3, 4, 5, 0, 0.]] * 2))
+    torch.testing.assert_close(fit_length(x, 2), torch.tensor([[2, 3.]] * 2))
+    assert torch.equal(fit_length(x, 5), x)

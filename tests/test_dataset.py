@@ -189,6 +189,8 @@ def test_discovery_falls_back_to_audio(tmp_path):
     (tmp_path / "a.flac").rename(tmp_path / "a.wav")
     train, valid = build_datasets(_cfg(train_root=str(tmp_path), n_valid=0, data_type="melspec", c_dim=128))
     assert train.files == [str(tmp_path / "a.wav")]  # .wav before .flac
+    with pytest.raises(DatasetError, match=r"a\.wav: data_type hubert_L6 needs .pt feature files"):
+        build_datasets(_cfg(train_root=str(tmp_path), n_valid=0))  # at build time, not at the first batch
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetError, match="no .pt feature files"):

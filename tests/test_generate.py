@@ -6,8 +6,11 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import soundfile as sf
+import torch
 
 import generate
+from density.audio import log_mel
+from density.inference import load_asgan
 from density.vocoder import save_vocoder
 from tiny_asgan import make_checkpoint, tiny_vocoder
 
@@ -69,11 +72,36 @@ def test_w_interpolation_and_truncation(tiny, tmp_path):
     assert all((w == wavs[0]).all() for w in wavs)
 
 
+def test_truncation_is_lerp_toward_mean_w(tiny, tmp_path):
+    generate.main(tiny + ["--out_dir", str(tmp_path / "t"), "--n", "2", "--seed", "5", "--truncation", "0.5",
+                          "--w_avg_samples", "300", "--png_max", "0"])
+    model = load_asgan(tiny[1], tiny[3], "cpu", progress=False)
+    w_avg = generate.mean_w(model, 300, progress=False)
+    w = model.z2w(torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(5)))
+    expected = model.generate_from_w(w_avg + 0.5 * (w - w_avg)).clamp(-1, 1)
+    got = read(tmp_path / "t")
+    for i in range(2):
+        assert abs(got[f"seed5_{i:05d}.wav"] - expected[i].numpy()).max() <= 2 / 32768
+    assert abs(expected - model.generate_from_w(w)).max() > 0.01  # psi = 0.5 really changed the audio
+
+
+def test_png_of_a_silent_clip(tmp_path):
+    silence = log_mel(torch.zeros(16000))  # constant log(1e-5): the colour scale must still be valid
+    generate.write_png(tmp_path / "s.png", [silence, silence + 3], ["silence", "louder"])
+    assert matplotlib.image.imread(tmp_path / "s.png").ndim == 3
+
+
 def test_mel_checkpoint_with_griffin_lim(tmp_path):
     make_checkpoint(tmp_path / "mel.pt", mel=True)
     generate.main(["--checkpoint", str(tmp_path / "mel.pt"), "--out_dir", str(tmp_path / "m"), "--n", "2",
                    "--no_progress", "--device", "cpu"])
-    assert len(read(tmp_path / "m")) == 2 and (tmp_path / "m" / "spectrograms.png").is_file()
+    got = read(tmp_path / "m")
+    assert len(got) == 2 and (tmp_path / "m" / "spectrograms.png").is_file()
+    model = load_asgan(tmp_path / "mel.pt", None, "cpu", progress=False)  # Griffin-Lim
+    expected = model.generate_from_latent(torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(0)))
+    assert expected.abs().max() > 1e-3
+    for i in range(2):
+        assert abs(got[f"seed0_{i:05d}.wav"] - expected[i].clamp(-1, 1).numpy()).max() <= 2 / 32768
 
 
 def test_command_line_help_and_errors(tmp_path):

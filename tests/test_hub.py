@@ -14,8 +14,9 @@ import torch
 from torch.package import PackageExporter
 
 import hubconf
+from density.audio import fit_length
 from density.download import DownloadError, download, sha256_of
-from density.inference import N_SAMPLES, ASGANInference, Conv2SC09Wrapper, fit_length
+from density.inference import N_SAMPLES, ASGANInference, Conv2SC09Wrapper
 from density.vocoder import GriffinLimVocoder, save_vocoder
 from tiny_asgan import make_checkpoint, tiny_vocoder
 
@@ -84,8 +85,19 @@ def test_official_entry_through_download_path(server, monkeypatch):
     assert (audio[0] - audio[1]).abs().max() > 1e-2  # samples differ
     assert cache_files() == ["asgan_tiny.pt", "g_tiny_package.pth"]
     n_requests = len(httpd.requests)
-    hubconf.asgan_hubert_sc09_6(vocoder_url=url + "g_tiny_package.pth", progress=False, device="cpu")
+    monkeypatch.setenv("ASGAN_VOCODER_URL", url + "g_tiny_package.pth")  # the variable instead of the argument
+    again = hubconf.asgan_hubert_sc09_6(progress=False, device="cpu")
+    assert type(again.vocoder).__module__.startswith("<torch_package_")
     assert len(httpd.requests) == n_requests  # served from the cache the second time
+
+
+def test_official_entry_with_a_mel_checkpoint_url_uses_griffin_lim(server, monkeypatch):
+    httpd, url, root = server
+    make_checkpoint(root / "asgan_mel.pt", mel=True)
+    monkeypatch.setenv("ASGAN_VOCODER_URL", url + "g_tiny_package.pth")  # a HuBERT vocoder: not for mel frames
+    model = hubconf.asgan_hubert_sc09_6(checkpoint_url=url + "asgan_mel.pt", progress=False, device="cpu")
+    assert isinstance(model.vocoder, GriffinLimVocoder) and cache_files() == ["asgan_mel.pt"]
+    assert model.unconditional_generate(1).shape == (1, N_SAMPLES)
 
 
 def test_hubert_base_through_download_path(server, fixtures_dir):
@@ -151,26 +163,28 @@ def test_own_checkpoint_entry_and_wrapper_api(tmp_path):
     torch.testing.assert_close(model.generate_from_w(per_layer), audio, rtol=1e-4, atol=1e-5)
 
 
-def test_fit_length_pads_and_crops_centred():
-    x = torch.arange(1.0, 6.0)[None]  # T = 5
-    torch.testing.assert_close(fit_length(x, 8), torch.tensor([[0, 1, 2, 3, 4, 5, 0, 0.]]))
-    torch.testing.assert_close(fit_length(x, 2), torch.tensor([[2, 3.]]))
-
-
 def test_best_fad_checkpoint_falls_back_to_training_g(tmp_path):
-    make_checkpoint(tmp_path / "ckpt_best_fad.pt", ema=False)
-    save_vocoder(tiny_vocoder(), tmp_path / "voc.pt")
+    g = make_checkpoint(tmp_path / "ckpt_best_fad.pt", ema=False)
+    vocoder = tiny_vocoder()
+    save_vocoder(vocoder, tmp_path / "voc.pt")
     with pytest.warns(UserWarning, match="no g_ema_state_dict"):
         model = hubconf.asgan_from_checkpoint(tmp_path / "ckpt_best_fad.pt", tmp_path / "voc.pt", device="cpu")
-    assert model.unconditional_generate(1).shape == (1, N_SAMPLES)
+    z = torch.randn(2, 16)
+    with torch.no_grad():  # the wrapper runs the saved training G
+        expected = fit_length(vocoder.remove_weight_norm()(g(z)).squeeze(1), N_SAMPLES)
+    torch.testing.assert_close(model.generate_from_latent(z), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_mel_checkpoint_uses_griffin_lim(tmp_path):
-    make_checkpoint(tmp_path / "mel.pt", mel=True)
+    g = make_checkpoint(tmp_path / "mel.pt", mel=True)
     model = hubconf.asgan_from_checkpoint(tmp_path / "mel.pt", device="cpu")
     assert isinstance(model.vocoder, GriffinLimVocoder)
-    audio = model.unconditional_generate(2)
-    assert audio.shape == (2, N_SAMPLES) and torch.isfinite(audio).all()
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        expected = fit_length(GriffinLimVocoder()(g(z)).squeeze(1), N_SAMPLES)
+    audio = model.generate_from_latent(z)
+    assert audio.shape == (2, N_SAMPLES) and audio.abs().max() > 0
+    torch.testing.assert_close(audio, expected)
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path):
@@ -184,6 +198,9 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         hubconf.asgan_from_checkpoint(tmp_path / "foreign.pt", device="cpu")
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
         hubconf.asgan_from_checkpoint(tmp_path / "nothere.pt", device="cpu")
+    torch.save({"cfg_yaml": "rp_w_cfg: [", "g_ema_state_dict": {}}, tmp_path / "badyaml.pt")
+    with pytest.raises(ValueError, match=r"badyaml\.pt: unusable cfg_yaml"):
+        hubconf.asgan_from_checkpoint(tmp_path / "badyaml.pt", device="cpu")
 
 
 def test_cuda_request_without_cuda_falls_back_to_cpu(tmp_path, monkeypatch):

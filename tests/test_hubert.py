@@ -111,7 +111,8 @@ def test_transformers_folder_and_pre_ln_last_layer(tmp_path):
     model.save_pretrained(tmp_path / "hf")
     wav = torch.randn(2, 8000)
     outputs = {}
-    model.encoder.layers[2].register_forward_hook(lambda m, i, o: outputs.update(block3=o[0] if isinstance(o, tuple) else o))
+    model.encoder.layers[2].register_forward_hook(
+        lambda m, i, o: outputs.update(block3=o[0] if isinstance(o, tuple) else o))
     with torch.no_grad():
         hidden = model(F.pad(wav, (0, 320)), output_hidden_states=True).hidden_states
     got = HubertFeatureReader(tmp_path / "hf", layer=2).get_feats_batched(wav)
@@ -152,3 +153,52 @@ def test_refuses_code_execution(tmp_path, payload, zip_format):
     with pytest.raises(UnsafeCheckpointError):
         HubertFeatureReader(path)
     assert not marker.exists()
+
+
+# Hand-written protocol-2 pickles whose BUILD opcode sets attributes on an allowed class / function (pickle's
+# `setattr` path): loading must refuse them before argparse.Namespace or torch's tensor rebuilder is altered.
+_SET_CLASS_ATTR = b"\x80\x02cargparse\nNamespace\nN}X\x05\x00\x00\x00pwned\x88s\x86b."
+_SET_FUNC_DEFAULTS = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__K\x07\x85s\x86b."
+
+
+@pytest.mark.parametrize("payload", [_SET_CLASS_ATTR, _SET_FUNC_DEFAULTS])
+def test_refuses_state_on_classes_and_functions(tmp_path, payload):
+    import argparse
+
+    defaults = torch._utils._rebuild_tensor_v2.__defaults__
+    path = tmp_path / "evil.pt"
+    path.write_bytes(payload)
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pt: checkpoint sets the state of"):
+        load_fairseq_checkpoint(path)
+    assert not hasattr(argparse.Namespace, "pwned")
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults
+
+
+def test_truncated_or_foreign_checkpoint_names_the_file(ckpt_path, tmp_path):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(ckpt_path.read_bytes()[:50000])
+    with pytest.raises(ValueError, match=r"cut\.pt: cannot read this checkpoint"):
+        HubertFeatureReader(cut)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(ValueError, match=r"foreign\.pt: not a fairseq checkpoint"):
+        load_fairseq_checkpoint(foreign)
+
+
+def test_unsupported_fairseq_model_names_the_file(ckpt_path, tmp_path):
+    ckpt = load_fairseq_checkpoint(ckpt_path)
+    model = dict(ckpt["model"], **{"w2v_encoder.proj.weight": torch.zeros(2, 48)})  # e.g. a fine-tuned CTC model
+    torch.save({"cfg": ckpt["cfg"], "model": model}, tmp_path / "ctc.pt")
+    with pytest.raises(ValueError, match=r"ctc\.pt: not a supported fairseq HuBERT.*w2v_encoder\.proj\.weight"):
+        HubertFeatureReader(tmp_path / "ctc.pt")
+
+
+@pytest.mark.parametrize("n", [319, 320, 399, 400, 719, 720, 12345, 16000])
+def test_num_frames_is_what_get_feats_returns(reader6, n):
+    expected = reader6.num_frames(n)
+    assert expected == (0 if n < 320 else (n + 320 - n % 320 - 400) // 320 + 1)
+    if expected:
+        assert reader6.get_feats(audio=torch.randn(n)).shape == (expected, 48)
+    else:
+        with pytest.raises(ValueError, match="receptive field"):
+            reader6.get_feats(audio=torch.randn(n))

@@ -322,6 +322,8 @@ def test_evaluate_cli_errors_and_help(tmp_path, capsys):
         evaluate.main(["--gen_feats", str(tmp_path / "d.pt"), "--real_feats", str(tmp_path / "d.pt")])
     with pytest.raises(SystemExit, match="missing.pt"):
         evaluate.main(["--gen_logits", str(tmp_path / "missing.pt")])
+    with pytest.raises(SystemExit, match=f"cannot load {tmp_path}"):  # a folder, not a file
+        evaluate.main(["--gen_logits", str(tmp_path)])
     torch.save(torch.zeros(4, 3), tmp_path / "l.pt")
     torch.save(torch.zeros(5, 2), tmp_path / "z.pt")
     with pytest.raises(SystemExit, match="4 logits rows but 5 latents rows"):

@@ -87,6 +87,10 @@ def test_bad_vocoder_files_are_clear_errors(tmp_path):
     torch.save({"hifigan_cfg": {"in_dim": 12}, "state_dict": {}}, tmp_path / "badcfg.pt")
     with pytest.raises(ValueError, match="badcfg.pt.*do not describe one HifiGAN"):
         load_vocoder(tmp_path / "badcfg.pt")
+    odd = {"in_dim": 12, "upsample_rates": [10, 8], "upsample_kernel_sizes": [19, 16]}  # 19 - 10 is odd
+    torch.save({"hifigan_cfg": odd, "state_dict": {}}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="odd.pt.*kernel 19 and rate 10"):
+        load_vocoder(tmp_path / "odd.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_vocoder(tmp_path / "missing.pt")
 
