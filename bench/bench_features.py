@@ -12,20 +12,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import median_seconds  # noqa: E402
+from bench.common import cpu_name, median_seconds  # noqa: E402
 from hubert_feature_reader import HubertFeatureReader  # noqa: E402
 
 SAMPLE_RATE = 16000  # 1-s clips
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main():

@@ -20,21 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine, sync  # noqa: E402
+from bench.common import cpu_name, machine, sync  # noqa: E402
 from density.inference import N_SAMPLES, untrained_asgan  # noqa: E402
 from density.vocoder import GriffinLimVocoder, HifiGAN  # noqa: E402
 
 AUDIO_S = N_SAMPLES / 16000  # seconds of audio per returned waveform
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(name, device):

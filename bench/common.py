@@ -43,10 +43,21 @@ def peak_memory_gb(device='cpu'):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # ru_maxrss is in KiB on Linux
 
 
+def cpu_name():
+    """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        for line in open('/proc/cpuinfo'):
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device='cpu'):
     if torch.device(device).type == 'cuda':
         return f'{torch.cuda.get_device_name()} (torch {torch.__version__})'
-    return f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})'
+    return f'{cpu_name()}, {torch.get_num_threads()} threads (torch {torch.__version__})'
 
 
 def generator_flops(g: Generator) -> float:
