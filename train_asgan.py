@@ -184,12 +184,24 @@ def mel_figure(fake):
     return fig
 
 
+def ignore_stop_signals(_worker_id):
+    """DataLoader worker init: leave SIGINT/SIGTERM to the main process, which finishes the step, checkpoints and
+    then stops the workers (PyTorch's own worker SIGTERM handler would kill them first, e.g. under SLURM)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+
+
+def seed_all(seed):
+    """Seed python `random`, numpy and torch (CPU and CUDA)."""
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+
+
 @contextlib.contextmanager
 def seeded(seed, device):
     """Run with python/numpy/torch generators seeded to `seed`, then put the previous states back."""
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        seed_all(seed)
         yield
     random.setstate(py_state), np.random.set_state(np_state)
 
@@ -284,17 +296,16 @@ def main(argv):
     collate = Collate.from_config(cfg)
     engine = make_engine(cfg)
     device = engine.device
-    random.seed(cfg.seed + engine.rank)  # rank 0 is seeded like the reference; other ranks draw their own z
-    np.random.seed(cfg.seed + engine.rank)
-    torch.manual_seed(cfg.seed + engine.rank)
+    seed_all(cfg.seed + engine.rank)  # rank 0 is seeded like the reference; other ranks draw their own z
     torch.backends.cudnn.benchmark = device.type == 'cuda'
     torch.set_flush_denormal(True)  # CPU: a fresh G's outputs (~1e-7) make subnormal floats in D, 10x slower
 
     sampler = DistributedSampler(train_ds, num_replicas=engine.world_size, rank=engine.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
     loader_rng = torch.Generator()  # worker seeds per (epoch, rank), independent of the training RNG
-    loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate, drop_last=True, pin_memory=device.type == 'cuda', generator=loader_rng)
+    loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate,
+                        drop_last=True, pin_memory=device.type == 'cuda', generator=loader_rng,
+                        worker_init_fn=ignore_stop_signals)
     if len(loader) == 0:
         raise ConfigError(f'{len(train_ds)} training items give no full batch of batch_size={cfg.batch_size} '
                           f'per rank ({engine.world_size} ranks); lower batch_size or add data')
@@ -330,7 +341,10 @@ def main(argv):
             d_update_perc, best_fad, smooth = ts['d_update_perc'], ts['best_fad'], dict(ts['smoothed'])
             last.update(ts['latest'])
             aug.load_state_dict(state['ada_state'])
-            resume_rng = state['rng_state']
+            if engine.rank < len(state['rng_state']):  # one entry per rank of the run that wrote it
+                resume_rng = state['rng_state'][engine.rank]
+            else:  # more ranks than that run: fresh streams, distinct from those this rank drew before
+                seed_all(cfg.seed + engine.rank + steps * engine.world_size)
         else:
             log.warning('%s has no resume state (reference checkpoint): ADA restarts at p=%g and epoch %d '
                         'is replayed from its start', cfg.resume_checkpoint, cfg.aug_init_p, start_epoch)
@@ -344,7 +358,8 @@ def main(argv):
         writer = SummaryWriter(str(Path(cfg.checkpoint_path) / 'logs'))
         writer.add_text('config', '```\n' + config_to_yaml(cfg) + '\n```')
         valid_loader = DataLoader(valid_ds, cfg.batch_size, shuffle=False, drop_last=True, collate_fn=collate,
-                                  num_workers=cfg.num_workers, generator=torch.Generator())
+                                  num_workers=cfg.num_workers, generator=torch.Generator(),
+                                  worker_init_fn=ignore_stop_signals)
         if len(valid_loader):
             real_stats = real_statistics(valid_ds)
         else:
@@ -363,7 +378,6 @@ def main(argv):
 
     # ------------------------------------------------------------------ training loop
     try:
-        done = False
         for epoch in range(start_epoch, cfg.n_epochs):
             sampler.set_epoch(epoch)
             loader_rng.manual_seed(cfg.seed + epoch * engine.world_size + engine.rank)
@@ -401,7 +415,7 @@ def main(argv):
                         last['d_grad_norm'] = optimise(D, total, 'D', steps, grad_norms)
                         finite = stepped = math.isfinite(last['d_grad_norm'])
                     d_update_perc += D_UPDATE_RATE * (float(stepped) - d_update_perc)
-                    if cfg.data_type != 'wav':
+                    if cfg.data_type != 'wav' and math.isfinite(l_d):  # a NaN D(real) would void p's update
                         aug.accumulate(d_real, engine.all_sum)
                     last.update(d_loss=l_d, r1=r1.detach(), total_d=l_total, d_fake=d_fake.detach().float().mean(),
                                 d_real=d_real.detach().float().mean())
@@ -478,13 +492,16 @@ def main(argv):
                     if fad_value < best_fad:
                         best_fad, save_best = fad_value, True
 
-                stop = torch.tensor([float(bool(stop_signal))])
-                if engine.world_size > 1:
-                    stop = engine.all_sum(stop.to(device))
-                final = bool(stop.item()) or (cfg.max_steps and steps + 1 >= cfg.max_steps) or \
+                flags = torch.tensor([float(bool(stop_signal)), float(save_best)])
+                if engine.world_size > 1:  # every rank stops alike and joins the RNG-state gather below
+                    flags = engine.all_sum(flags.to(device))
+                stop, save_best = (bool(v) for v in flags.tolist())
+                final = stop or (cfg.max_steps and steps + 1 >= cfg.max_steps) or \
                     (epoch == cfg.n_epochs - 1 and i == len(loader) - 1)
                 periodic = steps > 0 and steps % cfg.checkpoint_interval == 0
-                if engine.is_main and (periodic or final or save_best):
+                write = periodic or final or save_best
+                rng_states = engine.all_gather_object(ckpt.rng_state()) if write else None  # per rank, to resume
+                if engine.is_main and write:
                     g_optim, g_scaler = G.state_dict()
                     d_optim, d_scaler = D.state_dict()
                     state = {
@@ -496,26 +513,26 @@ def main(argv):
                         'train_state': {'phase': phase, 'counter': counter, 'batch_index': i + 1,
                                         'd_update_perc': d_update_perc, 'best_fad': best_fad, 'smoothed': smooth,
                                         'latest': {k: float(last[k]) for k in ('g_loss', 'd_loss', 'r1') if k in last}},
-                        'ada_state': aug.state_dict(), 'rng_state': ckpt.rng_state()}
+                        'ada_state': aug.state_dict(), 'rng_state': rng_states}
                     if periodic or final:
                         path = ckpt.periodic_path(cfg.checkpoint_path, steps)
                         ckpt.save(state, path)
-                        ckpt.prune(cfg.checkpoint_path, cfg.keep_last_checkpoints)
-                        last_finite_ckpt = path if nonfinite == 0 else last_finite_ckpt
+                        if nonfinite == 0:  # during a non-finite streak, keep the checkpoint an abort names
+                            ckpt.prune(cfg.checkpoint_path, cfg.keep_last_checkpoints)
                         log.info('step %d: saved %s', steps, path)
                     if save_best:
                         ckpt.save(state, Path(cfg.checkpoint_path) / 'ckpt_best_fad.pt')
                     del state
+                if (periodic or final) and nonfinite == 0:
+                    last_finite_ckpt = ckpt.periodic_path(cfg.checkpoint_path, steps)
                 steps += 1
                 if final:
-                    if stop.item():
+                    pbar.close()
+                    if stop:
                         log.warning('stopped by signal after step %d; resume with resume_checkpoint=%s', steps - 1,
                                     ckpt.periodic_path(cfg.checkpoint_path, steps - 1))
-                    done = True
-                    break
+                    return
             pbar.close()
-            if done:
-                break
 
     finally:
         for s, handler in previous_handlers.items():

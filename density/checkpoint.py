@@ -2,7 +2,8 @@
 
 A checkpoint is the dict of spec §1.3 (g/d/g_ema state dicts, optimiser and scaler states, steps, epoch,
 cfg_yaml) plus `train_state` (phase, counter, next batch index, smoothed losses, best FAD, d_update_perc),
-`ada_state` (Augmenter.state_dict()) and `rng_state` (python, numpy, torch, CUDA), enough to resume exactly.
+`ada_state` (Augmenter.state_dict()) and `rng_state` (a list with one `rng_state()` per rank: python, numpy,
+torch, CUDA), enough to resume exactly.
 """
 import random
 import re
@@ -13,7 +14,8 @@ import torch
 
 from density.fileio import save_torch
 
-REQUIRED_KEYS = ('g_state_dict', 'd_state_dict', 'steps', 'epoch', 'cfg_yaml')
+REQUIRED_KEYS = ('g_state_dict', 'd_state_dict', 'g_optim_state_dict', 'd_optim_state_dict', 'steps', 'epoch',
+                 'cfg_yaml')  # in every training checkpoint, the reference's too
 PERIODIC = re.compile(r'ckpt_(\d{8})\.pt')
 
 
@@ -26,7 +28,7 @@ def save(state, path):
     save_torch(state, path)
 
 
-def load(path, require=REQUIRED_KEYS):
+def load(path):
     """Load a checkpoint dict on the CPU without unpickling code; CheckpointError names the file otherwise."""
     path = Path(path)
     if not path.is_file():
@@ -37,7 +39,7 @@ def load(path, require=REQUIRED_KEYS):
         raise CheckpointError(f'{path}: not a readable torch checkpoint (truncated or foreign file?): {e}') from e
     if not isinstance(state, dict):
         raise CheckpointError(f'{path}: holds a {type(state).__name__}, expected an asgan checkpoint dict')
-    missing = [k for k in require if k not in state]
+    missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f'{path}: not an asgan training checkpoint, missing keys {missing}')
     return state

@@ -7,6 +7,7 @@ DeepSpeedEngine (`deepspeed.initialize` for each model, ZeRO stage 0). Both offe
     engine.autocast()            context for forward passes (autocast to fp16/bf16, or nothing for fp32)
     engine.wrap(model, optim)    -> Trainable
     engine.all_sum(t)            in-place sum of a tensor over ranks (nothing to do in one process)
+    engine.all_gather_object(o)  -> [o of rank 0, o of rank 1, ...] (picklable objects)
     engine.close()
     Trainable(...)               forward of the wrapped model; .module is the plain nn.Module
     trainable.zero_grad(), .backward(loss), .step() -> pre-clip global gradient L2 norm (a float;
@@ -15,6 +16,9 @@ DeepSpeedEngine (`deepspeed.initialize` for each model, ZeRO stage 0). Both offe
 
 Mixed precision is autocast with fp32 weights and buffers in both engines (the generator's norm EMA and
 Fourier frequencies would not survive fp16 storage); fp16 adds dynamic loss scaling by a GradScaler.
+With several ranks, forwards of a Trainable copy rank 0's buffers to all ranks first (DDP's `broadcast_buffers`;
+DeepSpeed broadcasts only parameters, so its Trainable does it before every forward): ranks are seeded
+differently, so without it they would hold different random Fourier frequencies and norm EMAs.
 """
 import contextlib
 import logging
@@ -82,6 +86,13 @@ class _Engine:
         if self.world_size > 1:
             dist.all_reduce(t)
         return t
+
+    def all_gather_object(self, obj):
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
 
     def close(self):
         if dist.is_initialized():
@@ -176,22 +187,39 @@ class DeepSpeedEngine(_Engine):
                                'dtype': 'float16' if self.precision == 'fp16' else 'bfloat16'},
         }
 
+    def close(self):
+        if dist.is_initialized():  # DeepSpeed's own call also drops its group references, so it can start again
+            self.deepspeed.comm.destroy_process_group()
+
     def wrap(self, model, optimizer):
         engine, *_ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
         if engine.torch_autocast_z0_gradscaler is not None:
             engine.torch_autocast_z0_gradscaler = torch.amp.GradScaler(self.device.type, init_scale=FP16_INIT_SCALE)
-        return DeepSpeedTrainable(engine)
+        return DeepSpeedTrainable(engine, self.world_size > 1)
+
+
+@torch.no_grad()
+def broadcast_buffers(module):
+    """Copy rank 0's buffers (all float32 here) into `module` on every rank, in one collective."""
+    buffers = list(module.buffers())
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    dist.broadcast(flat, 0)
+    for b, part in zip(buffers, flat.split([b.numel() for b in buffers])):
+        b.copy_(part.view_as(b))
 
 
 class DeepSpeedTrainable(_Trainable):
-    def __init__(self, engine):
+    def __init__(self, engine, sync_buffers):
         self.engine, self.module, self.optimizer = engine, engine.module, engine.optimizer
+        self.sync_buffers = sync_buffers
 
     @property
     def scaler(self):
         return self.engine.torch_autocast_z0_gradscaler
 
     def __call__(self, *args, **kwargs):
+        if self.sync_buffers:
+            broadcast_buffers(self.module)
         return self.module(*args, **kwargs)
 
     def zero_grad(self):

@@ -1,6 +1,10 @@
-"""train_asgan.py on the CPU with a tiny model and tiny data made here: outputs, exact resume, faults."""
+"""train_asgan.py on the CPU with a tiny model and tiny data made here: outputs, schedule, exact resume, faults."""
+import copy
+import itertools
 import logging
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,14 +16,27 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_asgan
 from density import checkpoint as ckpt
-from density.config import ConfigError, config_from_yaml
-from density.models import Generator
+from density.augment import P_MIN, Augmenter
+from density.config import ConfigError, config_from_yaml, parse_config
+from density.engine import _free_port, make_engine
+from density.models import Discriminator, Generator
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_KEYS = {'g_state_dict', 'd_state_dict', 'g_optim_state_dict', 'd_optim_state_dict', 'g_ema_state_dict',
                   'g_scaler_state_dict', 'd_scaler_state_dict', 'steps', 'epoch', 'cfg_yaml'}
 QUIET = ['validation_interval=1000', 'checkpoint_interval=1000', 'summary_interval=1000', 'stdout_interval=1000',
          'grad_summary_interval=1000']
+# Spec §8.4/§8.5 tensorboard tags (memory/max_*_gb are written on CUDA only).
+TRAIN_SCALARS = {'memory/sec_per_batch', 'training/g_loss_smooth', 'training/d_loss_smooth', 'opt/g_lr', 'opt/g_W_lr',
+                 'opt/d_lr', 'opt/g_grad_norm', 'opt/d_grad_norm', 'training/mean_drift', 'training/var_drift',
+                 'training/dist_loss', 'training/r1_loss', 'training/total_d_loss', 'opt/d_update_perc',
+                 'training/D(G(z))', 'training/D(c)', 'data/ada_p', 'data/r_t'}
+VALID_SCALARS = {'validation/g_loss', 'validation/d_loss', 'validation/fad', 'validation/approx_kl_div',
+                 'validation/fake_closest_to_real_perc', 'validation/real_closest_to_fake_perc'}
+VALID_HISTOGRAMS = {'validation/c_fake_nearest_dists', 'validation/c_real_nearest_dists', 'validation/D(G(z))',
+                    'validation/D(c)'}
+STDOUT_LINE = re.compile(r'^Steps: (\d+), g_loss: -?\d+\.\d{3}, d_loss: -?\d+\.\d{3}, dmetric: 0\.000, '
+                         r's/b: \d+\.\d{3}, mem: \d+\.\d{2} GB$', re.M)
 
 
 def make_data(folder, n=24, c_dim=6, seed=0):
@@ -46,11 +63,13 @@ def tiny_args(tmp_path, run='run', *extra):
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """The 2-core test machine is shared: one intra-op thread is several times faster for these tiny models."""
+    """The 2-core test machine is shared: one intra-op thread is several times faster for these tiny models.
+    train_asgan.main flushes subnormals to zero for the whole process: undo it for the tests that follow."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+    torch.set_flush_denormal(False)
 
 
 def assert_identical(a, b, where):
@@ -74,13 +93,29 @@ def periodic(folder):
     return sorted(p.name for p in Path(folder).glob('ckpt_0*.pt'))
 
 
+def poisoned(fn, bad_call, nan_outputs=(0,)):
+    """fn, with the outputs at positions `nan_outputs` (a loss: position 0) made NaN on the calls where
+    bad_call(call number, from 1) is true."""
+    calls = []
+
+    def wrapped(*args):
+        calls.append(1)
+        out = fn(*args)
+        if not bad_call(len(calls)):
+            return out
+        if isinstance(out, torch.Tensor):
+            return out * math.nan
+        return tuple(o * math.nan if k in nan_outputs else o for k, o in enumerate(out))
+    return wrapped
+
+
 def test_few_steps_write_events_checkpoints_and_best_fad(tmp_path, capsys):
     out = tmp_path / 'run'
     train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=9', 'checkpoint_interval=3', 'validation_interval=4',
                                'summary_interval=2', 'stdout_interval=3', 'grad_summary_interval=6',
                                'keep_last_checkpoints=2'))
     assert periodic(out) == ['ckpt_00000006.pt', 'ckpt_00000008.pt']  # 3 pruned; 8 is the final checkpoint
-    assert 'Steps: 6, g_loss: ' in capsys.readouterr().out
+    assert [int(n) for n in STDOUT_LINE.findall(capsys.readouterr().out)] == [6]  # multiples of 3 after step 5
     state = ckpt.load(out / 'ckpt_00000008.pt')
     assert REFERENCE_KEYS | {'train_state', 'ada_state', 'rng_state'} <= set(state)
     assert state['steps'] == 8 and state['epoch'] == 2
@@ -93,12 +128,125 @@ def test_few_steps_write_events_checkpoints_and_best_fad(tmp_path, capsys):
     assert 'g_ema_state_dict' in best and best['steps'] in (4, 8)
     events = EventAccumulator(str(out / 'logs'))
     events.Reload()
-    tags = set(events.Tags()['scalars'])
-    assert {'training/g_loss_smooth', 'training/d_loss_smooth', 'opt/g_lr', 'opt/g_W_lr', 'opt/d_lr', 'data/ada_p',
-            'data/r_t', 'opt/d_update_perc', 'training/dist_loss', 'validation/fad', 'validation/approx_kl_div',
-            'validation/g_loss', 'validation/fake_closest_to_real_perc'} <= tags
+    tags = events.Tags()
+    assert set(tags['scalars']) == TRAIN_SCALARS | VALID_SCALARS
+    assert [e.step for e in events.Scalars('opt/g_lr')] == [6, 8]  # summary_interval=2, after step 5
     assert [e.step for e in events.Scalars('validation/fad')] == [4, 8]
-    assert 'opt/grad_norms' in events.Tags()['images']
+    assert set(tags['histograms']) == VALID_HISTOGRAMS
+    assert set(tags['images']) == {'opt/grad_norms', 'validation/c_val_hist'}
+    assert {'config/text_summary'} <= set(tags['tensors'])
+    for name in ('c_fake_nearest_dist', 'c_real_nearest_dist'):  # add_scalars: one run folder per curve
+        assert list((out / 'logs' / f'validation_min_cosim_dists_{name}').glob('events.out.tfevents.*'))
+
+
+@pytest.mark.parametrize('equalized_lr', [True, False])
+def test_optimiser_groups_and_learning_rates(tmp_path, equalized_lr):
+    """Spec §8.1: G group 0 = ff, preconv, layers, head; group 1 = W at lr (eq-lr) or lr*w_lr_mult;
+    D at lr*d_lr_mult."""
+    cfg = parse_config(tiny_args(tmp_path, 'run', f'rp_w_cfg.equalized_lr={equalized_lr}', 'lr=0.01',
+                                 'rp_w_cfg.w_lr_mult=0.5', 'd_lr_mult=0.1', 'betas=[0.1,0.9]'))
+    g, d = Generator(cfg.rp_w_cfg), Discriminator.from_config(cfg)
+    g_opt, d_opt = train_asgan.build_optimizers(cfg, g, d)
+    main, mapping = g_opt.param_groups
+    named = list(g.named_parameters())
+    assert [id(p) for p in main['params']] == [id(p) for n, p in named if not n.startswith('W.')]
+    assert [id(p) for p in mapping['params']] == [id(p) for n, p in named if n.startswith('W.')]
+    assert [id(p) for p in d_opt.param_groups[0]['params']] == [id(p) for p in d.parameters()]
+    assert (main['lr'], mapping['lr'], d_opt.param_groups[0]['lr']) == (0.01, 0.01 if equalized_lr else 0.005, 0.001)
+    for group in (main, mapping, d_opt.param_groups[0]):
+        assert (group['betas'], group['eps'], group['weight_decay']) == ((0.1, 0.9), 1e-8, 0)
+
+
+@pytest.mark.parametrize('extra, d_phases, d_updates, r1_steps', [
+    # ADA p = 1: every batch is drawn for skipping, but a D phase on a multiple of 16 steps is kept
+    (['aug_init_p=1.0', 'max_steps=34'], [0, 16, 32], [0, 16, 32], [16, 32]),
+    # p = 0, update_ratio 3: D D D G G G ...; D updates only where the batch index within the epoch
+    # (4 batches per epoch) is a multiple of 3: steps 0, 7 (i=3), 8 (i=0)
+    (['aug_init_p=0.0', 'update_ratio=3', 'max_steps=12'], [0, 1, 2, 6, 7, 8], [0, 7, 8], [8]),
+    (['aug_init_p=0.0', 'update_ratio=3', 'max_steps=12', 'd_loss_update_max_threshold=-1'],
+     [0, 1, 2, 6, 7, 8], [0, 1, 2, 6, 7, 8], [8]),  # L_D above the max threshold forces the update
+    (['aug_init_p=0.0', 'update_ratio=3', 'max_steps=12', 'd_loss_update_min_threshold=100'],
+     [0, 1, 2, 6, 7, 8], [], [8]),  # L_D at or below the min threshold never updates
+])
+def test_phase_schedule_skipping_update_ratio_and_r1_cadence(tmp_path, monkeypatch, extra, d_phases, d_updates,
+                                                             r1_steps):
+    """Spec §6 / §8.2: the D/G phase of each step, which D phases update D, and which carry R1 (every 4th step)."""
+    phases, r1, updates = [], [], []
+    d_forward, g_forward, optimise = train_asgan.d_forward, train_asgan.g_forward, train_asgan.optimise
+
+    def record_d(*args):
+        phases.append('D')
+        if args[-1]:
+            r1.append(len(phases) - 1)
+        return d_forward(*args)
+
+    def record_g(*args):
+        phases.append('G')
+        return g_forward(*args)
+
+    def record_update(trainable, loss, name, steps, grad_norms=None):
+        updates.append((name, steps))
+        return optimise(trainable, loss, name, steps, grad_norms)
+    monkeypatch.setattr(train_asgan, 'd_forward', record_d)
+    monkeypatch.setattr(train_asgan, 'g_forward', record_g)
+    monkeypatch.setattr(train_asgan, 'optimise', record_update)
+    train_asgan.main(tiny_args(tmp_path, 'run', 'rp_w_cfg.apply_r1_every=4', *QUIET, *extra))
+    assert [s for s, ph in enumerate(phases) if ph == 'D'] == d_phases
+    assert r1 == r1_steps
+    assert [s for name, s in updates if name == 'D'] == d_updates
+    assert [s for name, s in updates if name == 'G'] == [s for s, ph in enumerate(phases) if ph == 'G']
+
+
+def test_ema_generator_moves_at_checkpoint_intervals_only(tmp_path):
+    """Spec §8.3 (default ema_every=0): at steps 3 and 6, p_ema += 0.1 (p - p_ema); buffers copied from G."""
+    args = tiny_args(tmp_path, 'run', 'max_steps=7', 'checkpoint_interval=3', *QUIET[:1])
+    train_asgan.main(args)
+    cfg = parse_config(args)
+    torch.manual_seed(cfg.seed)  # the run builds G first after seeding: its initial weights = the initial EMA
+    ema = Generator(cfg.rp_w_cfg).state_dict()
+    for step in (3, 6):
+        state = ckpt.load(tmp_path / 'run' / f'ckpt_{step:08d}.pt')
+        g, g_ema = state['g_state_dict'], state['g_ema_state_dict']
+        params = {n for n, _ in Generator(cfg.rp_w_cfg).named_parameters()}
+        for name, value in g_ema.items():
+            if name not in params:
+                assert torch.equal(value, g[name]), f'step {step}: buffer {name}'
+                continue
+            want = ema[name].double() + 0.1 * (g[name].double() - ema[name].double())
+            ulp = torch.finfo(torch.float32).eps * torch.maximum(ema[name].abs(), g[name].abs()).double()
+            ulps = ((value.double() - want).abs() / ulp.clamp_min(1e-30)).max()
+            assert ulps <= 2, f'step {step}: {name} is {ulps:.1f} float32 ulps off'  # one update more: ~1e3 ulps
+        ema = g_ema
+
+
+@pytest.mark.parametrize('engine_name', ['torch', 'deepspeed'])
+def test_fp16_loss_scaling_with_r1_matches_fp32(tmp_path, monkeypatch, engine_name):
+    """The GPU fp16 path, forced on the CPU (autocast fp16, GradScaler from 512): a D step with R1 reports fp32's
+    D loss, R1 and unscaled pre-clip gradient norm to fp16 accuracy."""
+    for key, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(_free_port())).items():
+        monkeypatch.setenv(key, value)  # DeepSpeed's one-process group, undone after the test
+    cfg = parse_config(tiny_args(tmp_path, 'run', f'engine={engine_name}', 'fp16=False'))
+    torch.manual_seed(0)
+    g, d = Generator(cfg.rp_w_cfg), Discriminator.from_config(cfg)
+    real, z = 0.3 * torch.randn(4, 8, 6), torch.randn(4, 8)
+    results = {}
+    for precision in ('fp32', 'fp16'):
+        engine = make_engine(cfg)
+        engine.precision = precision  # a CPU engine picks fp32; this is what it picks on a GPU with fp16=True
+        if engine_name == 'deepspeed':
+            engine.ds_config['torch_autocast'] = {'enabled': precision == 'fp16', 'dtype': 'float16'}
+        g_copy, d_copy = copy.deepcopy(g), copy.deepcopy(d)
+        G, D = (engine.wrap(m, o) for m, o in zip((g_copy, d_copy), train_asgan.build_optimizers(cfg, g_copy, d_copy)))
+        D.zero_grad()
+        loss, r1, _, _ = train_asgan.d_forward(cfg, engine, G, D, Augmenter(0.05, P_MIN), real.clone(), z, True)
+        D.backward(loss + r1)
+        results[precision] = loss.item(), r1.item(), D.step(), D.scaler and D.scaler.get_scale()
+        engine.close()
+    (loss32, r1_32, norm32, scale32), (loss16, r1_16, norm16, scale16) = results['fp32'], results['fp16']
+    assert scale32 is None and scale16 == 512  # a finite step neither backs off nor grows yet
+    assert loss16 != loss32, 'fp16 autocast did not run'
+    assert (loss16, r1_16, norm16) == pytest.approx((loss32, r1_32, norm32), rel=1e-2)
 
 
 @pytest.mark.parametrize('num_workers', [0, 2])
@@ -118,21 +266,25 @@ def test_resume_is_exact(tmp_path, num_workers):
 
 
 def test_sigterm_checkpoints_and_exits_zero(tmp_path):
-    out = tmp_path / 'run'
+    """SIGTERM to the whole process group, DataLoader workers included (as SLURM or `kill -- -PGID` send it)."""
+    out, stderr = tmp_path / 'run', tmp_path / 'stderr.txt'
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     args = tiny_args(tmp_path, 'run', 'max_steps=100000', 'stdout_interval=1', 'checkpoint_interval=100000',
-                     'validation_interval=100000', 'summary_interval=100000', 'grad_summary_interval=100000')
-    proc = subprocess.Popen([sys.executable, str(ROOT / 'train_asgan.py'), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                     'validation_interval=100000', 'summary_interval=100000', 'grad_summary_interval=100000',
+                     'num_workers=2')
+    with stderr.open('w') as err:
+        proc = subprocess.Popen([sys.executable, str(ROOT / 'train_asgan.py'), *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
     try:
         for line in proc.stdout:
             if line.startswith('Steps: 8,'):
-                proc.send_signal(signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGTERM)
                 break
         proc.stdout.read()
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=60) == 0, stderr.read_text()[-3000:]
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     (name,) = periodic(out)
     state = ckpt.load(out / name)
     assert state['steps'] >= 8 and name == f"ckpt_{state['steps']:08d}.pt"
@@ -152,36 +304,33 @@ def test_reference_checkpoint_without_resume_state_still_resumes(tmp_path, caplo
     assert ckpt.load(tmp_path / 'run' / 'ckpt_00000005.pt')['steps'] == 5
 
 
-def test_injected_nan_loss_is_skipped_and_logged(tmp_path, caplog, monkeypatch):
-    calls = []
-
-    def nan_on_second_call(d_fake):
-        calls.append(1)
-        loss = train_asgan.generator_loss.__wrapped__(d_fake)
-        return loss * float('nan') if len(calls) == 2 else loss
-    nan_on_second_call.__wrapped__ = train_asgan.generator_loss
-    monkeypatch.setattr(train_asgan, 'generator_loss', nan_on_second_call)
+def test_injected_nan_losses_are_skipped_and_logged(tmp_path, caplog, monkeypatch):
+    """A NaN G loss and a NaN D(real) (so a NaN D loss) once each: both updates skipped with a warning, training
+    goes on, and the NaN does not enter the ADA statistics."""
+    monkeypatch.setattr(train_asgan, 'generator_loss', poisoned(train_asgan.generator_loss, lambda n: n == 2))
+    monkeypatch.setattr(train_asgan, 'd_forward', poisoned(train_asgan.d_forward, lambda n: n == 2, (0, 2)))
     with caplog.at_level(logging.WARNING, logger='train_asgan'):
         train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=8', *QUIET))
-    assert len([r for r in caplog.records if 'non-finite G loss (nan); G update skipped' in r.message]) == 1
+    for what in ('G loss (nan); G update skipped', 'D loss (nan); D update skipped'):
+        assert len([r for r in caplog.records if f'non-finite {what}' in r.message]) == 1, what
     state = ckpt.load(tmp_path / 'run' / 'ckpt_00000007.pt')
-    assert all(v.isfinite().all() for v in state['g_state_dict'].values())
+    for key in ('g_state_dict', 'd_state_dict', 'g_ema_state_dict'):
+        assert all(v.isfinite().all() for v in state[key].values()), key
+    assert all(math.isfinite(v) for v in state['ada_state'].values()), state['ada_state']
 
 
 def test_consecutive_nonfinite_steps_abort_naming_step_and_checkpoint(tmp_path, monkeypatch):
-    calls = []
-
-    def poisoned(loss_fn):
-        def wrapped(*args):
-            calls.append(1)
-            return loss_fn(*args) * (float('nan') if len(calls) > 4 else 1.0)
-        return wrapped
-    monkeypatch.setattr(train_asgan, 'generator_loss', poisoned(train_asgan.generator_loss))
-    monkeypatch.setattr(train_asgan, 'discriminator_loss', poisoned(train_asgan.discriminator_loss))
-    args = tiny_args(tmp_path, 'run', 'max_nonfinite_steps=3', 'checkpoint_interval=2', 'validation_interval=1000')
-    message = r'3 consecutive non-finite steps up to step 6.*ckpt_00000002'
+    """Losses NaN from step 4 on; checkpoints every step, keeping 1: the streak's checkpoints do not prune
+    ckpt 3, the last one written before it, which the abort message names."""
+    losses = itertools.count()  # one loss per step, G or D
+    for name in ('generator_loss', 'discriminator_loss'):
+        monkeypatch.setattr(train_asgan, name, poisoned(getattr(train_asgan, name), lambda _: next(losses) >= 4))
+    args = tiny_args(tmp_path, 'run', 'max_nonfinite_steps=3', 'checkpoint_interval=1', 'keep_last_checkpoints=1',
+                     'validation_interval=1000')
+    message = r'3 consecutive non-finite steps up to step 6.*ckpt_00000003\.pt'
     with pytest.raises(train_asgan.TrainingAborted, match=message):
         train_asgan.main(args)
+    assert ckpt.load(tmp_path / 'run' / 'ckpt_00000003.pt')['steps'] == 3
 
 
 def test_mistyped_override_fails_before_any_work(tmp_path):
@@ -192,16 +341,21 @@ def test_mistyped_override_fails_before_any_work(tmp_path):
     assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.parametrize('kind', ['truncated', 'foreign', 'pickled code'])
+@pytest.mark.parametrize('kind', ['truncated', 'foreign', 'pickled code', 'no optimiser state', 'other model'])
 def test_bad_resume_checkpoint_is_a_clear_error(tmp_path, kind):
     bad = tmp_path / 'bad.pt'
+    weights = {'g_state_dict': {'w': torch.zeros(3)}, 'd_state_dict': {}, 'steps': 5, 'epoch': 0, 'cfg_yaml': ''}
     if kind == 'truncated':
         torch.save({'g_state_dict': {'w': torch.zeros(5000)}}, bad)
         bad.write_bytes(bad.read_bytes()[:3000])
     elif kind == 'foreign':
         torch.save({'model': {'w': torch.zeros(3)}}, bad)
-    else:
+    elif kind == 'pickled code':
         torch.save({'g_state_dict': Path('x')}, bad)
+    elif kind == 'no optimiser state':
+        torch.save(weights, bad)
+    else:
+        torch.save({**weights, 'g_optim_state_dict': {}, 'd_optim_state_dict': {}}, bad)
     with pytest.raises(ckpt.CheckpointError, match=str(bad)):
         train_asgan.main(tiny_args(tmp_path, 'run', f'resume_checkpoint={bad}'))
     assert not (tmp_path / 'run').exists()
