@@ -1,8 +1,15 @@
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'fixtures'
+
+# Tool caches go into the test environment, not the user's home (set before test modules import matplotlib):
+# matplotlib's font cache, and DeepSpeed's compiled C++ op (compiling takes a minute; `make clean` removes it).
+os.environ.setdefault('MPLCONFIGDIR', str(Path(sys.prefix) / 'mplconfig'))
+os.environ.setdefault('TORCH_EXTENSIONS_DIR', str(Path(sys.prefix) / 'torch_extensions'))
 
 
 @pytest.fixture(scope='session')
@@ -10,3 +17,4 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         pytest.fail(f'Fixture folder {FIXTURES} is missing: parity tests need ../shared/fixtures next to the repo.')
     return FIXTURES
+
