@@ -22,6 +22,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf.errors import MissingMandatoryValue
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
@@ -30,12 +31,13 @@ from tqdm import tqdm
 from density import checkpoint as ckpt
 from density.augment import Augmenter
 from density.config import ConfigError, config_to_yaml, default_config, parse_config
-from density.dataset import Collate, DatasetError, build_datasets
+from density.dataset import MEL_SILENCE, Collate, DatasetError, build_datasets
 from density.engine import EngineError, make_engine
 from density.losses import discriminator_loss, generator_loss, r1_penalty
 from density.metrics import (ApproxKL, closest_dist_pair, distance_heuristic, drift, fad, feature_statistics,
                              perc_closest)
 from density.models import Discriminator, Generator
+from density.vocoder import GriffinLimVocoder, load_vocoder
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -49,6 +51,8 @@ R1_LOG_MIN = 1e-8  # R1 values at or below this (phases without R1) do not enter
 D_UPDATE_RATE = 0.05  # EMA factor of d_update_perc
 LOG_AFTER = 5  # smoothed losses, stdout and tensorboard start after this step (reference)
 EMBED_FRAMES, NEAREST_N, PERC_N = 1000, 1000, 500  # validation: embedding frames, closest_dist_pair, perc_closest
+FAD_LAYER = 6  # HuBERT block whose output the melspec/wav FAD compares (spec §8.5)
+FAD_CHUNK = 32  # validation items vocoded and HuBERT-encoded per batch for the FAD reference statistics
 MANDATORY = ('checkpoint_path', 'train_root')
 
 
@@ -127,10 +131,49 @@ def mean_over_ranks(engine, *values):
     return (engine.all_sum(t) / engine.world_size).tolist()
 
 
-def real_statistics(valid_ds):
-    """FAD reference statistics: mean and unbiased covariance of all frames of the uncropped validation items."""
+def fad_encoder(cfg, device):
+    """The spec §8.5 FAD features of melspec/wav data, or None (fad_hubert_checkpoint unset: raw frames).
+
+    Returns encode: (B, L, C) log-mels (vocoded first) or waveforms (C = 1) -> (B * frames, dim) HuBERT layer-6
+    features on the CPU.
+    """
+    if not cfg.fad_hubert_checkpoint:
+        return None
+    from hubert_feature_reader import HubertFeatureReader  # imports transformers: only when this route is used
+    try:
+        reader = HubertFeatureReader(cfg.fad_hubert_checkpoint, layer=FAD_LAYER, device=device)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f'fad_hubert_checkpoint={cfg.fad_hubert_checkpoint}: {e}') from e
+    vocoder = None
+    if cfg.data_type == 'melspec':
+        try:
+            vocoder = load_vocoder(cfg.fad_vocoder, device) if cfg.fad_vocoder else GriffinLimVocoder().to(device)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ConfigError(f'fad_vocoder={cfg.fad_vocoder}: {e}') from e
+
+    @torch.no_grad()
+    def encode(x):
+        wav = vocoder(x).squeeze(1) if vocoder is not None else x.squeeze(-1)  # (B, T)
+        return reader.get_feats_batched(wav).flatten(0, 1).cpu()
+    return encode
+
+
+def real_statistics(valid_ds, encode=None):
+    """FAD reference statistics: mean and unbiased covariance of all frames of the uncropped validation items.
+
+    With `encode` (see fad_encoder) of their HuBERT features instead: the items are padded to the longest one
+    (log-mels at the front with silence, waveforms at the end with zeros) and encoded FAD_CHUNK at a time.
+    """
     items = [valid_ds.load(i) for i in tqdm(range(len(valid_ds)), desc='validation statistics', unit='item')]
-    return feature_statistics(torch.cat([x.reshape(x.shape[0], -1) for x in items]))
+    if encode is None:
+        return feature_statistics(torch.cat([x.reshape(x.shape[0], -1) for x in items]))
+    n = max(x.shape[0] for x in items)
+    if valid_ds.data_type == 'melspec':
+        items = [F.pad(x, (0, 0, n - x.shape[0], 0), value=MEL_SILENCE) for x in items]  # (n, 128) each
+    else:
+        items = [F.pad(x, (0, n - x.shape[0]))[:, None] for x in items]  # (n, 1) each
+    chunks = tqdm(range(0, len(items), FAD_CHUNK), desc='validation statistics (HuBERT)', unit='batch')
+    return feature_statistics(torch.cat([encode(torch.stack(items[k:k + FAD_CHUNK])) for k in chunks]))
 
 
 def grad_norm_figure(named_grads):
@@ -207,18 +250,19 @@ def seeded(seed, device):
 
 
 @torch.no_grad()
-def validate(cfg, g, d, loader, real_stats, writer, steps, device):
-    """Spec §8.5 on the training G (eval mode, fp32): losses, ApproxKL, nearest-neighbour metrics, FAD.
+def validate(cfg, g, d, loader, real_stats, writer, steps, device, encode=None):
+    """Spec §8.5 on the training G (eval mode, fp32): losses, ApproxKL, nearest-neighbour metrics, FAD
+    (on the frames, or on encode(fake) from fad_encoder).
 
     Seeded with cfg.seed each time: every validation sees the same z and crops, and the training random
     streams are left as they were (so resuming is exact whatever the validation schedule).
     """
     with seeded(cfg.seed, device):
         loader.generator.manual_seed(cfg.seed)
-        return _validate(cfg, g, d, loader, real_stats, writer, steps, device)
+        return _validate(cfg, g, d, loader, real_stats, writer, steps, device, encode)
 
 
-def _validate(cfg, g, d, loader, real_stats, writer, steps, device):
+def _validate(cfg, g, d, loader, real_stats, writer, steps, device, encode):
     g.eval(), d.eval()
     approx_kl, fakes, g_losses, d_losses, d_fakes, d_reals = ApproxKL(), [], [], [], [], []
     for j, (real, _, _, z) in enumerate(tqdm(loader, desc=f'validation @ {steps}', unit='batch', leave=False)):
@@ -229,7 +273,7 @@ def _validate(cfg, g, d, loader, real_stats, writer, steps, device):
         d_losses.append(discriminator_loss(d_real, d_fake).item())
         d_fakes.append(d_fake.flatten().cpu()), d_reals.append(d_real.flatten().cpu())
         approx_kl.accumulate(real, fake)
-        fakes.append(fake.flatten(0, 1).cpu())
+        fakes.append(encode(fake) if encode else fake.flatten(0, 1).cpu())
         if j > 0:
             continue
         real_f, fake_f = real.flatten(0, 1), fake.flatten(0, 1)
@@ -274,6 +318,12 @@ def check_config(cfg):
     for key in ('c_dim', 'z_dim'):
         if cfg[key] != cfg.rp_w_cfg[key]:
             raise ConfigError(f'{key}={cfg[key]} must equal rp_w_cfg.{key}={cfg.rp_w_cfg[key]}; set both')
+    if cfg.fad_hubert_checkpoint and cfg.data_type == 'hubert_L6':
+        raise ConfigError('fad_hubert_checkpoint is for data_type melspec or wav: hubert_L6 features are already '
+                          'HuBERT features and their FAD uses them as they are; remove fad_hubert_checkpoint')
+    if cfg.fad_vocoder and not (cfg.fad_hubert_checkpoint and cfg.data_type == 'melspec'):
+        raise ConfigError('fad_vocoder is used only with data_type=melspec and fad_hubert_checkpoint set; set '
+                          'fad_hubert_checkpoint or remove fad_vocoder')
     if cfg.batch_size % min(4, cfg.batch_size):
         raise ConfigError(f'batch_size={cfg.batch_size}: the discriminator groups samples in fours '
                           '(minibatch std); use a multiple of 4')
@@ -352,8 +402,9 @@ def main(argv):
                  start_batch)
     del state
 
-    writer, valid_loader, real_stats = None, None, None
+    writer, valid_loader, real_stats, encode = None, None, None, None
     if engine.is_main:
+        encode = fad_encoder(cfg, device)  # before the run folder: a bad path fails without leaving one behind
         Path(cfg.checkpoint_path).mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(str(Path(cfg.checkpoint_path) / 'logs'))
         writer.add_text('config', '```\n' + config_to_yaml(cfg) + '\n```')
@@ -361,7 +412,7 @@ def main(argv):
                                   num_workers=cfg.num_workers, generator=torch.Generator(),
                                   worker_init_fn=ignore_stop_signals)
         if len(valid_loader):
-            real_stats = real_statistics(valid_ds)
+            real_stats = real_statistics(valid_ds, encode)
         else:
             log.warning('%d validation items make no full batch of %d: validation is off', len(valid_ds),
                         cfg.batch_size)
@@ -487,7 +538,8 @@ def main(argv):
                 if engine.is_main and steps > 0 and steps % ema_every == 0:
                     update_ema(g_ema, G.module, cfg.rp_w_cfg.g_ema_weight)
                 if engine.is_main and real_stats is not None and steps > 0 and steps % cfg.validation_interval == 0:
-                    fad_value = validate(cfg, G.module, D.module, valid_loader, real_stats, writer, steps, device)
+                    fad_value = validate(cfg, G.module, D.module, valid_loader, real_stats, writer, steps, device,
+                                         encode)
                     log.info('step %d: validation FAD %.4f (best %.4f)', steps, fad_value, best_fad)
                     if fad_value < best_fad:
                         best_fad, save_best = fad_value, True

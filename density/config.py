@@ -117,6 +117,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 20  # abort after this many consecutive non-finite (skipped) steps
     max_steps: int = 0  # stop after this many global steps with a final checkpoint; 0 = run n_epochs
     sil_vec_path: str = ''  # (c_dim,) tensor file padding short HuBERT items; '' = zeros (reference fallback)
+    fad_hubert_checkpoint: str = ''  # melspec/wav: FAD on this HuBERT's layer-6 features (spec §8.5); '' = raw frames
+    fad_vocoder: str = ''  # melspec with fad_hubert_checkpoint: vocoder path/URL for the FAD; '' = Griffin-Lim
 
 
 RP_W_Config = RPWConfig

@@ -16,12 +16,18 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_asgan
 from density import checkpoint as ckpt
+from density.audio import HOP, log_mel
 from density.augment import P_MIN, Augmenter
 from density.config import ConfigError, config_from_yaml, parse_config
+from density.dataset import build_datasets
 from density.engine import _free_port, make_engine
+from density.metrics import fad, feature_statistics
 from density.models import Discriminator, Generator
+from density.vocoder import GriffinLimVocoder
+from hubert_feature_reader import HubertFeatureReader
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_HUBERT = ROOT / '..' / 'shared' / 'fixtures' / 'hubert_fairseq' / 'tiny_hubert_fairseq.pt'  # 48-d, 7 blocks
 REFERENCE_KEYS = {'g_state_dict', 'd_state_dict', 'g_optim_state_dict', 'd_optim_state_dict', 'g_ema_state_dict',
                   'g_scaler_state_dict', 'd_scaler_state_dict', 'steps', 'epoch', 'cfg_yaml'}
 QUIET = ['validation_interval=1000', 'checkpoint_interval=1000', 'summary_interval=1000', 'stdout_interval=1000',
@@ -46,6 +52,17 @@ def make_data(folder, n=24, c_dim=6, seed=0):
     for k in range(n):
         frames = int(torch.randint(5, 12, (1,), generator=g))
         torch.save(0.3 * torch.randn(frames, c_dim, generator=g), folder / f'{k:03d}.pt')
+    return folder
+
+
+def make_mel_data(folder, n=32, seed=0):
+    """n (frames, 128) log-mel files of 20..40 frames: log-mels of fading noise bursts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for k in range(n):
+        samples = HOP * int(torch.randint(20, 41, (1,), generator=g))
+        wav = 0.1 * torch.randn(samples, generator=g) * torch.linspace(1, 0, samples)
+        torch.save(log_mel(wav).T.contiguous(), folder / f'{k:03d}.pt')
     return folder
 
 
@@ -358,4 +375,53 @@ def test_bad_resume_checkpoint_is_a_clear_error(tmp_path, kind):
         torch.save({**weights, 'g_optim_state_dict': {}, 'd_optim_state_dict': {}}, bad)
     with pytest.raises(ckpt.CheckpointError, match=str(bad)):
         train_asgan.main(tiny_args(tmp_path, 'run', f'resume_checkpoint={bad}'))
+    assert not (tmp_path / 'run').exists()
+
+
+def test_melspec_fad_on_vocoded_hubert_features(tmp_path, monkeypatch):
+    """Spec §8.5 with fad_hubert_checkpoint: the logged FAD compares HuBERT layer-6 features of the Griffin-Lim-vocoded
+    generated mels with those of the vocoded validation mels front-padded with -11.4, recomputed here independently
+    from the mels G generated during validation (eval mode)."""
+    generated, forward = [], Generator.forward
+
+    def record(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if not self.training:
+            generated.append(out.detach().clone())
+        return out
+    monkeypatch.setattr(Generator, 'forward', record)
+    args = tiny_args(tmp_path, 'run', f'train_root={make_mel_data(tmp_path / "mel")}', 'data_type=melspec',
+                     'n_valid=16', 'c_dim=128', 'rp_w_cfg.c_dim=128', 'rp_w_cfg.head_spec=[128,1]',
+                     'rp_w_cfg.seq_len=16', 'rp_w_cfg.layer_specs=[[16,3,4],[16,3,4],[12,3,8],[8,3,16]]', *QUIET,
+                     'max_steps=3', 'validation_interval=2', f'fad_hubert_checkpoint={TINY_HUBERT}')
+    train_asgan.main(args)
+    events = EventAccumulator(str(tmp_path / 'run' / 'logs'))
+    events.Reload()
+    (logged,) = [(e.step, e.value) for e in events.Scalars('validation/fad')]
+
+    cfg = parse_config(args)
+    _, valid_ds = build_datasets(cfg)
+    reader, vocoder = HubertFeatureReader(str(TINY_HUBERT), layer=6), GriffinLimVocoder()
+    items = [valid_ds.load(i) for i in range(len(valid_ds))]
+    n = max(len(x) for x in items)
+    assert n > min(len(x) for x in items), 'equal lengths: the padding would go untested'
+    real = torch.stack([torch.cat([torch.full((n - len(x), 128), -11.4), x]) for x in items])  # one chunk of <= 32
+    assert [tuple(f.shape) for f in generated] == [(4, 16, 128)] * 4  # the 4 validation batches at step 2
+    with torch.no_grad():
+        real_feats = reader.get_feats_batched(vocoder(real).squeeze(1)).flatten(0, 1)
+        fake_feats = torch.cat([reader.get_feats_batched(vocoder(f).squeeze(1)).flatten(0, 1)
+                                for f in generated])  # batch by batch: Griffin-Lim's start phases depend on B
+    assert real_feats.shape == (16 * reader.num_frames(n * HOP), 48) and fake_feats.shape == (16 * 8, 48)
+    want = fad(fake_feats, *feature_statistics(real_feats))
+    assert math.isfinite(want) and logged == (2, pytest.approx(want, rel=1e-4))
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['fad_hubert_checkpoint=h.pt'], 'hubert_L6 features are already HuBERT'),
+    (['data_type=melspec', 'fad_vocoder=v.pt'], 'fad_vocoder is used only with data_type=melspec and fad_hubert'),
+    (['data_type=melspec', 'fad_hubert_checkpoint=missing.pt'], 'fad_hubert_checkpoint=missing.pt: .*not found'),
+])
+def test_fad_options_outside_their_route_fail_clearly(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        train_asgan.main(tiny_args(tmp_path, 'run', *extra))
     assert not (tmp_path / 'run').exists()
