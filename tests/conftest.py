@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'fixtures'
+FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 
 # Tool caches go into the test environment, not the user's home (set before test modules import matplotlib):
 # matplotlib's font cache, and DeepSpeed's compiled C++ op (compiling takes a minute; `make clean` removes it).
@@ -15,6 +15,6 @@ os.environ.setdefault('TORCH_EXTENSIONS_DIR', str(Path(sys.prefix) / 'torch_exte
 @pytest.fixture(scope='session')
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
-        pytest.fail(f'Fixture folder {FIXTURES} is missing: parity tests need ../shared/fixtures next to the repo.')
+        pytest.fail(f'Fixture folder {FIXTURES} is missing: the recorded reference outputs belong in tests/fixtures (see its README).')
     return FIXTURES
 

@@ -27,7 +27,7 @@ from density.vocoder import GriffinLimVocoder
 from hubert_feature_reader import HubertFeatureReader
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_HUBERT = ROOT / '..' / 'shared' / 'fixtures' / 'hubert_fairseq' / 'tiny_hubert_fairseq.pt'  # 48-d, 7 blocks
+TINY_HUBERT = ROOT / 'tests' / 'fixtures' / 'hubert_fairseq' / 'tiny_hubert_fairseq.pt'  # 48-d, 7 blocks
 REFERENCE_KEYS = {'g_state_dict', 'd_state_dict', 'g_optim_state_dict', 'd_optim_state_dict', 'g_ema_state_dict',
                   'g_scaler_state_dict', 'd_scaler_state_dict', 'steps', 'epoch', 'cfg_yaml'}
 QUIET = ['validation_interval=1000', 'checkpoint_interval=1000', 'summary_interval=1000', 'stdout_interval=1000',
