@@ -31,7 +31,7 @@ from tqdm import tqdm
 from density import checkpoint as ckpt
 from density.augment import Augmenter
 from density.config import ConfigError, config_to_yaml, default_config, parse_config
-from density.dataset import MEL_SILENCE, Collate, DatasetError, build_datasets
+from density.dataset import MEL_SILENCE, Collate, DatasetError, FeatureNorm, build_datasets
 from density.engine import EngineError, make_engine
 from density.losses import discriminator_loss, generator_loss, r1_penalty
 from density.metrics import (ApproxKL, closest_dist_pair, distance_heuristic, drift, fad, feature_statistics,
@@ -250,25 +250,27 @@ def seeded(seed, device):
 
 
 @torch.no_grad()
-def validate(cfg, g, d, loader, real_stats, writer, steps, device, encode=None):
+def validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode=None):
     """Spec §8.5 on the training G (eval mode, fp32): losses, ApproxKL, nearest-neighbour metrics, FAD
-    (on the frames, or on encode(fake) from fad_encoder).
+    (on the frames, or on encode(fake) from fad_encoder). D sees features normalised with `norm` (a
+    FeatureNorm), as in training; the metrics compare raw-scale features.
 
     Seeded with cfg.seed each time: every validation sees the same z and crops, and the training random
     streams are left as they were (so resuming is exact whatever the validation schedule).
     """
     with seeded(cfg.seed, device):
         loader.generator.manual_seed(cfg.seed)
-        return _validate(cfg, g, d, loader, real_stats, writer, steps, device, encode)
+        return _validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode)
 
 
-def _validate(cfg, g, d, loader, real_stats, writer, steps, device, encode):
+def _validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode):
     g.eval(), d.eval()
     approx_kl, fakes, g_losses, d_losses, d_fakes, d_reals = ApproxKL(), [], [], [], [], []
     for j, (real, _, _, z) in enumerate(tqdm(loader, desc=f'validation @ {steps}', unit='batch', leave=False)):
         real, z = real.to(device), z.to(device)
         fake = g(z, cfg.rp_w_cfg.seq_len)
-        d_fake, d_real = d(fake), d(real)
+        d_fake, d_real = d(fake), d(norm.normalize(real))
+        fake = norm.denormalize(fake)
         g_losses.append(generator_loss(d_fake).item())
         d_losses.append(discriminator_loss(d_real, d_fake).item())
         d_fakes.append(d_fake.flatten().cpu()), d_reals.append(d_real.flatten().cpu())
@@ -375,10 +377,16 @@ def main(argv):
         steps, start_epoch = state['steps'] + 1, max(0, state['epoch'])
     elif cfg.resume_checkpoint:
         log.warning('resume_checkpoint=%s does not exist: starting from scratch', cfg.resume_checkpoint)
+    if state is not None and state.get('feature_norm'):  # the statistics the run started with
+        norm = FeatureNorm.from_checkpoint(state)
+    else:
+        norm = FeatureNorm.fit(train_ds) if cfg.normalize_features else FeatureNorm()
+    norm.to(device)
     g_opt, d_opt = build_optimizers(cfg, g, d)
     G, D = engine.wrap(g, g_opt), engine.wrap(d, d_opt)
     g_ema.to(device)
-    aug = Augmenter(NOISE_STD[cfg.data_type], cfg.aug_init_p)
+    noise_std = NOISE_STD[cfg.data_type] / norm.std if norm.enabled else NOISE_STD[cfg.data_type]  # on the raw scale
+    aug = Augmenter(noise_std, cfg.aug_init_p)
     phase, counter, d_update_perc, best_fad, smooth = 'D', 0, 1.0, math.inf, {}
     last = {}  # latest raw values for stdout and tensorboard
     resume_rng = None
@@ -442,7 +450,7 @@ def main(argv):
             pbar = tqdm(total=len(loader), initial=first, desc=f'epoch {epoch}', unit='batch',
                         disable=not engine.is_main)
             for i, (real, _, _, z) in enumerate(batches, start=first):
-                real, z = real.to(device, non_blocking=True), z.to(device, non_blocking=True)
+                real, z = norm.normalize(real.to(device, non_blocking=True)), z.to(device, non_blocking=True)
                 skip = torch.tensor([float(random.random() < aug.p)])
                 if engine.world_size > 1:  # every rank follows rank 0's draw
                     skip = engine.all_sum((skip * engine.is_main).to(device))
@@ -539,7 +547,7 @@ def main(argv):
                     update_ema(g_ema, G.module, cfg.rp_w_cfg.g_ema_weight)
                 if engine.is_main and real_stats is not None and steps > 0 and steps % cfg.validation_interval == 0:
                     fad_value = validate(cfg, G.module, D.module, valid_loader, real_stats, writer, steps, device,
-                                         encode)
+                                         norm, encode)
                     log.info('step %d: validation FAD %.4f (best %.4f)', steps, fad_value, best_fad)
                     if fad_value < best_fad:
                         best_fad, save_best = fad_value, True
@@ -565,7 +573,8 @@ def main(argv):
                         'train_state': {'phase': phase, 'counter': counter, 'batch_index': i + 1,
                                         'd_update_perc': d_update_perc, 'best_fad': best_fad, 'smoothed': smooth,
                                         'latest': {k: float(last[k]) for k in ('g_loss', 'd_loss', 'r1') if k in last}},
-                        'ada_state': aug.state_dict(), 'rng_state': rng_states}
+                        'ada_state': aug.state_dict(), 'rng_state': rng_states,
+                        'feature_norm': norm.to_checkpoint()}
                     if periodic or final:
                         path = ckpt.periodic_path(cfg.checkpoint_path, steps)
                         ckpt.save(state, path)

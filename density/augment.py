@@ -20,7 +20,8 @@ P_MIN, P_MAX = 1e-8, 1 - 1e-8
 class Augmenter:
     """Augment (real, fake) pairs of shape (B, L, C) and adapt p from sign(D(real_aug)).
 
-    noise_std: 0.05 for HuBERT/wav features, 0.2 for log-mels. ada_n: D phases per p update.
+    noise_std: 0.05 for HuBERT/wav features, 0.2 for log-mels (a (C,) tensor for normalised features: 0.2 / std).
+    ada_n: D phases per p update.
     Frame swap (flag 3) keeps the reference behaviour: it draws its indices but changes nothing (quirk 15).
     """
 

@@ -119,6 +119,7 @@ class TrainConfig:
     sil_vec_path: str = ''  # (c_dim,) tensor file padding short HuBERT items; '' = zeros (reference fallback)
     fad_hubert_checkpoint: str = ''  # melspec/wav: FAD on this HuBERT's layer-6 features (spec §8.5); '' = raw frames
     fad_vocoder: str = ''  # melspec with fad_hubert_checkpoint: vocoder path/URL for the FAD; '' = Griffin-Lim
+    normalize_features: bool = False  # standardise each feature channel with training-split statistics (FeatureNorm)
 
 
 RP_W_Config = RPWConfig
@@ -127,6 +128,18 @@ PRESETS = {
     'hubert': [],
     'mel': ['c_dim=128', 'rp_w_cfg.c_dim=128', 'rp_w_cfg.seq_len=96', 'rp_w_cfg.head_spec=[128,1]',
             'data_type=melspec'],
+    # The CPU demo (`make demo`): the mel variant at reduced width and depth, standardised log-mels, rates and an
+    # EMA cadence found by experiment (README, "The demo preset"). Not a paper configuration.
+    'mel_small': ['model=rp_w', 'c_dim=128', 'rp_w_cfg.c_dim=128', 'rp_w_cfg.seq_len=96', 'rp_w_cfg.head_spec=[128,1]',
+                  'data_type=melspec', 'normalize_features=true', 'z_dim=256', 'rp_w_cfg.z_dim=256',
+                  'rp_w_cfg.w_dim=256', 'rp_w_cfg.ff_channels=256',
+                  'rp_w_cfg.layer_specs=[[256,5,12],[256,5,12],[256,5,24],[256,5,24],[128,5,48],[128,5,48],'
+                  '[128,5,96],[128,5,96]]',
+                  'rp_w_cfg.D_head_dim=128', 'rp_w_cfg.D_block_repeats=[1,1,1,1]', 'rp_w_cfg.D_kernel_size=5',
+                  'rp_w_cfg.r1_gamma=0.1', 'lr=2e-3', 'd_lr_mult=0.1', 'betas=[0,0.99]', 'batch_size=32',
+                  'ema_every=10', 'fp16=false', 'device=cpu', 'num_workers=0', 'preload=true',
+                  'checkpoint_interval=500', 'validation_interval=250', 'summary_interval=10', 'stdout_interval=50',
+                  'grad_summary_interval=250', 'n_epochs=1000', 'max_steps=2000', 'use_sc09_splits=true'],
 }
 CHOICES = {'engine': ('torch', 'deepspeed'), 'data_type': ('hubert_L6', 'melspec', 'wav'),
            'preset': tuple(PRESETS)}

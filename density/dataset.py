@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from omegaconf.errors import MissingMandatoryValue
 from torch.distributions import MultivariateNormal
 from torch.utils.data import Dataset
@@ -40,6 +41,7 @@ AUDIO_EXTS = (".wav", ".mp3", ".flac")  # searched in this order when train_root
 MEL_SILENCE = -11.4  # reference padding value for log-mels (about log(1e-5) = -11.51)
 WAV_PEAK = 0.99  # waveform items are scaled to this peak
 PRELOAD_THREADS = 8  # as the reference
+NORM_STD_FLOOR = 0.1  # per-channel std floor of FeatureNorm: log-mel bins that are almost always silent
 
 
 class DatasetError(ValueError):
@@ -122,6 +124,52 @@ class FeatureDataset(Dataset):
         return x, z
 
 
+class FeatureNorm(nn.Module):
+    """Per-channel standardisation of features (B, L, C): normalize(x) = (x - mean) / std; denormalize undoes it.
+
+    A project addition (`normalize_features=true`, the demo preset): log-mels span about -11.5..1 where HuBERT
+    features are of order 1. mean and std are (C,) buffers over every frame of the training split; the identity
+    (mean 0, std 1, scalars) when a run does not normalise. Checkpoints carry them under their own key,
+    `feature_norm` ({'mean', 'std'}), outside the generator's state dict, so reference checkpoints load unchanged.
+    """
+
+    def __init__(self, mean=None, std=None):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(0.0 if mean is None else mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(1.0 if std is None else std, dtype=torch.float32))
+
+    @property
+    def enabled(self):
+        return self.mean.ndim > 0
+
+    @classmethod
+    def fit(cls, dataset):
+        """Mean and std (floored at NORM_STD_FLOOR) of all frames of a FeatureDataset, in float64."""
+        total, total_sq, n = 0.0, 0.0, 0
+        for i in tqdm(range(len(dataset)), desc="feature statistics", unit="file"):
+            x = (dataset.cache[i] if dataset.cache is not None else dataset.load(i)).double()  # (frames, C)
+            total, total_sq, n = total + x.sum(0), total_sq + x.square().sum(0), n + x.shape[0]
+        mean = total / n
+        std = (total_sq / n - mean.square()).clamp_min(0).sqrt().clamp_min(NORM_STD_FLOOR)
+        return cls(mean.float(), std.float())
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        """The `feature_norm` entry of a checkpoint dict, or the identity when it has none."""
+        entry = ckpt.get("feature_norm")
+        return cls(entry["mean"], entry["std"]) if entry else cls()
+
+    def to_checkpoint(self):
+        """{'mean', 'std'} CPU tensors for the checkpoint's `feature_norm` key, or None for the identity."""
+        return {"mean": self.mean.cpu(), "std": self.std.cpu()} if self.enabled else None
+
+    def normalize(self, x):
+        return (x - self.mean) / self.std
+
+    def denormalize(self, x):
+        return x * self.std + self.mean
+
+
 def load_silence_vector(path, c_dim):
     """A saved (c_dim,) padding vector (e.g. the mean HuBERT feature of silence) -> float32 (c_dim,)."""
     v = load_feature_file(path)
@@ -196,7 +244,8 @@ def feature_path(audio_path, train_root):
 
 
 def read_split_csv(csv_path, key, data_type, train_root=None):
-    """File list of a split CSV (column `path`); HuBERT paths are mapped into the feature cache, every file checked."""
+    """File list of a split CSV (column `path`), every file checked. With a train_root, audio paths are mapped into
+    that feature cache (always for hubert_L6; for melspec when the cache holds the first row's features)."""
     if not csv_path:
         raise DatasetError(f"use_sc09_splits=true needs {key}=<csv from split_data.py>")
     if not Path(csv_path).is_file():
@@ -210,15 +259,17 @@ def read_split_csv(csv_path, key, data_type, train_root=None):
         rows = [row["path"] for row in reader]
     if not rows:
         raise DatasetError(f"{key}={csv_path} lists no files")
-    hubert = data_type == "hubert_L6"
-    files = [feature_path(r, train_root) if hubert else Path(r) for r in rows]
+    cached = data_type == "hubert_L6" or (
+        data_type == "melspec" and train_root is not None and feature_path(rows[0], train_root).is_file())
+    files = [feature_path(r, train_root) if cached else Path(r) for r in rows]
     missing = [(r, p) for r, p in zip(rows, files) if not p.is_file()]
-    if missing and hubert:
+    if missing and cached:
         row, feat = missing[0]
+        checkpoint = " --checkpoint <hubert_base_ls960.pt>" if data_type == "hubert_L6" else ""
         raise DatasetError(
             f"{key}={csv_path}: {len(missing)} of {len(rows)} rows have no cached features, e.g. row '{row}' "
             f"-> expected {feat}. Extract them first: python hubert_feature_reader.py --csv {csv_path} "
-            f"--out {train_root} --type hubert_L6 --checkpoint <hubert_base_ls960.pt>")
+            f"--out {train_root} --type {data_type}{checkpoint}")
     if missing:
         raise DatasetError(f"{key}={csv_path}: {len(missing)} of {len(rows)} listed files do not exist, "
                            f"e.g. {missing[0][0]}")
@@ -229,7 +280,7 @@ def build_datasets(cfg):
     """(train, valid) FeatureDatasets for a TrainConfig (spec §7.1, §7.4)."""
     data_type = _get(cfg, "data_type")
     if _get(cfg, "use_sc09_splits"):
-        root = _get(cfg, "train_root") if data_type == "hubert_L6" else None
+        root = _get(cfg, "train_root") if data_type in ("hubert_L6", "melspec") else None
         train = read_split_csv(_get(cfg, "sc09_train_csv"), "sc09_train_csv", data_type, root)
         valid = read_split_csv(_get(cfg, "sc09_valid_csv"), "sc09_valid_csv", data_type, root)
     else:

@@ -15,6 +15,7 @@ import yaml
 
 from density.audio import fit_length
 from density.config import config_from_yaml, parse_config
+from density.dataset import FeatureNorm
 from density.download import fetch, resolve
 from density.models import Generator
 from density.vocoder import GriffinLimVocoder, HifiGAN, hubert_config, load_vocoder, mel_config
@@ -48,13 +49,16 @@ def resolve_device(device=None) -> torch.device:
 class ASGANInference(nn.Module):
     """Generator + vocoder -> (N, 16000) float waveforms at 16 kHz, on the wrapper's device, without autograd.
 
-    Attributes: g (Generator, eval), vocoder (alias hifigan), cfg (TrainConfig), z_dim, w_dim, seq_len (16000).
-    Vocoder outputs are centre-padded (floor(n/2) zeros on the left) or centre-cropped to 16000 samples.
+    Attributes: g (Generator, eval), vocoder (alias hifigan), cfg (TrainConfig), feature_norm (FeatureNorm: the
+    generator's outputs are de-normalised with it before the vocoder; the identity for reference checkpoints),
+    z_dim, w_dim, seq_len (16000). Vocoder outputs are centre-padded (floor(n/2) zeros on the left) or
+    centre-cropped to 16000 samples.
     """
 
-    def __init__(self, g: Generator, vocoder: nn.Module, cfg):
+    def __init__(self, g: Generator, vocoder: nn.Module, cfg, feature_norm: FeatureNorm = None):
         super().__init__()
         self.g, self.vocoder, self.cfg = g.eval(), vocoder.eval(), cfg
+        self.feature_norm = feature_norm if feature_norm is not None else FeatureNorm()
         self.z_dim, self.w_dim = g.z_dim, g.w_dim
         self.seq_len = N_SAMPLES
 
@@ -67,7 +71,7 @@ class ASGANInference(nn.Module):
         return self.g.preconv.bias.device
 
     def _vocode(self, c):
-        audio = self.vocoder(c)  # (N, 1, T)
+        audio = self.vocoder(self.feature_norm.denormalize(c))  # (N, 1, T)
         return fit_length(audio.squeeze(1).float(), N_SAMPLES)
 
     @torch.inference_mode()
@@ -98,7 +102,7 @@ Conv2SC09Wrapper = ASGANInference
 
 
 def load_generator(checkpoint, sha256=None, model_dir=None, progress=True):
-    """An ASGAN checkpoint (path or URL) -> (Generator in eval mode on the CPU, TrainConfig).
+    """An ASGAN checkpoint (path or URL) -> (Generator in eval mode on the CPU, TrainConfig, FeatureNorm).
 
     Uses `cfg_yaml` and `g_ema_state_dict`; a checkpoint without the EMA generator (the reference's
     ckpt_best_fad.pt) falls back to `g_state_dict` with a warning. Read with `weights_only=True`.
@@ -128,7 +132,7 @@ def load_generator(checkpoint, sha256=None, model_dir=None, progress=True):
         g.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: generator weights do not match the checkpoint's own cfg_yaml: {e}") from e
-    return g.eval(), cfg
+    return g.eval(), cfg, FeatureNorm.from_checkpoint(ckpt)
 
 
 def default_vocoder(cfg, device, url=None, sha256=None, model_dir=None, progress=True) -> nn.Module:
@@ -146,12 +150,12 @@ def load_asgan(checkpoint, vocoder=None, device=None, checkpoint_sha256=None, vo
                model_dir=None, progress=True) -> ASGANInference:
     """Wrapper from a checkpoint (path or URL) and a vocoder (path, URL, module, or None for `default_vocoder`)."""
     device = resolve_device(device)
-    g, cfg = load_generator(checkpoint, checkpoint_sha256, model_dir, progress)
+    g, cfg, feature_norm = load_generator(checkpoint, checkpoint_sha256, model_dir, progress)
     if vocoder is None:
         vocoder = default_vocoder(cfg, device, None, vocoder_sha256, model_dir, progress)
     elif not isinstance(vocoder, nn.Module):
         vocoder = load_vocoder(vocoder, device, vocoder_sha256, model_dir, progress)
-    return ASGANInference(g, vocoder, cfg).to(device).eval()
+    return ASGANInference(g, vocoder, cfg, feature_norm).to(device).eval()
 
 
 def untrained_asgan(device=None, mel=False) -> ASGANInference:

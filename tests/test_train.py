@@ -425,3 +425,38 @@ def test_fad_options_outside_their_route_fail_clearly(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
         train_asgan.main(tiny_args(tmp_path, 'run', *extra))
     assert not (tmp_path / 'run').exists()
+
+
+def test_normalize_features_round_trip_through_checkpoint_and_inference(tmp_path):
+    """normalize_features=true: statistics of the training split in the checkpoint's `feature_norm` (not in the G
+    state dict), D trained on standardised features, and the inference wrapper de-normalising before the vocoder."""
+    from density.dataset import FeatureNorm
+    from density.inference import load_asgan
+    data = make_mel_data(tmp_path / 'mels')
+    args = ['model=rp_w', 'preset=mel', f'train_root={data}', f'checkpoint_path={tmp_path / "run"}', 'n_valid=8',
+            'batch_size=4', 'num_workers=0', 'device=cpu', 'z_dim=8', 'rp_w_cfg.z_dim=8', 'rp_w_cfg.w_dim=8',
+            'rp_w_cfg.ff_channels=16', 'rp_w_cfg.seq_len=16', 'rp_w_cfg.D_head_dim=8', 'rp_w_cfg.D_block_repeats=[1,1]',
+            'rp_w_cfg.layer_specs=[[16,3,4],[8,3,8],[8,3,16]]', 'normalize_features=true', 'max_steps=3', *QUIET]
+    train_asgan.main(args)
+    state = torch.load(tmp_path / 'run' / 'ckpt_00000002.pt', weights_only=True)
+    train, _ = build_datasets(parse_config(args))
+    frames = torch.cat([train.load(i) for i in range(len(train))]).double()
+    norm = state['feature_norm']
+    torch.testing.assert_close(norm['mean'], frames.mean(0).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm['std'], frames.std(0, unbiased=False).clamp_min(0.1).float(), rtol=1e-4, atol=1e-5)
+    assert not any('feature_norm' in k or k in ('mean', 'std') for k in state['g_ema_state_dict'])
+    fn = FeatureNorm.from_checkpoint(state)
+    x = torch.randn(2, 16, 128)
+    torch.testing.assert_close(fn.denormalize(fn.normalize(x)), x, rtol=1e-5, atol=1e-5)
+    assert not FeatureNorm.from_checkpoint({}).enabled
+
+    class Capture(torch.nn.Module):  # a vocoder that records its input
+        def forward(self, c):
+            self.seen = c
+            return torch.zeros(c.shape[0], 1, 16000)
+    model = load_asgan(tmp_path / 'run' / 'ckpt_00000002.pt', vocoder=Capture(), device='cpu')
+    z = torch.randn(3, 8)
+    model.generate_from_latent(z)
+    with torch.no_grad():
+        raw = model.g(z, 16)
+    torch.testing.assert_close(model.vocoder.seen, raw * norm['std'] + norm['mean'])
