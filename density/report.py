@@ -1,0 +1,199 @@
+"""The demo report: <demo_dir>/report.md and a static report.html (an audio player beside each spectrogram).
+
+    python -m density.report --demo_dir outputs/demo
+
+Reads what the demo's stages left in <demo_dir>: the training run's tensorboard scalars (asgan/logs), the
+generated wavs (samples/), the corpus's test clips, metrics_trained.json / metrics_init.json (evaluate.py --json)
+and timings.json; writes report_spectrograms.png (real vs generated), report_curves.png (losses, ADA p,
+validation FAD), one small PNG per generated sample, report.md and report.html.
+"""
+import argparse
+import csv
+import html
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+import torch
+
+from density.audio import LOG_FLOOR, load_audio, log_mel
+from density.fileio import atomic_path, write_text
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+MEL_FLOOR = float(torch.log(torch.tensor(LOG_FLOOR)))  # log-mel of silence: bottom of the colour scale
+GRID = 8  # spectrograms per row of the real-vs-generated grid
+CURVES = (('training/d_loss_smooth', 'D loss (smoothed)'), ('training/g_loss_smooth', 'G loss (smoothed)'),
+          ('data/ada_p', 'ADA p'), ('validation/fad', 'validation FAD (log-mel frames)'))
+METRICS = (('fid', 'FID ↓'), ('inception_score', 'IS ↑'), ('modified_inception_score', 'mIS ↑'),
+           ('am_score', 'AM ↓'), ('ndb_over_k', 'NDB/K ↓'), ('linear_separability', 'LS'))
+
+
+def machine():
+    """'<cpu model>, <n> cores, <os>' of this machine."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                model = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f'{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}'
+
+
+def save_figure(fig, path):
+    try:
+        with atomic_path(path, suffix='.png') as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
+
+
+def _show_mel(ax, mel, title):
+    ax.imshow(mel.numpy(), origin='lower', aspect='auto', cmap='magma', vmin=MEL_FLOOR,
+              vmax=max(mel.max().item(), MEL_FLOOR + 1))
+    ax.set_title(title, fontsize=7)
+    ax.axis('off')
+
+
+def spectrogram_grid(real, fake, path):
+    """Two rows of log-mels (128, frames): real clips above, generated below."""
+    n = min(GRID, len(real), len(fake))
+    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 3.6), squeeze=False)
+    for k in range(n):
+        _show_mel(axes[0, k], real[k][1], f'real: {real[k][0]}')
+        _show_mel(axes[1, k], fake[k][1], f'generated {k}')
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def sample_png(mel, path):
+    fig, ax = plt.subplots(figsize=(2.4, 1.6))
+    _show_mel(ax, mel, '')
+    fig.tight_layout(pad=0.1)
+    save_figure(fig, path)
+
+
+def read_scalars(log_dir):
+    """{tag: (steps, values)} of the tensorboard event files in log_dir."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(log_dir), size_guidance={'scalars': 0})
+    acc.Reload()
+    tags = set(acc.Tags()['scalars'])
+    return {tag: ([e.step for e in acc.Scalars(tag)], [e.value for e in acc.Scalars(tag)])
+            for tag, _ in CURVES if tag in tags}
+
+
+def curves_figure(scalars, path):
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(3.2 * len(CURVES), 2.6))
+    for ax, (tag, title) in zip(axes, CURVES):
+        steps, values = scalars.get(tag, ([], []))
+        ax.plot(steps, values, marker='o' if len(steps) < 20 else None)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel('step', fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def metric_rows(demo_dir):
+    """[(row name, {metric: value, 'n': N})]: trained and initial generator, then the reference rows."""
+    rows = []
+    for name, file in (('ASGAN, trained (EMA G)', 'metrics_trained.json'),
+                       ('ASGAN at initialisation', 'metrics_init.json')):
+        result = json.loads((demo_dir / file).read_text())
+        rows.append((name, result['generator']))
+        if file == 'metrics_trained.json':
+            reference = result['reference']
+    return rows + [(name, values) for name, values in reference.items()]
+
+
+def _fmt(v):
+    return '–' if v is None else f'{v:.3g}' if isinstance(v, float) else str(v)
+
+
+def metrics_markdown(rows):
+    head = '| | N | ' + ' | '.join(t for _, t in METRICS) + ' |\n|---|---|' + '---|' * len(METRICS) + '\n'
+    return head + ''.join(f'| {name} | {vals.get("n", "–")} | ' + ' | '.join(_fmt(vals.get(k)) for k, _ in METRICS)
+                          + ' |\n' for name, vals in rows)
+
+
+def real_test_clips(demo_dir, n):
+    """[(label, log-mel)] of the first n clips of the test split (one per label first, for variety)."""
+    with open(demo_dir / 'splits' / 'sc09-test.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    first = {}
+    for row in rows:
+        first.setdefault(row['label'], row)
+    picked = (list(first.values()) + rows)[:n]
+    return [(r['label'], log_mel(load_audio(r['path']))) for r in picked]
+
+
+def build(demo_dir):
+    """Write the figures, report.md and report.html into demo_dir -> report.md path."""
+    demo_dir = Path(demo_dir)
+    wavs = sorted((demo_dir / 'samples').glob('*.wav'))
+    fake = [(w.stem, log_mel(load_audio(w))) for w in wavs]
+    for (stem, mel), wav in zip(fake, wavs):
+        sample_png(mel, wav.with_suffix('.png'))
+    spectrogram_grid(real_test_clips(demo_dir, GRID), fake, demo_dir / 'report_spectrograms.png')
+    curves_figure(read_scalars(demo_dir / 'asgan' / 'logs'), demo_dir / 'report_curves.png')
+    rows = metric_rows(demo_dir)
+    timings = json.loads((demo_dir / 'timings.json').read_text()) if (demo_dir / 'timings.json').exists() else {}
+    when = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+    timing_md = ''.join(f'| {k} | {v:.0f} s |\n' for k, v in timings.items())
+    md = (f'# ASGAN demo report\n\n{when}; machine: {machine()}.\n\n'
+          '## Metrics\n\nDigit-classifier metrics (evaluate.py); each row says its N.\n\n'
+          f'{metrics_markdown(rows)}\n'
+          '## Spectrograms\n\nTop: real test clips. Bottom: generated (EMA generator, seed 0).\n\n'
+          '![real vs generated](report_spectrograms.png)\n\n'
+          '## Training curves\n\n![curves](report_curves.png)\n\n'
+          '## Generated samples\n\n' + ''.join(f'- [{w.name}](samples/{w.name})\n' for w in wavs) +
+          f'\n## Stage timings\n\n| stage | time |\n|---|---|\n{timing_md}'
+          f'| total | {sum(timings.values()):.0f} s |\n')
+    write_text(demo_dir / 'report.md', md)
+    write_text(demo_dir / 'report.html', to_html(rows, wavs, timings, when))
+    return demo_dir / 'report.md'
+
+
+def to_html(rows, wavs, timings, when):
+    esc = html.escape
+    table = ('<table><tr><th></th><th>N</th>' + ''.join(f'<th>{esc(t)}</th>' for _, t in METRICS) + '</tr>' +
+             ''.join(f'<tr><td>{esc(name)}</td><td>{esc(str(vals.get("n", "–")))}</td>' +
+                     ''.join(f'<td>{esc(_fmt(vals.get(k)))}</td>' for k, _ in METRICS) + '</tr>'
+                     for name, vals in rows) + '</table>')
+    samples = ''.join(f'<figure><img src="samples/{esc(w.with_suffix(".png").name)}" alt="{esc(w.stem)}">'
+                      f'<audio controls preload="auto" src="samples/{esc(w.name)}"></audio>'
+                      f'<figcaption>{esc(w.stem)}</figcaption></figure>' for w in wavs)
+    timing = ''.join(f'<tr><td>{esc(k)}</td><td>{v:.0f} s</td></tr>' for k, v in timings.items())
+    return f'''<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>ASGAN demo report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{text-align:left}}
+figure{{display:inline-block;margin:6px}} figure img{{display:block;width:216px}} audio{{width:216px}}</style>
+</head><body>
+<h1>ASGAN demo report</h1><p>{esc(when)}; machine: {esc(machine())}.</p>
+<h2>Metrics</h2><p>Digit-classifier metrics (evaluate.py); each row says its N.</p>{table}
+<h2>Spectrograms</h2><p>Top: real test clips. Bottom: generated (EMA generator, seed 0).</p>
+<img src="report_spectrograms.png" alt="real vs generated log-mel spectrograms" style="max-width:100%">
+<h2>Training curves</h2><img src="report_curves.png" alt="training curves" style="max-width:100%">
+<h2>Generated samples</h2>{samples}
+<h2>Stage timings</h2><table>{timing}<tr><td>total</td><td>{sum(timings.values()):.0f} s</td></tr></table>
+</body></html>
+'''
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--demo_dir', required=True, help='the folder demo.py writes into')
+    args = p.parse_args(argv)
+    print(f'wrote {build(args.demo_dir)} and report.html')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,86 @@
+"""density.report on a made-up demo folder: report.md / report.html contents, and report.html rendered in headless
+Chromium with every image and audio element loading (CI installs Debian's chromium; without it, outside CI, the
+rendering test is skipped and says how to install it)."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from density import report
+from density.audio import save_wav
+
+CHECK_SCRIPT = """<script>
+window.addEventListener('load', async () => {
+  const audios = [...document.querySelectorAll('audio')];
+  const loaded = await Promise.all(audios.map(a => a.readyState >= 1 ? true : new Promise(done => {
+    a.addEventListener('loadedmetadata', () => done(true));
+    a.addEventListener('error', () => done(false));
+    a.load();
+  })));
+  document.body.setAttribute('data-images', [...document.images].map(i => i.naturalWidth > 0 ? 1 : 0).join(''));
+  document.body.setAttribute('data-audio', loaded.map(ok => ok ? 1 : 0).join(''));
+});
+</script></body>"""
+
+
+def metrics(n, fid, is_):
+    return {'n': n, 'fid': fid, 'inception_score': is_, 'modified_inception_score': 2.0, 'am_score': 0.5,
+            'ndb_over_k': 0.3}
+
+
+def make_demo_dir(root, n_samples=3):
+    """What the demo's stages leave behind, made up: wavs, a test split, tensorboard scalars, metrics, timings."""
+    g = torch.Generator().manual_seed(0)
+    rows = ['path,label']
+    for k, label in enumerate(['zero', 'one', 'two']):
+        wav = root / 'corpus' / label / f'x_nohash_{k}.wav'
+        save_wav(wav, 0.1 * torch.randn(16000, generator=g))
+        rows.append(f'{wav},{label}')
+    (root / 'splits').mkdir()
+    (root / 'splits' / 'sc09-test.csv').write_text('\n'.join(rows) + '\n')
+    for k in range(n_samples):
+        save_wav(root / 'samples' / f'seed0_{k:05d}.wav', 0.1 * torch.randn(16000, generator=g))
+    writer = SummaryWriter(str(root / 'asgan' / 'logs'))
+    for step in range(0, 30, 10):
+        for tag, _ in report.CURVES:
+            writer.add_scalar(tag, 1.0 / (step + 1), step)
+    writer.close()
+    reference = {'real test': metrics(3, 0.0, 9.0), 'noise': metrics(3, 90.0, 1.0)}
+    (root / 'metrics_trained.json').write_text(json.dumps({'generator': metrics(8, 10.0, 5.0), 'reference': reference}))
+    (root / 'metrics_init.json').write_text(json.dumps({'generator': metrics(8, 80.0, 1.2), 'reference': reference}))
+    (root / 'timings.json').write_text(json.dumps({'corpus': 1.0, 'asgan': 2.0}))
+    return root
+
+
+def test_report_files_and_tables(tmp_path):
+    demo = make_demo_dir(tmp_path)
+    md = report.build(demo).read_text()
+    for needle in ('| ASGAN, trained (EMA G) | 8 | 10 | 5 |', '| ASGAN at initialisation | 8 | 80 | 1.2 |',
+                   '| real test | 3 | 0 | 9 |', '| noise | 3 | 90 | 1 |', '| total | 3 s |', 'machine: '):
+        assert needle in md
+    assert (demo / 'report_spectrograms.png').stat().st_size > 1000
+    assert (demo / 'report_curves.png').stat().st_size > 1000
+    assert sorted(p.name for p in (demo / 'samples').glob('*.png')) == [f'seed0_{k:05d}.png' for k in range(3)]
+    page = (demo / 'report.html').read_text()
+    assert page.count('<audio controls') == 3 and page.count('<img ') == 5
+
+
+def test_report_html_renders_in_chromium(tmp_path):
+    browser = shutil.which('chromium') or shutil.which('chromium-browser')
+    if browser is None:
+        if os.environ.get('CI'):
+            pytest.fail('chromium is not installed: .ci/run installs it (apt-get install chromium)')
+        pytest.skip('chromium not installed (apt-get install chromium) - CI runs this test')
+    demo = make_demo_dir(tmp_path)
+    report.build(demo)
+    check = demo / 'check.html'  # next to report.html, so relative links resolve the same way
+    check.write_text((demo / 'report.html').read_text().replace('</body>', CHECK_SCRIPT))
+    dom = subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--virtual-time-budget=10000',
+                          f'--user-data-dir={tmp_path / "profile"}', '--dump-dom', check.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'data-images="11111"' in dom, dom[:500]  # two figures and three sample spectrograms
+    assert 'data-audio="111"' in dom, dom[:500]
