@@ -1,11 +1,12 @@
-# `make test` builds .venv from nothing (CPU torch wheel) and runs the test suite.
+# `make test` builds .venv from nothing (CPU torch wheel) and runs the test suite; `make demo` trains ASGAN offline
+# on the built-in spoken-digits corpus and writes outputs/demo/report.html (DEMO_STEPS=N changes the length).
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench clean
+.PHONY: install test demo bench clean
 
 install: $(STAMP)
 
@@ -17,6 +18,9 @@ $(STAMP): requirements.txt Makefile
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python demo.py --out outputs/demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_generator.py
