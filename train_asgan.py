@@ -386,7 +386,7 @@ def main(argv):
     G, D = engine.wrap(g, g_opt), engine.wrap(d, d_opt)
     g_ema.to(device)
     noise_std = NOISE_STD[cfg.data_type] / norm.std if norm.enabled else NOISE_STD[cfg.data_type]  # on the raw scale
-    aug = Augmenter(noise_std, cfg.aug_init_p)
+    aug = Augmenter(noise_std, cfg.aug_init_p, adapt=cfg.ada_adapt)
     phase, counter, d_update_perc, best_fad, smooth = 'D', 0, 1.0, math.inf, {}
     last = {}  # latest raw values for stdout and tensorboard
     resume_rng = None

@@ -21,13 +21,14 @@ class Augmenter:
     """Augment (real, fake) pairs of shape (B, L, C) and adapt p from sign(D(real_aug)).
 
     noise_std: 0.05 for HuBERT/wav features, 0.2 for log-mels (a (C,) tensor for normalised features: 0.2 / std).
-    ada_n: D phases per p update.
+    ada_n: D phases per p update. adapt=False keeps p fixed (r_t is still measured).
     Frame swap (flag 3) keeps the reference behaviour: it draws its indices but changes nothing (quirk 15).
     """
 
-    def __init__(self, noise_std, p=0.05, ada_n=6, ada_adjust=0.005):
+    def __init__(self, noise_std, p=0.05, ada_n=6, ada_adjust=0.005, adapt=True):
         self.noise_std = noise_std
         self.p = p
+        self.adapt = adapt
         self.ada_n = ada_n
         self.ada_adjust = ada_adjust
         self.r_t = ADA_TARGET
@@ -86,13 +87,14 @@ class Augmenter:
         if all_sum is not None:
             all_sum(self.acc)
         self.r_t = (self.acc[0] / self.acc[1]).item()
-        if self.r_t > ADA_FAST_RATIO:
-            self.p += ADA_FAST_ADJUST
-        elif self.r_t > ADA_TARGET:
-            self.p += self.ada_adjust
-        elif self.r_t < ADA_TARGET:
-            self.p -= self.ada_adjust
-        self.p = min(max(self.p, P_MIN), P_MAX)
+        if self.adapt:
+            if self.r_t > ADA_FAST_RATIO:
+                self.p += ADA_FAST_ADJUST
+            elif self.r_t > ADA_TARGET:
+                self.p += self.ada_adjust
+            elif self.r_t < ADA_TARGET:
+                self.p -= self.ada_adjust
+            self.p = min(max(self.p, P_MIN), P_MAX)
         self.acc.zero_()
         self.n_acc = 0
 

@@ -119,6 +119,7 @@ class TrainConfig:
     sil_vec_path: str = ''  # (c_dim,) tensor file padding short HuBERT items; '' = zeros (reference fallback)
     fad_hubert_checkpoint: str = ''  # melspec/wav: FAD on this HuBERT's layer-6 features (spec §8.5); '' = raw frames
     fad_vocoder: str = ''  # melspec with fad_hubert_checkpoint: vocoder path/URL for the FAD; '' = Griffin-Lim
+    ada_adapt: bool = True  # adapt the augmentation / D-skip probability p to D's confidence; false keeps aug_init_p
     normalize_features: bool = False  # standardise each feature channel with training-split statistics (FeatureNorm)
 
 
