@@ -98,7 +98,7 @@ class TrainConfig:
     checkpoint_path: str = MISSING
     train_root: str = MISSING
     n_valid: int = MISSING
-    resume_checkpoint: str = ''
+    resume_checkpoint: str = ''  # a checkpoint file, or 'auto': the newest in checkpoint_path (density/run.py)
     aug_init_p: float = 0.05
     adapt_d_lr: bool = False
     d_lr_mult: float = 1.0
@@ -119,6 +119,7 @@ class TrainConfig:
     sil_vec_path: str = ''  # (c_dim,) tensor file padding short HuBERT items; '' = zeros (reference fallback)
     fad_hubert_checkpoint: str = ''  # melspec/wav: FAD on this HuBERT's layer-6 features (spec §8.5); '' = raw frames
     fad_vocoder: str = ''  # melspec with fad_hubert_checkpoint: vocoder path/URL for the FAD; '' = Griffin-Lim
+    overwrite: bool = False  # let a run delete the checkpoints in checkpoint_path it would otherwise refuse to touch
 
 
 RP_W_Config = RPWConfig

@@ -23,6 +23,7 @@ from density.dataset import build_datasets
 from density.engine import _free_port, make_engine
 from density.metrics import fad, feature_statistics
 from density.models import Discriminator, Generator
+from density.run import RunError
 from density.vocoder import GriffinLimVocoder
 from hubert_feature_reader import HubertFeatureReader
 
@@ -314,11 +315,31 @@ def test_reference_checkpoint_without_resume_state_still_resumes(tmp_path, caplo
     train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=3', *QUIET))
     state = ckpt.load(tmp_path / 'run' / 'ckpt_00000002.pt')
     ckpt.save({k: v for k, v in state.items() if k in REFERENCE_KEYS}, tmp_path / 'reference.pt')
-    with caplog.at_level(logging.WARNING, logger='train_asgan'):
-        train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=6', f'resume_checkpoint={tmp_path}/reference.pt',
+    with caplog.at_level(logging.WARNING, logger='train_asgan'):  # into a new folder: 'run' is another run's
+        train_asgan.main(tiny_args(tmp_path, 'resumed', 'max_steps=6', f'resume_checkpoint={tmp_path}/reference.pt',
                                    *QUIET))
     assert 'has no resume state' in caplog.text
-    assert ckpt.load(tmp_path / 'run' / 'ckpt_00000005.pt')['steps'] == 5
+    assert ckpt.load(tmp_path / 'resumed' / 'ckpt_00000005.pt')['steps'] == 5
+
+
+def test_mistyped_resume_or_new_run_never_touches_a_run_and_auto_continues_it(tmp_path):
+    """Issue 10 case 1: a missing resume_checkpoint and a new run into a used folder are refused with every file
+    kept; resume_checkpoint=auto (a requeued job) continues from the newest checkpoint, as the same run."""
+    out = tmp_path / 'run'
+    train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=4', 'checkpoint_interval=1', 'validation_interval=2',
+                               'keep_last_checkpoints=2'))
+    before = {p.name: p.read_bytes() for p in out.glob('ckpt_*.pt')}
+    assert sorted(before) == ['ckpt_00000002.pt', 'ckpt_00000003.pt', 'ckpt_best_fad.pt']
+    for extra, message in ((f'resume_checkpoint={tmp_path}/ckpt_00000003.pt', 'does not exist'),
+                           ('max_steps=8', 'already holds checkpoints')):
+        with pytest.raises(RunError, match=message):
+            train_asgan.main(tiny_args(tmp_path, 'run', 'keep_last_checkpoints=2', extra))
+        assert {p.name: p.read_bytes() for p in out.glob('ckpt_*.pt')} == before
+    train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=6', 'resume_checkpoint=auto', 'checkpoint_interval=1',
+                               'validation_interval=2', 'keep_last_checkpoints=2'))
+    assert periodic(out) == ['ckpt_00000004.pt', 'ckpt_00000005.pt']
+    run_ids = {ckpt.load(p)['run_id'] for p in out.glob('ckpt_*.pt')} | {ckpt.load(out / 'ckpt_best_fad.pt')['run_id']}
+    assert len(run_ids) == 1
 
 
 def test_injected_nan_losses_are_skipped_and_logged(tmp_path, caplog, monkeypatch):
