@@ -379,6 +379,31 @@ def test_mistyped_override_fails_before_any_work(tmp_path):
     assert not (tmp_path / 'run').exists()
 
 
+def test_bad_value_fails_before_any_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"'betas' is \[0.5, 0.9, 0.1\]"):
+        train_asgan.main(tiny_args(tmp_path, 'run', 'betas=[0.5,0.9,0.1]'))
+    assert not (tmp_path / 'run').exists()
+
+
+def test_grad_clip_zero_disables_clipping(tmp_path):
+    """Issue 10 case 3: grad_clip=0 steps with the full gradient (torch used to zero it), as DeepSpeed does."""
+    engine = make_engine(parse_config(tiny_args(tmp_path, 'run', 'grad_clip=0', 'fp16=False')))
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(3, 2), torch.randn(4, 3)
+    ref = copy.deepcopy(model)
+    start = copy.deepcopy(model.state_dict())
+    trainable = engine.wrap(model, torch.optim.Adam(model.parameters(), lr=0.1))
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.1)
+    trainable.zero_grad()
+    trainable.backward(100 * trainable(x).square().sum())
+    norm = trainable.step()
+    (100 * ref(x).square().sum()).backward()
+    assert norm == pytest.approx(torch.cat([p.grad.flatten() for p in ref.parameters()]).norm().item()) and norm > 1
+    ref_opt.step()
+    for name, value in model.state_dict().items():
+        assert not torch.equal(value, start[name]) and torch.equal(value, ref.state_dict()[name]), name
+
+
 @pytest.mark.parametrize('kind', ['truncated', 'foreign', 'pickled code', 'no optimiser state', 'other model'])
 def test_bad_resume_checkpoint_is_a_clear_error(tmp_path, kind):
     bad = tmp_path / 'bad.pt'
