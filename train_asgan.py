@@ -31,7 +31,7 @@ from tqdm import tqdm
 from density import checkpoint as ckpt
 from density.augment import Augmenter
 from density.config import ConfigError, config_to_yaml, default_config, parse_config
-from density.dataset import MEL_SILENCE, Collate, DatasetError, build_datasets
+from density.dataset import MEL_SILENCE, Collate, DatasetError, build_datasets, stop_workers
 from density.engine import EngineError, make_engine
 from density.fileio import WriteError
 from density.losses import discriminator_loss, generator_loss, r1_penalty
@@ -437,6 +437,7 @@ def train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, lo
     stdout_clock, summary_clock = [time.perf_counter(), steps], [time.perf_counter(), steps]
 
     # ------------------------------------------------------------------ training loop
+    batches = None
     try:
         for epoch in range(start_epoch, cfg.n_epochs):
             sampler.set_epoch(epoch)
@@ -596,6 +597,7 @@ def train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, lo
             pbar.close()
 
     finally:
+        stop_workers(batches)  # now, not at interpreter exit, where a live worker could block it forever
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
         if writer is not None:

@@ -40,6 +40,7 @@ AUDIO_EXTS = (".wav", ".mp3", ".flac")  # searched in this order when train_root
 MEL_SILENCE = -11.4  # reference padding value for log-mels (about log(1e-5) = -11.51)
 WAV_PEAK = 0.99  # waveform items are scaled to this peak
 PRELOAD_THREADS = 8  # as the reference
+WORKER_KILL_S = 10  # stop_workers: wait this long for a SIGKILLed worker to be reaped
 
 
 class DatasetError(ValueError):
@@ -176,6 +177,23 @@ class Collate:
             lengths[b] = min(l, L)
         z = torch.stack([z if self.data_type == "wav" else z[0] for _, z in batch])
         return feats, lengths, None, z
+
+
+def stop_workers(batches):
+    """Shut a DataLoader iterator's worker processes down now (no-op for None or a single-process iterator).
+
+    Training workers ignore SIGTERM (the main process checkpoints first), so a worker still alive after the
+    iterator's own shutdown would make multiprocessing's exit handler (SIGTERM, then join) wait forever: such a
+    worker is killed. The wait is bounded.
+    """
+    workers = list(getattr(batches, "_workers", []))
+    if not workers:
+        return
+    batches._shutdown_workers()  # asks each worker to stop, joins with a timeout, then SIGTERMs (ignored)
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+            w.join(WORKER_KILL_S)
 
 
 def discover_files(root):

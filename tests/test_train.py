@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -309,6 +310,36 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path):
     train_asgan.main(tiny_args(tmp_path, 'run', f"max_steps={state['steps'] + 3}", f'resume_checkpoint={out / name}',
                                *QUIET))
     assert periodic(out)[-1] == f"ckpt_{state['steps'] + 2:08d}.pt"
+
+
+LEAKED_ITERATORS = """
+import sys
+import torch.utils.data as tud
+import train_asgan
+kept = []  # every DataLoader iterator stays referenced to interpreter exit, as a reference cycle can keep it
+make_iter = tud.DataLoader.__iter__
+tud.DataLoader.__iter__ = lambda self: kept.append(make_iter(self)) or kept[-1]
+train_asgan.main(sys.argv[1:])
+print('main returned', flush=True)
+"""
+
+
+def test_exit_cannot_hang_on_a_live_dataloader_worker(tmp_path):
+    """Issue 10 case 7: a worker that ignores SIGTERM is still waiting for work when training ends (mid-epoch),
+    and its iterator is still referenced; multiprocessing's exit handler used to SIGTERM and join it forever."""
+    args = tiny_args(tmp_path, 'run', 'max_steps=3', 'num_workers=1', *QUIET)
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen([sys.executable, '-c', LEAKED_ITERATORS, *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert any(line.startswith('main returned') for line in proc.stdout), 'training failed'
+        returned = time.monotonic()
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - returned < 5
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert periodic(tmp_path / 'run') == ['ckpt_00000002.pt']
 
 
 def test_reference_checkpoint_without_resume_state_still_resumes(tmp_path, caplog):
