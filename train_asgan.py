@@ -434,6 +434,22 @@ def train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, lo
                          for s in (signal.SIGINT, signal.SIGTERM)}
     ema_every = cfg.ema_every or cfg.checkpoint_interval
     nonfinite, last_finite_ckpt = 0, None
+    done, saved = None, None  # (step, epoch, next batch) of the last finished step; the last periodic checkpoint
+
+    def checkpoint_state(steps, epoch, batch_index, rng_states):
+        """The checkpoint dict after step `steps` (density/checkpoint.py)."""
+        g_optim, g_scaler = G.state_dict()
+        d_optim, d_scaler = D.state_dict()
+        return {
+            'g_state_dict': cpu_state(G.module), 'd_state_dict': cpu_state(D.module),
+            'g_optim_state_dict': g_optim, 'd_optim_state_dict': d_optim,
+            'g_ema_state_dict': cpu_state(g_ema),
+            'g_scaler_state_dict': g_scaler, 'd_scaler_state_dict': d_scaler,
+            'steps': steps, 'epoch': epoch, 'cfg_yaml': config_to_yaml(cfg),
+            'train_state': {'phase': phase, 'counter': counter, 'batch_index': batch_index,
+                            'd_update_perc': d_update_perc, 'best_fad': best_fad, 'smoothed': smooth,
+                            'latest': {k: float(last[k]) for k in ('g_loss', 'd_loss', 'r1') if k in last}},
+            'ada_state': aug.state_dict(), 'rng_state': rng_states, 'run_id': run.run_id}
     stdout_clock, summary_clock = [time.perf_counter(), steps], [time.perf_counter(), steps]
 
     # ------------------------------------------------------------------ training loop
@@ -452,6 +468,7 @@ def train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, lo
             pbar = tqdm(total=len(loader), initial=first, desc=f'epoch {epoch}', unit='batch',
                         disable=not engine.is_main)
             for i, (real, _, _, z) in enumerate(batches, start=first):
+                done = None  # this step is under way
                 real, z = real.to(device, non_blocking=True), z.to(device, non_blocking=True)
                 skip = torch.tensor([float(random.random() < aug.p)])
                 if engine.world_size > 1:  # every rank follows rank 0's draw
@@ -564,21 +581,11 @@ def train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, lo
                 write = periodic or final or save_best
                 rng_states = engine.all_gather_object(ckpt.rng_state()) if write else None  # per rank, to resume
                 if engine.is_main and write:
-                    g_optim, g_scaler = G.state_dict()
-                    d_optim, d_scaler = D.state_dict()
-                    state = {
-                        'g_state_dict': cpu_state(G.module), 'd_state_dict': cpu_state(D.module),
-                        'g_optim_state_dict': g_optim, 'd_optim_state_dict': d_optim,
-                        'g_ema_state_dict': cpu_state(g_ema),
-                        'g_scaler_state_dict': g_scaler, 'd_scaler_state_dict': d_scaler,
-                        'steps': steps, 'epoch': epoch, 'cfg_yaml': config_to_yaml(cfg),
-                        'train_state': {'phase': phase, 'counter': counter, 'batch_index': i + 1,
-                                        'd_update_perc': d_update_perc, 'best_fad': best_fad, 'smoothed': smooth,
-                                        'latest': {k: float(last[k]) for k in ('g_loss', 'd_loss', 'r1') if k in last}},
-                        'ada_state': aug.state_dict(), 'rng_state': rng_states, 'run_id': run.run_id}
+                    state = checkpoint_state(steps, epoch, i + 1, rng_states)
                     if periodic or final:
                         path = ckpt.periodic_path(cfg.checkpoint_path, steps)
                         ckpt.save(state, path)
+                        saved = steps
                         # during a non-finite streak nothing is pruned: keep the checkpoint an abort names
                         run.prune(cfg.keep_last_checkpoints if nonfinite == 0 else 0, path)
                         log.info('step %d: saved %s', steps, path)
@@ -587,6 +594,7 @@ def train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, lo
                     del state
                 if (periodic or final) and nonfinite == 0:
                     last_finite_ckpt = ckpt.periodic_path(cfg.checkpoint_path, steps)
+                done = steps, epoch, i + 1
                 steps += 1
                 if final:
                     pbar.close()
@@ -595,7 +603,14 @@ def train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, lo
                                     ckpt.periodic_path(cfg.checkpoint_path, steps - 1))
                     return
             pbar.close()
-
+    except DatasetError as e:  # a bad file met mid-run: keep the steps since the last checkpoint, then stop
+        message = str(e).strip().splitlines()[-1].split('DatasetError: ', 1)[-1]  # a worker's error is a traceback
+        if engine.world_size == 1 and done is not None and done[0] != saved:
+            path = ckpt.periodic_path(cfg.checkpoint_path, done[0])
+            ckpt.save(checkpoint_state(*done, [ckpt.rng_state()]), path)
+            run.prune(0, path)
+            message += f'; checkpoint written: {path}'
+        raise DatasetError(f'{message} (fix or delete that file, then resume with resume_checkpoint=auto)') from e
     finally:
         stop_workers(batches)  # now, not at interpreter exit, where a live worker could block it forever
         for s, handler in previous_handlers.items():

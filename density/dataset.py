@@ -56,7 +56,8 @@ def _get(cfg, key):
 
 
 def load_feature_file(path):
-    """A saved (frames, C) or (T,) tensor, loaded without unpickling code -> float32 tensor."""
+    """A saved (frames, C) or (T,) tensor, loaded without unpickling code -> float32 tensor; a DatasetError names
+    the file when it cannot be read or holds NaN/inf."""
     try:
         x = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -65,6 +66,8 @@ def load_feature_file(path):
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise DatasetError(f"{path}: expected a float tensor, found {type(x).__name__}; "
                            "is this a feature file written by hubert_feature_reader.py?")
+    if not x.isfinite().all():
+        raise DatasetError(f"{path}: holds NaN or infinite values; delete it and re-run the feature extraction")
     return x.float()
 
 
@@ -165,7 +168,8 @@ class Collate:
         lengths = torch.empty(len(batch), dtype=torch.int64)
         for b, (x, _) in enumerate(batch):
             x = x.reshape(-1, 1) if self.data_type == "wav" else x
-            assert x.dim() == 2 and x.shape[1] == C, f"item {b}: shape {tuple(x.shape)}, expected (frames, {C})"
+            if x.dim() != 2 or x.shape[1] != C:
+                raise DatasetError(f"batch item {b}: shape {tuple(x.shape)}, expected (frames, {C})")
             l = x.shape[0]
             if l <= L:
                 feats[b, :l] = x

@@ -126,5 +126,7 @@ def load_torch(path, what):
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]  # torch's advice runs to 6 lines
+        detail = next((line for line in lines if 'Unpickler error' in line), lines[0] if lines else '')
         raise ValueError(f'{path}: not a readable {what} (truncated, corrupt or another kind of file?): '
-                         f'{type(e).__name__}: {e}') from e
+                         f'{type(e).__name__}: {detail}') from e

@@ -219,3 +219,29 @@ def test_hub_entries_and_reference_keyword(monkeypatch):
     assert isinstance(hubconf.asgan_hubert_sc09_6(pretrianed=False), torch.nn.Identity)  # reference spelling
     vocoder = hubconf.hubert_hifigan(pretrained=False, device="cpu")
     assert vocoder(torch.zeros(1, 2, 768)).shape == (1, 1, 640)
+
+
+def test_random_bytes_are_errors_naming_the_file(tmp_path):
+    """Issue 10 case 5: a checkpoint or vocoder of random bytes raised IndexError: pop from empty list."""
+    make_checkpoint(tmp_path / "ckpt.pt")
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"random\.pt: not a readable ASGAN checkpoint"):
+        hubconf.asgan_from_checkpoint(tmp_path / "random.pt", device="cpu")
+    with pytest.raises(ValueError, match=r"random\.pt: not a readable vocoder checkpoint"):
+        hubconf.asgan_from_checkpoint(tmp_path / "ckpt.pt", vocoder=tmp_path / "random.pt", device="cpu")
+
+
+def test_batch_of_zero_and_wrong_shapes_are_clear_errors(tmp_path):
+    """Issue 10 case 8: an obscure reshape error, and asserts (gone under python -O)."""
+    g = make_checkpoint(tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="a batch of 0 latents"):
+        g(torch.zeros(0, 16))
+    with pytest.raises(ValueError, match=r"z must be \(B, 16\), got \(2, 3\)"):
+        g(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"vocoder expects \(B, L, 12\) frames, got \(1, 4, 5\)"):
+        tiny_vocoder()(torch.zeros(1, 4, 5))
+    with pytest.raises(ValueError, match=r"Griffin-Lim expects \(B, L, 128\) log-mels"):
+        GriffinLimVocoder()(torch.zeros(1, 4, 5))
+    model = hubconf.asgan_from_checkpoint(tmp_path / "ckpt.pt", vocoder=GriffinLimVocoder(), device="cpu")
+    with pytest.raises(ValueError, match="a batch of 0 latents"):
+        model.unconditional_generate(0)

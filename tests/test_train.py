@@ -20,7 +20,7 @@ from density import checkpoint as ckpt
 from density.audio import HOP, log_mel
 from density.augment import P_MIN, Augmenter
 from density.config import ConfigError, config_from_yaml, parse_config
-from density.dataset import build_datasets
+from density.dataset import DatasetError, build_datasets
 from density.engine import _free_port, make_engine
 from density.metrics import fad, feature_statistics
 from density.models import Discriminator, Generator
@@ -371,6 +371,23 @@ def test_mistyped_resume_or_new_run_never_touches_a_run_and_auto_continues_it(tm
     assert periodic(out) == ['ckpt_00000004.pt', 'ckpt_00000005.pt']
     run_ids = {ckpt.load(p)['run_id'] for p in out.glob('ckpt_*.pt')} | {ckpt.load(out / 'ckpt_best_fad.pt')['run_id']}
     assert len(run_ids) == 1
+
+
+def test_a_bad_feature_file_mid_run_is_named_after_a_checkpoint(tmp_path):
+    """Issue 10 case 5: a NaN feature file met by a DataLoader worker mid-run stops training with a one-line error
+    naming the file, after writing a checkpoint of the steps done; with the file fixed, auto resumes from it."""
+    data = make_data(tmp_path / 'data')
+    torch.save(torch.full((7, 6), math.nan), data / '008.pt')  # in the 4th training batch of epoch 0
+    args = tiny_args(tmp_path, 'run', 'num_workers=1', *QUIET)
+    with pytest.raises(DatasetError) as e:
+        train_asgan.main(args)
+    message = str(e.value)
+    assert '\n' not in message and f'{data / "008.pt"}: holds NaN or infinite values' in message
+    (name,) = periodic(tmp_path / 'run')
+    assert name == 'ckpt_00000002.pt' and f'checkpoint written: {tmp_path / "run" / name}' in message
+    make_data(tmp_path / 'data')  # the file fixed
+    train_asgan.main(tiny_args(tmp_path, 'run', 'resume_checkpoint=auto', 'max_steps=12', *QUIET))
+    assert periodic(tmp_path / 'run')[-1] == 'ckpt_00000011.pt'
 
 
 def test_injected_nan_losses_are_skipped_and_logged(tmp_path, caplog, monkeypatch):
