@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from density.audio import LOG_FLOOR, SAMPLE_RATE, log_mel, save_wav
-from density.fileio import atomic_path
+from density.fileio import atomic_path, remove_stale_temporaries
 from density.inference import load_asgan, resolve_device
 
 W_AVG_SEED = 12345  # latents for the mean w are drawn from their own fixed stream, apart from --seed
@@ -55,6 +55,15 @@ def parse_args(argv=None):
         p.error("--vocoder goes with --checkpoint")
     if args.n < 1 or args.batch_size < 1 or args.steps < 2 or args.w_avg_samples < 1:
         p.error("--n, --batch_size, --w_avg_samples must be >= 1 and --steps >= 2")
+    if not math.isfinite(args.truncation):
+        p.error(f"--truncation must be a finite number, got {args.truncation}")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        p.error(f"--out_dir {args.out_dir} is a file; give a folder (it is created if missing)")
+    if args.device is not None:
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            p.error(f"--device {args.device}: not a device; use cpu, cuda or cuda:<index>")
     return args
 
 
@@ -117,6 +126,15 @@ def write_png(path, mels, names):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        generate(args)
+    except (OSError, ValueError) as e:  # an unreadable checkpoint/vocoder, a failed download, an unwritable file
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def generate(args):
+    """Write the wavs and the PNG for parsed arguments."""
     progress = not args.no_progress
     device = resolve_device(args.device)
     if args.pretrained:
@@ -126,6 +144,7 @@ def main(argv=None):
         model = load_asgan(args.checkpoint, args.vocoder, device, progress=progress)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     lat, kind, stems = latents(model, args)
     w_avg = mean_w(model, args.w_avg_samples, progress) if args.truncation != 1 else None
     mels, names = [], []

@@ -10,7 +10,8 @@ or a transformers HubertModel (used as is: its encoder is cut after `layer`).
 Padding follows the reference: `get_feats` appends 320 - (T mod 320) zeros (a full 320 when T is already a multiple),
 so a 1-s clip gives 50 frames. `get_feats_batched` computes that pad from the time axis (the reference used the
 batch size) and layer-normalises each clip on its own (the reference normalised the whole batch jointly), so every
-row equals `get_feats` of that clip.
+row equals `get_feats` of that clip. Audio longer than `max_chunk` samples (100 s) is encoded chunk by chunk; a
+last chunk shorter than the 400-sample receptive field joins the one before it.
 """
 import argparse
 import csv
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from density.audio import SAMPLE_RATE, AudioError, load_audio, log_mel, num_mel_frames
 from density.fairseq_checkpoint import hubert_config, hubert_state_dict, load_fairseq_checkpoint, task_normalize
-from density.fileio import save_torch, write_text
+from density.fileio import remove_stale_temporaries, save_torch, write_text
 
 log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -98,12 +99,15 @@ class HubertFeatureReader(nn.Module):
     @torch.no_grad()
     def extract(self, x):
         """(B, T) waveforms, no padding added -> (B, frames, dim); fairseq's extract_features(output_layer=layer)."""
-        assert x.dim() == 2, f"expected (B, T) audio, got {tuple(x.shape)}"
+        if x.dim() != 2:
+            raise ValueError(f"expected (B, T) audio, got {tuple(x.shape)}")
         x = x.float().to(self.device)
         if self.normalize:
             x = F.layer_norm(x, x.shape[-1:])  # each clip over its whole length, no affine, eps 1e-5
-        feats = []
-        for chunk in x.split(self.max_chunk, dim=-1):
+        feats, chunks = [], list(x.split(self.max_chunk, dim=-1))
+        if len(chunks) > 1 and chunks[-1].shape[-1] < self.receptive_field:
+            chunks[-2:] = [torch.cat(chunks[-2:], dim=-1)]  # never a tail the conv front end cannot encode
+        for chunk in chunks:
             if chunk.shape[-1] < self.receptive_field:
                 raise ValueError(f"audio chunk of {chunk.shape[-1]} samples is shorter than HuBERT's "
                                  f"{self.receptive_field}-sample receptive field")
@@ -143,6 +147,7 @@ def find_jobs(root=None, csv_path=None):
 
     Tree mode mirrors the relative path (folders starting with '_', like Speech Commands' _background_noise_, are
     not utterances and are left out); CSV mode maps each `path` to '<parent folder>/<name>.pt' (spec §7.4).
+    Two inputs with one output name are a ValueError naming both.
     """
     if csv_path is not None:
         with open(csv_path, newline="") as f:
@@ -150,15 +155,20 @@ def find_jobs(root=None, csv_path=None):
             if "path" not in (reader.fieldnames or []):
                 raise ValueError(f"{csv_path}: no 'path' column (expected a split CSV with columns path,label)")
             paths = [Path(row["path"]) for row in reader]
-        return sorted((p, Path(p.parent.name) / p.with_suffix(".pt").name) for p in paths)
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--root {root} is not a directory")
-    jobs = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if p.suffix.lower() in AUDIO_SUFFIXES and not any(d.startswith("_") for d in rel.parts[:-1]) and p.is_file():
-            jobs.append((p, rel.with_suffix(".pt")))
+        jobs = sorted((p, Path(p.parent.name) / p.with_suffix(".pt").name) for p in paths)
+    else:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--root {root} is not a directory")
+        jobs = [(p, p.relative_to(root).with_suffix(".pt")) for p in sorted(root.rglob("*"))
+                if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                and not any(d.startswith("_") for d in p.relative_to(root).parts[:-1])]
+    sources = {}
+    for src, rel in jobs:
+        if rel in sources and sources[rel] != src:
+            raise ValueError(f"{sources[rel]} and {src} would both be written to {rel}: rename one of them or "
+                             "list only one of them in the input")
+        sources[rel] = src
     return jobs
 
 
@@ -195,16 +205,25 @@ class _Featurizer:
 def extract_all(jobs, out, featurize, batch_size=16, resample=False):
     """Write one (frames, dim) float32 tensor per job under `out`, skipping finished outputs and bad files.
 
-    Clips are batched with others of the same length, so each output equals the single-clip result.
+    Clips are batched with others of the same length, so each output equals the single-clip result. Any error
+    reading or encoding a file skips that file with a message; failing to write an output (WriteError) stops.
+    Temporaries of killed earlier runs are removed first.
     Returns (n_written, n_already_done, [message for each skipped file]).
     """
     out = Path(out)
+    remove_stale_temporaries(out, recursive=True)
     todo = [(src, out / rel) for src, rel in jobs if not _is_done(out / rel)]
     buckets, skipped, written = defaultdict(list), [], 0
 
     def flush(items):
-        feats = featurize(torch.stack([wav for wav, _ in items]))
-        for feat, (_, dst) in zip(feats, items):
+        try:
+            feats = featurize(torch.stack([wav for _, wav, _ in items]))
+        except Exception as e:
+            if len(items) > 1:  # find the clip that fails: encode them one by one
+                return sum(flush([item]) for item in items)
+            skipped.append(f"{items[0][0]}: feature extraction failed ({type(e).__name__}: {e})")
+            return 0
+        for feat, (_, _, dst) in zip(feats, items):
             save_torch(feat.to("cpu", copy=True), dst)  # copy: store this clip only, not the batch storage
         return len(items)
 
@@ -215,11 +234,14 @@ def extract_all(jobs, out, featurize, batch_size=16, resample=False):
         except AudioError as e:
             skipped.append(str(e))
             continue
+        except Exception as e:  # a decoder fault on one file must not stop the run
+            skipped.append(f"{src}: cannot read audio ({type(e).__name__}: {e})")
+            continue
         if featurize.num_frames(len(wav)) == 0:
             skipped.append(f"{src}: only {len(wav)} samples, too short to give one feature frame")
             continue
         bucket = buckets[len(wav)]
-        bucket.append((wav, dst))
+        bucket.append((src, wav, dst))
         if len(bucket) == batch_size:
             written += flush(bucket)
             bucket.clear()
@@ -252,20 +274,27 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch_size must be at least 1")
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device {args.device}: not a device; use cpu, cuda or cuda:<index>")
+    if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda was asked for but CUDA is not available; use --device cpu")
     if args.type != "melspec" and args.checkpoint is None:
         p.error("--checkpoint is required for HuBERT features: a fairseq .pt such as hubert_base_ls960.pt, "
                 "a transformers folder, or a hub id like facebook/hubert-base-ls960")
-    jobs = find_jobs(args.root, args.csv)
-    if not jobs:
-        p.error(f"no .wav/.flac files found in {args.root or args.csv}")
-    featurize = _Featurizer(args.type, args.checkpoint, args.device)
-    written, done, skipped = extract_all(jobs, args.out, featurize, args.batch_size, args.resample)
-    lines = [f"{len(jobs)} files: {written} written, {done} already done, {len(skipped)} skipped"]
-    lines += [f"skipped {msg}" for msg in skipped]
-    report = Path(args.out) / REPORT_NAME
-    write_text(report, "\n".join(lines) + "\n")
+    try:
+        jobs = find_jobs(args.root, args.csv)
+        if not jobs:
+            p.error(f"no .wav/.flac files found in {args.root or args.csv}")
+        featurize = _Featurizer(args.type, args.checkpoint, args.device)
+        written, done, skipped = extract_all(jobs, args.out, featurize, args.batch_size, args.resample)
+        lines = [f"{len(jobs)} files: {written} written, {done} already done, {len(skipped)} skipped"]
+        lines += [f"skipped {msg}" for msg in skipped]
+        report = Path(args.out) / REPORT_NAME
+        write_text(report, "\n".join(lines) + "\n")
+    except (OSError, ValueError) as e:  # a bad --root/--csv/--checkpoint, colliding names, an unwritable --out
+        p.exit(2, f"error: {e}\n")
     print("\n".join(lines) + f"\nreport: {report}")
     return 0
 

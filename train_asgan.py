@@ -31,12 +31,14 @@ from tqdm import tqdm
 from density import checkpoint as ckpt
 from density.augment import Augmenter
 from density.config import ConfigError, config_to_yaml, default_config, parse_config
-from density.dataset import MEL_SILENCE, Collate, DatasetError, FeatureNorm, build_datasets
+from density.dataset import MEL_SILENCE, Collate, DatasetError, FeatureNorm, build_datasets, stop_workers
 from density.engine import EngineError, make_engine
+from density.fileio import WriteError
 from density.losses import discriminator_loss, generator_loss, r1_penalty
 from density.metrics import (ApproxKL, closest_dist_pair, distance_heuristic, drift, fad, feature_statistics,
                              perc_closest)
 from density.models import Discriminator, Generator
+from density.run import RunError, open_run
 from density.vocoder import GriffinLimVocoder, load_vocoder
 
 matplotlib.use('Agg')
@@ -362,21 +364,30 @@ def main(argv):
         raise ConfigError(f'{len(train_ds)} training items give no full batch of batch_size={cfg.batch_size} '
                           f'per rank ({engine.world_size} ranks); lower batch_size or add data')
 
+    run = open_run(cfg.checkpoint_path, cfg.resume_checkpoint, cfg.overwrite) if engine.is_main else None
+    try:
+        return train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, loader)
+    finally:
+        if run is not None:
+            run.close()
+
+
+def train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, loader):
+    device = engine.device
+    resume = engine.all_gather_object(str(run.resume) if run and run.resume else '')[0]  # rank 0 decides
     g, d = Generator(cfg.rp_w_cfg), Discriminator.from_config(cfg)
     g_ema = copy.deepcopy(g).eval().requires_grad_(False)
     state, steps, start_epoch, start_batch = None, 0, 0, 0
-    if cfg.resume_checkpoint and Path(cfg.resume_checkpoint).is_file():
-        state = ckpt.load(cfg.resume_checkpoint)
+    if resume:
+        state = ckpt.load(resume)
         try:
             g.load_state_dict(state['g_state_dict'])
             d.load_state_dict(state['d_state_dict'])
             g_ema.load_state_dict(state.get('g_ema_state_dict') or state['g_state_dict'])
         except RuntimeError as e:
-            raise ckpt.CheckpointError(f'{cfg.resume_checkpoint}: weights do not fit the configured model; use '
+            raise ckpt.CheckpointError(f'{resume}: weights do not fit the configured model; use '
                                        f'the rp_w_cfg of the run that wrote it ({e})') from e
         steps, start_epoch = state['steps'] + 1, max(0, state['epoch'])
-    elif cfg.resume_checkpoint:
-        log.warning('resume_checkpoint=%s does not exist: starting from scratch', cfg.resume_checkpoint)
     if state is not None and state.get('feature_norm'):  # the statistics the run started with
         norm = FeatureNorm.from_checkpoint(state)
     else:
@@ -405,15 +416,13 @@ def main(argv):
                 seed_all(cfg.seed + engine.rank + steps * engine.world_size)
         else:
             log.warning('%s has no resume state (reference checkpoint): ADA restarts at p=%g and epoch %d '
-                        'is replayed from its start', cfg.resume_checkpoint, cfg.aug_init_p, start_epoch)
-        log.info('resumed from %s at step %d, epoch %d, batch %d', cfg.resume_checkpoint, steps, start_epoch,
-                 start_batch)
+                        'is replayed from its start', resume, cfg.aug_init_p, start_epoch)
+        log.info('resumed from %s at step %d, epoch %d, batch %d', resume, steps, start_epoch, start_batch)
     del state
 
     writer, valid_loader, real_stats, encode = None, None, None, None
     if engine.is_main:
-        encode = fad_encoder(cfg, device)  # before the run folder: a bad path fails without leaving one behind
-        Path(cfg.checkpoint_path).mkdir(parents=True, exist_ok=True)
+        encode = fad_encoder(cfg, device)  # before the logs: a bad path fails without leaving a run folder behind
         writer = SummaryWriter(str(Path(cfg.checkpoint_path) / 'logs'))
         writer.add_text('config', '```\n' + config_to_yaml(cfg) + '\n```')
         valid_loader = DataLoader(valid_ds, cfg.batch_size, shuffle=False, drop_last=True, collate_fn=collate,
@@ -433,9 +442,27 @@ def main(argv):
                          for s in (signal.SIGINT, signal.SIGTERM)}
     ema_every = cfg.ema_every or cfg.checkpoint_interval
     nonfinite, last_finite_ckpt = 0, None
+    done, saved = None, None  # (step, epoch, next batch) of the last finished step; the last periodic checkpoint
+
+    def checkpoint_state(steps, epoch, batch_index, rng_states):
+        """The checkpoint dict after step `steps` (density/checkpoint.py)."""
+        g_optim, g_scaler = G.state_dict()
+        d_optim, d_scaler = D.state_dict()
+        return {
+            'g_state_dict': cpu_state(G.module), 'd_state_dict': cpu_state(D.module),
+            'g_optim_state_dict': g_optim, 'd_optim_state_dict': d_optim,
+            'g_ema_state_dict': cpu_state(g_ema),
+            'g_scaler_state_dict': g_scaler, 'd_scaler_state_dict': d_scaler,
+            'steps': steps, 'epoch': epoch, 'cfg_yaml': config_to_yaml(cfg),
+            'train_state': {'phase': phase, 'counter': counter, 'batch_index': batch_index,
+                            'd_update_perc': d_update_perc, 'best_fad': best_fad, 'smoothed': smooth,
+                            'latest': {k: float(last[k]) for k in ('g_loss', 'd_loss', 'r1') if k in last}},
+            'ada_state': aug.state_dict(), 'rng_state': rng_states, 'run_id': run.run_id,
+            'feature_norm': norm.to_checkpoint()}
     stdout_clock, summary_clock = [time.perf_counter(), steps], [time.perf_counter(), steps]
 
     # ------------------------------------------------------------------ training loop
+    batches = None
     try:
         for epoch in range(start_epoch, cfg.n_epochs):
             sampler.set_epoch(epoch)
@@ -450,6 +477,7 @@ def main(argv):
             pbar = tqdm(total=len(loader), initial=first, desc=f'epoch {epoch}', unit='batch',
                         disable=not engine.is_main)
             for i, (real, _, _, z) in enumerate(batches, start=first):
+                done = None  # this step is under way
                 real, z = norm.normalize(real.to(device, non_blocking=True)), z.to(device, non_blocking=True)
                 skip = torch.tensor([float(random.random() < aug.p)])
                 if engine.world_size > 1:  # every rank follows rank 0's draw
@@ -503,8 +531,8 @@ def main(argv):
                 if nonfinite >= cfg.max_nonfinite_steps:
                     raise TrainingAborted(
                         f'{nonfinite} consecutive non-finite steps up to step {steps}: training aborted. Last '
-                        f'checkpoint written before them: {last_finite_ckpt or "none"} (resume from it with a lower '
-                        'lr or grad_clip)')
+                        f'checkpoint written before them: {last_finite_ckpt or "none"} (resume from it with '
+                        'overwrite=true, which deletes the newer ones, and a lower lr or grad_clip)')
 
                 # -------------------------------------------------------------- bookkeeping
                 pbar.update(1)
@@ -562,30 +590,20 @@ def main(argv):
                 write = periodic or final or save_best
                 rng_states = engine.all_gather_object(ckpt.rng_state()) if write else None  # per rank, to resume
                 if engine.is_main and write:
-                    g_optim, g_scaler = G.state_dict()
-                    d_optim, d_scaler = D.state_dict()
-                    state = {
-                        'g_state_dict': cpu_state(G.module), 'd_state_dict': cpu_state(D.module),
-                        'g_optim_state_dict': g_optim, 'd_optim_state_dict': d_optim,
-                        'g_ema_state_dict': cpu_state(g_ema),
-                        'g_scaler_state_dict': g_scaler, 'd_scaler_state_dict': d_scaler,
-                        'steps': steps, 'epoch': epoch, 'cfg_yaml': config_to_yaml(cfg),
-                        'train_state': {'phase': phase, 'counter': counter, 'batch_index': i + 1,
-                                        'd_update_perc': d_update_perc, 'best_fad': best_fad, 'smoothed': smooth,
-                                        'latest': {k: float(last[k]) for k in ('g_loss', 'd_loss', 'r1') if k in last}},
-                        'ada_state': aug.state_dict(), 'rng_state': rng_states,
-                        'feature_norm': norm.to_checkpoint()}
+                    state = checkpoint_state(steps, epoch, i + 1, rng_states)
                     if periodic or final:
                         path = ckpt.periodic_path(cfg.checkpoint_path, steps)
                         ckpt.save(state, path)
-                        if nonfinite == 0:  # during a non-finite streak, keep the checkpoint an abort names
-                            ckpt.prune(cfg.checkpoint_path, cfg.keep_last_checkpoints)
+                        saved = steps
+                        # during a non-finite streak nothing is pruned: keep the checkpoint an abort names
+                        run.prune(cfg.keep_last_checkpoints if nonfinite == 0 else 0, path)
                         log.info('step %d: saved %s', steps, path)
                     if save_best:
                         ckpt.save(state, Path(cfg.checkpoint_path) / 'ckpt_best_fad.pt')
                     del state
                 if (periodic or final) and nonfinite == 0:
                     last_finite_ckpt = ckpt.periodic_path(cfg.checkpoint_path, steps)
+                done = steps, epoch, i + 1
                 steps += 1
                 if final:
                     pbar.close()
@@ -594,8 +612,16 @@ def main(argv):
                                     ckpt.periodic_path(cfg.checkpoint_path, steps - 1))
                     return
             pbar.close()
-
+    except DatasetError as e:  # a bad file met mid-run: keep the steps since the last checkpoint, then stop
+        message = str(e).strip().splitlines()[-1].split('DatasetError: ', 1)[-1]  # a worker's error is a traceback
+        if engine.world_size == 1 and done is not None and done[0] != saved:
+            path = ckpt.periodic_path(cfg.checkpoint_path, done[0])
+            ckpt.save(checkpoint_state(*done, [ckpt.rng_state()]), path)
+            run.prune(0, path)
+            message += f'; checkpoint written: {path}'
+        raise DatasetError(f'{message} (fix or delete that file, then resume with resume_checkpoint=auto)') from e
     finally:
+        stop_workers(batches)  # now, not at interpreter exit, where a live worker could block it forever
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
         if writer is not None:
@@ -606,5 +632,6 @@ def main(argv):
 if __name__ == '__main__':
     try:
         main(sys.argv[1:])
-    except (ConfigError, DatasetError, EngineError, ckpt.CheckpointError, TrainingAborted) as e:
-        sys.exit(f'error: {e}')
+    except (ConfigError, DatasetError, EngineError, ckpt.CheckpointError, TrainingAborted, RunError, WriteError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)

@@ -78,11 +78,16 @@ def fit_length(wav, n=SAMPLE_RATE):
 
 
 def save_wav(path, wav, sr=SAMPLE_RATE):
-    """Atomically write `wav` ((T,) or (T, channels), tensor or array, clipped to [-1, 1]) as 16-bit PCM wav."""
+    """Atomically write `wav` ((T,) or (T, channels), tensor or array, clipped to [-1, 1]) as 16-bit PCM wav.
+    NaN or infinite samples are a ValueError naming `path` (nothing is written)."""
     path = Path(path)
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().cpu().float().numpy()
-    wav = np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0)
+    wav = np.asarray(wav, dtype=np.float32)
+    if not np.isfinite(wav).all():
+        raise ValueError(f"{path}: not written, the audio holds {np.count_nonzero(~np.isfinite(wav))} NaN or "
+                         "infinite samples (a diverged model or a bad --truncation?)")
+    wav = np.clip(wav, -1.0, 1.0)
     with atomic_path(path) as tmp:
         sf.write(tmp, wav, sr, subtype="PCM_16", format="WAV")
 

@@ -37,7 +37,9 @@ class Augmenter:
 
     def __call__(self, real, fake):
         """real, fake: (B, L, C) -> augmented copies; mixed-in fake segments carry no gradient to G."""
-        assert real.ndim == 3 and real.shape == fake.shape, (real.shape, fake.shape)
+        if real.ndim != 3 or real.shape != fake.shape:
+            raise ValueError(f'real and fake must be (B, L, C) of one shape, got {tuple(real.shape)} and '
+                             f'{tuple(fake.shape)}')
         B, L, _ = real.shape
         flags = (torch.rand(N_FLAGS) < self.p).tolist()
         if flags[0]:

@@ -3,20 +3,18 @@
 A checkpoint is the dict of spec §1.3 (g/d/g_ema state dicts, optimiser and scaler states, steps, epoch,
 cfg_yaml) plus `train_state` (phase, counter, next batch index, smoothed losses, best FAD, d_update_perc),
 `ada_state` (Augmenter.state_dict()) and `rng_state` (a list with one `rng_state()` per rank: python, numpy,
-torch, CUDA), enough to resume exactly.
+torch, CUDA), enough to resume exactly, and `run_id` (the run it belongs to, see density/run.py).
 """
 import random
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from density.fileio import save_torch
+from density.fileio import load_torch, save_torch
 
 REQUIRED_KEYS = ('g_state_dict', 'd_state_dict', 'g_optim_state_dict', 'd_optim_state_dict', 'steps', 'epoch',
                  'cfg_yaml')  # in every training checkpoint, the reference's too
-PERIODIC = re.compile(r'ckpt_(\d{8})\.pt')
 
 
 class CheckpointError(ValueError):
@@ -30,13 +28,10 @@ def save(state, path):
 
 def load(path):
     """Load a checkpoint dict on the CPU without unpickling code; CheckpointError names the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'{path}: no such checkpoint file')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f'{path}: not a readable torch checkpoint (truncated or foreign file?): {e}') from e
+        state = load_torch(path, 'torch checkpoint')
+    except (OSError, ValueError) as e:
+        raise CheckpointError(str(e)) from e
     if not isinstance(state, dict):
         raise CheckpointError(f'{path}: holds a {type(state).__name__}, expected an asgan checkpoint dict')
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -47,15 +42,6 @@ def load(path):
 
 def periodic_path(checkpoint_path, steps):
     return Path(checkpoint_path) / f'ckpt_{steps:08d}.pt'
-
-
-def prune(checkpoint_path, keep):
-    """Delete all but the newest `keep` periodic ckpt_XXXXXXXX.pt files (keep <= 0: delete nothing)."""
-    if keep <= 0:
-        return
-    files = sorted(p for p in Path(checkpoint_path).iterdir() if PERIODIC.fullmatch(p.name))
-    for p in files[:-keep]:
-        p.unlink()
 
 
 def rng_state():

@@ -9,6 +9,7 @@ stored in an official checkpoint merges onto these schemas unchanged. Difference
 - Unknown keys are errors that name the closest valid keys.
 """
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -98,7 +99,7 @@ class TrainConfig:
     checkpoint_path: str = MISSING
     train_root: str = MISSING
     n_valid: int = MISSING
-    resume_checkpoint: str = ''
+    resume_checkpoint: str = ''  # a checkpoint file, or 'auto': the newest in checkpoint_path (density/run.py)
     aug_init_p: float = 0.05
     adapt_d_lr: bool = False
     d_lr_mult: float = 1.0
@@ -121,6 +122,7 @@ class TrainConfig:
     fad_vocoder: str = ''  # melspec with fad_hubert_checkpoint: vocoder path/URL for the FAD; '' = Griffin-Lim
     ada_adapt: bool = True  # adapt the augmentation / D-skip probability p to D's confidence; false keeps aug_init_p
     normalize_features: bool = False  # standardise each feature channel with training-split statistics (FeatureNorm)
+    overwrite: bool = False  # let a run delete the checkpoints in checkpoint_path it would otherwise refuse to touch
 
 
 RP_W_Config = RPWConfig
@@ -144,21 +146,83 @@ PRESETS = {
 }
 CHOICES = {'engine': ('torch', 'deepspeed'), 'data_type': ('hubert_L6', 'melspec', 'wav'),
            'preset': tuple(PRESETS)}
-MINIMA = {'ema_every': 0, 'keep_last_checkpoints': 0, 'max_nonfinite_steps': 1, 'max_steps': 0, 'batch_size': 1,
-          'update_ratio': 1, 'checkpoint_interval': 1, 'summary_interval': 1, 'stdout_interval': 1,
-          'validation_interval': 1, 'grad_summary_interval': 1, 'rp_w_cfg.apply_r1_every': 1}
+_POSITIVE_INTS = ('distributed.n_nodes', 'distributed.n_gpus_per_node', 'c_dim', 'z_dim', 'batch_size', 'n_epochs',
+                  'summary_interval', 'grad_summary_interval', 'checkpoint_interval', 'stdout_interval',
+                  'validation_interval', 'update_ratio', 'max_nonfinite_steps', 'rp_w_cfg.z_dim', 'rp_w_cfg.c_dim',
+                  'rp_w_cfg.w_dim', 'rp_w_cfg.w_layers', 'rp_w_cfg.ff_channels', 'rp_w_cfg.seq_len',
+                  'rp_w_cfg.apply_r1_every', 'rp_w_cfg.D_head_dim', 'rp_w_cfg.D_kernel_size')
+_COUNTS = ('num_workers', 'ema_every', 'keep_last_checkpoints', 'max_steps', 'n_valid', 'rp_w_cfg.num_critical')
+# key -> (test, the allowed range in words) for every numeric field; a missing mandatory value is not checked here
+RANGES = {
+    **{k: (lambda v: v >= 1, '>= 1') for k in _POSITIVE_INTS},
+    **{k: (lambda v: v >= 0, '>= 0') for k in _COUNTS},
+    'seed': (lambda v: 0 <= v < 2 ** 31, 'in [0, 2**31)'),
+    'lr': (lambda v: v > 0, '> 0'),
+    'd_lr_mult': (lambda v: v > 0, '> 0'),
+    'z_std': (lambda v: v > 0, '> 0 (it is the variance of each z entry)'),
+    'z_mean': (math.isfinite, 'finite'),
+    'd_loss_update_max_threshold': (lambda v: not math.isnan(v), 'a number'),
+    'd_loss_update_min_threshold': (lambda v: not math.isnan(v), 'a number'),
+    'grad_clip': (lambda v: v >= 0, '>= 0 (0 disables clipping)'),
+    'aug_init_p': (lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    'rp_w_cfg.w_lr_mult': (lambda v: v > 0, '> 0'),
+    'rp_w_cfg.init_B_std': (lambda v: v >= 0, '>= 0'),
+    'rp_w_cfg.r1_gamma': (lambda v: v >= 0, '>= 0'),
+    'rp_w_cfg.first_cutoff': (lambda v: 0 < v <= 0.5, 'in (0, 0.5] (a fraction of the sample rate)'),
+    'rp_w_cfg.last_cutoff': (lambda v: 0 < v <= 0.5, 'in (0, 0.5] (a fraction of the sample rate)'),
+    'rp_w_cfg.lrelu_coeff': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'rp_w_cfg.g_ema_weight': (lambda v: 0 <= v <= 1, 'in [0, 1]'),
+}
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _list_errors(cfg):
+    """-> [(key, value, what it must be)] for the list fields."""
+    r, errors = cfg.rp_w_cfg, []
+    betas = list(cfg.betas)
+    if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
+        errors.append(('betas', betas, 'two numbers in [0, 1), e.g. [0.8,0.99]'))
+    specs = r.layer_specs
+    if not (isinstance(specs, ListConfig) and len(specs) > 0 and all(
+            isinstance(s, ListConfig) and len(s) == 3 and _is_int(s[0]) and _is_int(s[1]) and s[0] >= 1 and s[1] >= 1
+            and _is_number(s[2]) and s[2] > 0 for s in specs)):
+        errors.append(('rp_w_cfg.layer_specs', specs, 'a non-empty list of [channels >= 1, kernel >= 1, length > 0]'))
+    elif any(b[2] not in (a[2], 2 * a[2]) for a, b in zip(specs[:-1], specs[1:])):
+        errors.append(('rp_w_cfg.layer_specs', specs, 'lengths that stay or double from one layer to the next'))
+    elif not r.num_critical < len(specs):
+        errors.append(('rp_w_cfg.num_critical', r.num_critical, f'< the number of layer_specs ({len(specs)})'))
+    head = r.head_spec
+    if not (len(head) == 2 and all(_is_int(v) and v >= 1 for v in head)):
+        errors.append(('rp_w_cfg.head_spec', head, '[channels >= 1, kernel >= 1]'))
+    repeats = r.D_block_repeats
+    if not (len(repeats) > 0 and all(_is_int(v) and v >= 1 for v in repeats)):
+        errors.append(('rp_w_cfg.D_block_repeats', repeats, 'a non-empty list of integers >= 1'))
+    return errors
 
 
 def validate(cfg: DictConfig) -> DictConfig:
-    """Check values with a fixed set of choices or a lower bound; raise ConfigError naming the key."""
+    """Check every choice, numeric range and list shape in one pass; ConfigError names the key, the value and
+    the allowed range."""
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"Config key '{key}' is {value!r}; choose one of {list(choices)}.")
-    for key, low in MINIMA.items():
+    for key, (test, allowed) in RANGES.items():
+        if OmegaConf.is_missing(cfg, key):
+            continue
         value = OmegaConf.select(cfg, key)
-        if value < low:
-            raise ConfigError(f"Config key '{key}' is {value}; it must be >= {low}.")
+        if not test(value):
+            raise ConfigError(f"Config key '{key}' is {value}; it must be {allowed}.")
+    for key, value, allowed in _list_errors(cfg):
+        value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        raise ConfigError(f"Config key '{key}' is {value}; it must be {allowed}.")
     return cfg
 
 

@@ -42,6 +42,7 @@ MEL_SILENCE = -11.4  # reference padding value for log-mels (about log(1e-5) = -
 WAV_PEAK = 0.99  # waveform items are scaled to this peak
 PRELOAD_THREADS = 8  # as the reference
 NORM_STD_FLOOR = 0.1  # per-channel std floor of FeatureNorm: log-mel bins that are almost always silent
+WORKER_KILL_S = 10  # stop_workers: wait this long for a SIGKILLed worker to be reaped
 
 
 class DatasetError(ValueError):
@@ -57,7 +58,8 @@ def _get(cfg, key):
 
 
 def load_feature_file(path):
-    """A saved (frames, C) or (T,) tensor, loaded without unpickling code -> float32 tensor."""
+    """A saved (frames, C) or (T,) tensor, loaded without unpickling code -> float32 tensor; a DatasetError names
+    the file when it cannot be read or holds NaN/inf."""
     try:
         x = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -66,6 +68,8 @@ def load_feature_file(path):
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise DatasetError(f"{path}: expected a float tensor, found {type(x).__name__}; "
                            "is this a feature file written by hubert_feature_reader.py?")
+    if not x.isfinite().all():
+        raise DatasetError(f"{path}: holds NaN or infinite values; delete it and re-run the feature extraction")
     return x.float()
 
 
@@ -212,7 +216,8 @@ class Collate:
         lengths = torch.empty(len(batch), dtype=torch.int64)
         for b, (x, _) in enumerate(batch):
             x = x.reshape(-1, 1) if self.data_type == "wav" else x
-            assert x.dim() == 2 and x.shape[1] == C, f"item {b}: shape {tuple(x.shape)}, expected (frames, {C})"
+            if x.dim() != 2 or x.shape[1] != C:
+                raise DatasetError(f"batch item {b}: shape {tuple(x.shape)}, expected (frames, {C})")
             l = x.shape[0]
             if l <= L:
                 feats[b, :l] = x
@@ -224,6 +229,23 @@ class Collate:
             lengths[b] = min(l, L)
         z = torch.stack([z if self.data_type == "wav" else z[0] for _, z in batch])
         return feats, lengths, None, z
+
+
+def stop_workers(batches):
+    """Shut a DataLoader iterator's worker processes down now (no-op for None or a single-process iterator).
+
+    Training workers ignore SIGTERM (the main process checkpoints first), so a worker still alive after the
+    iterator's own shutdown would make multiprocessing's exit handler (SIGTERM, then join) wait forever: such a
+    worker is killed. The wait is bounded.
+    """
+    workers = list(getattr(batches, "_workers", []))
+    if not workers:
+        return
+    batches._shutdown_workers()  # asks each worker to stop, joins with a timeout, then SIGTERMs (ignored)
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+            w.join(WORKER_KILL_S)
 
 
 def discover_files(root):

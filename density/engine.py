@@ -145,7 +145,8 @@ class TorchTrainable(_Trainable):
     def step(self):
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip).item()
+        # grad_clip 0 disables clipping (as DeepSpeed's gradient_clipping=0); the norm is still measured
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip or math.inf).item()
         if self.scaler:  # skips the update itself when the unscaled gradients hold inf/NaN
             self.scaler.step(self.optimizer)
             self.scaler.update()

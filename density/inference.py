@@ -5,9 +5,7 @@ autograd), audio longer than 16000 samples is centre-cropped instead of returned
 without `g_ema_state_dict` loads its training G with a warning, and checkpoints are read with
 `weights_only=True`.
 """
-import pickle
 import warnings
-import zipfile
 
 import torch
 import torch.nn as nn
@@ -17,6 +15,7 @@ from density.audio import fit_length
 from density.config import config_from_yaml, parse_config
 from density.dataset import FeatureNorm
 from density.download import fetch, resolve
+from density.fileio import load_torch
 from density.models import Generator
 from density.vocoder import GriffinLimVocoder, HifiGAN, hubert_config, load_vocoder, mel_config
 
@@ -108,11 +107,7 @@ def load_generator(checkpoint, sha256=None, model_dir=None, progress=True):
     ckpt_best_fad.pt) falls back to `g_state_dict` with a warning. Read with `weights_only=True`.
     """
     path = fetch(checkpoint, model_dir, sha256, progress)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{path}: not a readable ASGAN checkpoint (truncated download or foreign file? "
-                         f"delete it and download again): {e}") from e
+    ckpt = load_torch(path, "ASGAN checkpoint")
     if not isinstance(ckpt, dict) or "cfg_yaml" not in ckpt:
         raise ValueError(f"{path}: no 'cfg_yaml' entry; an ASGAN checkpoint holds cfg_yaml and g_ema_state_dict")
     try:

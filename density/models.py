@@ -267,7 +267,8 @@ class SynthesisLayer(nn.Module):
         return y if gain is None else y * (gain[:, :, None] if gain.ndim else gain).to(y.dtype)
 
     def forward(self, x, w, update_ema=False):
-        assert x.ndim == 3 and x.shape[1] == self.c_in, f'expected (B, {self.c_in}, L), got {tuple(x.shape)}'
+        if x.ndim != 3 or x.shape[1] != self.c_in:
+            raise ValueError(f'synthesis layer input must be (B, {self.c_in}, L), got {tuple(x.shape)}')
         if self.training:
             if update_ema:
                 m = x.detach().float().square().mean()
@@ -334,6 +335,8 @@ class Generator(nn.Module):
 
     def _synthesise(self, ws, n_seed, update_ema):
         """ws: list of n_layers+2 tensors (B, w_dim) for ff, each layer and the head."""
+        if ws[0].shape[0] == 0:
+            raise ValueError('a batch of 0 latents: generate at least one sample')
         x = self.ff(ws[0], n_seed).transpose(1, 2)  # (B, C, L0)
         x = self.preconv(x)
         for layer, w in zip(self.layers, ws[1:-1]):
@@ -363,7 +366,8 @@ class Generator(nn.Module):
 
     def forward(self, z, seq_len=None, update_ema=False):
         """z (B, z_dim) -> (B, L, c_dim); seq_len is ignored (the reference always starts from L0 frames)."""
-        assert z.ndim == 2 and z.shape[1] == self.z_dim, f'z must be (B, {self.z_dim}), got {tuple(z.shape)}'
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f'z must be (B, {self.z_dim}), got {tuple(z.shape)}')
         w = self.W(z)
         return self._synthesise([w] * (self.n_layers + 2), self.first_len, update_ema)
 
@@ -484,8 +488,8 @@ class Discriminator(nn.Module):
                    r.equalized_lr)
 
     def forward(self, x):
-        assert x.ndim == 3 and x.shape[1:] == (self.seq_len, self.c_dim), \
-            f'expected (B, {self.seq_len}, {self.c_dim}), got {tuple(x.shape)}'
+        if x.ndim != 3 or x.shape[1:] != (self.seq_len, self.c_dim):
+            raise ValueError(f'discriminator input must be (B, {self.seq_len}, {self.c_dim}), got {tuple(x.shape)}')
         x = x.transpose(1, 2)
         for block in self.layers:
             x = block(x)

@@ -5,7 +5,6 @@
 - `GriffinLimVocoder`: inverts the log-mel of `density.audio.log_mel` without any training.
 - `load_vocoder`: the official `torch.package` archive or this project's own state-dict checkpoints.
 """
-import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import List
@@ -19,7 +18,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from density import audio
 from density.download import fetch
-from density.fileio import save_torch
+from density.fileio import load_torch, save_torch
 
 LRELU_SLOPE = 0.1  # HiFi-GAN's slope inside the generator
 POST_LRELU_SLOPE = 0.01  # the final activation before conv_post uses torch's default slope, as HiFi-GAN V1
@@ -102,8 +101,9 @@ class HifiGAN(nn.Module):
                 weight_norm(m)  # g, v derived from the initialised weight
 
     def forward(self, c):
+        if c.dim() != 3 or c.shape[2] != self.cfg.in_dim:
+            raise ValueError(f"vocoder expects (B, L, {self.cfg.in_dim}) frames, got {tuple(c.shape)}")
         B, L, C = c.shape
-        assert C == self.cfg.in_dim, f"vocoder expects {self.cfg.in_dim}-d frames, got {C}"
         x = self.conv_pre(c.transpose(1, 2))  # (B, 512, L)
         n_res = len(self.cfg.resblock_kernel_sizes)
         for i, up in enumerate(self.ups):
@@ -151,8 +151,9 @@ class GriffinLimVocoder(nn.Module):
         return torch.istft(spec, audio.N_FFT, audio.HOP, window=self.window, center=True, length=length)
 
     def forward(self, c):
+        if c.dim() != 3 or c.shape[2] != audio.N_MELS:
+            raise ValueError(f"Griffin-Lim expects (B, L, {audio.N_MELS}) log-mels, got {tuple(c.shape)}")
         B, L, C = c.shape
-        assert C == audio.N_MELS, f"Griffin-Lim expects {audio.N_MELS} log-mel bands, got {C}"
         length = (L - 1) * audio.HOP  # samples spanned by the L frame centres
         if length <= audio.N_FFT // 2:
             raise ValueError(f"Griffin-Lim needs at least {audio.N_FFT // 2 // audio.HOP + 2} frames, got {L}")
@@ -196,17 +197,13 @@ def load_vocoder(path_or_url, device="cpu", sha256=None, model_dir=None, progres
     """
     path = fetch(path_or_url, model_dir, sha256, progress)
     if _is_package(path):
-        importer = torch.package.PackageImporter(str(path))
         try:
-            model = importer.load_pickle(*PACKAGE_PICKLE, map_location=device)
-        except (FileNotFoundError, KeyError, RuntimeError) as e:
-            raise ValueError(f"{path}: torch.package archive without a model at {PACKAGE_PICKLE}: {e}") from e
+            model = torch.package.PackageImporter(str(path)).load_pickle(*PACKAGE_PICKLE, map_location=device)
+        except Exception as e:  # a damaged archive fails anywhere in the importer
+            raise ValueError(f"{path}: not a usable torch.package vocoder (a model at {PACKAGE_PICKLE}): "
+                             f"{type(e).__name__}: {e}") from e
         return model.eval()
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{path}: not a readable vocoder checkpoint (truncated download or foreign file?): "
-                         f"{e}") from e
+    ckpt = load_torch(path, "vocoder checkpoint")
     if not isinstance(ckpt, dict) or not {"hifigan_cfg", "state_dict"} <= ckpt.keys():
         raise ValueError(f"{path}: a vocoder checkpoint must be a dict with 'hifigan_cfg' and 'state_dict' "
                          "(see density.vocoder.save_vocoder) or a torch.package archive")

@@ -48,11 +48,38 @@ def test_bad_overrides_are_clear_errors(arg, message):
         parse_config([arg])
 
 
+@pytest.mark.parametrize('arg, message', [
+    ('lr=-1', "'lr' is -1.0; it must be > 0"),
+    ('betas=[0.5,0.9,0.1]', r"'betas' is \[0.5, 0.9, 0.1\]; it must be two numbers in \[0, 1\)"),
+    ('betas=[1]', "'betas' is"),
+    ('betas=[0.5,1.0]', "'betas' is"),
+    ('grad_clip=-1', "'grad_clip' is -1.0; it must be >= 0 \\(0 disables clipping\\)"),
+    ('rp_w_cfg.layer_specs=[[16,3]]', r"'rp_w_cfg.layer_specs' is \[\[16, 3\]\]; it must be a non-empty list of "),
+    ('rp_w_cfg.layer_specs=[[16,3,2],[16,3,6]]', 'lengths that stay or double'),
+    ('rp_w_cfg.seq_len=0', "'rp_w_cfg.seq_len' is 0; it must be >= 1"),
+    ('num_workers=-1', "'num_workers' is -1; it must be >= 0"),
+    ('n_epochs=0', "'n_epochs' is 0; it must be >= 1"),
+    ('rp_w_cfg.r1_gamma=-1', "'rp_w_cfg.r1_gamma' is -1.0; it must be >= 0"),
+    ('aug_init_p=5', r"'aug_init_p' is 5.0; it must be in \[0, 1\]"),
+    ('lr=nan', "'lr' is nan"),
+    ('seed=-1', "'seed' is -1"),
+    ('rp_w_cfg.head_spec=[768]', "'rp_w_cfg.head_spec'"),
+    ('rp_w_cfg.D_block_repeats=[]', "'rp_w_cfg.D_block_repeats'"),
+    ('rp_w_cfg.num_critical=14', "'rp_w_cfg.num_critical' is 14; it must be < the number of layer_specs"),
+    ('rp_w_cfg.g_ema_weight=2', "'rp_w_cfg.g_ema_weight'"),
+    ('z_std=0', "'z_std' is 0.0"),
+])
+def test_bad_values_name_key_value_and_range(arg, message):
+    """Issue 10 case 3: every numeric and list field is range-checked when the config is parsed."""
+    with pytest.raises(ConfigError, match=message):
+        parse_config([arg])
+
+
 def test_seq_len_override_moves_layer_lengths_but_explicit_specs_win():
     cfg = parse_config(['rp_w_cfg.seq_len=64'])
     assert cfg.rp_w_cfg.layer_specs == hubert_layer_specs(64)
     explicit = '[[64,3,4],[64,3,8]]'
-    cfg = parse_config(['rp_w_cfg.seq_len=64', f'rp_w_cfg.layer_specs={explicit}'])
+    cfg = parse_config(['rp_w_cfg.seq_len=64', f'rp_w_cfg.layer_specs={explicit}', 'rp_w_cfg.num_critical=1'])
     assert cfg.rp_w_cfg.layer_specs == [[64, 3, 4], [64, 3, 8]]
 
 

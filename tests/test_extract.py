@@ -1,5 +1,10 @@
 """Feature-cache extraction command: outputs, bad-file report, resume after an interruption, CSV and melspec modes."""
 import csv
+import os
+import re
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -128,3 +133,82 @@ def test_cli_errors_and_help(tree, tmp_path, capsys):
     with pytest.raises(SystemExit):
         hfr.main(["--root", str(tree), "--out", str(tmp_path / "o"), "--type", "mfcc"])
     assert "hubert_L<layer>" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tail", [1, 319, 700])
+def test_a_last_chunk_shorter_than_the_receptive_field_is_encoded(ckpt_path, tail):
+    """Issue 10 case 2: k * max_chunk + 1..319 samples padded to a 320-sample last chunk (scaled down: max_chunk
+    3200 instead of 1,600,000); other lengths give the features they gave before (chunk by chunk)."""
+    reader = hfr.HubertFeatureReader(ckpt_path, layer=6, max_chunk=3200)
+    wav = 0.1 * torch.randn(2 * 3200 + tail, generator=torch.Generator().manual_seed(0))
+    feats = reader.get_feats(audio=wav)
+    assert feats.shape[1] == 48 and feats.isfinite().all()
+    padded = reader._pad(wav)[None]
+    chunks = list(padded.split(3200, dim=-1))
+    if chunks[-1].shape[-1] < reader.receptive_field:
+        chunks[-2:] = [torch.cat(chunks[-2:], dim=-1)]
+    else:
+        assert tail == 700  # the unchanged case: every chunk long enough
+    with torch.no_grad():
+        expected = torch.cat([reader.model(c).last_hidden_state for c in chunks], dim=1)[0]
+    torch.testing.assert_close(feats, expected, rtol=0, atol=0)
+
+
+def test_a_file_that_fails_to_encode_is_reported_and_skipped(tree, tmp_path, ckpt_path, monkeypatch):
+    """Issue 10 case 2: any per-file exception is skipped and reported; the run finishes and writes its report."""
+    extract = hfr.HubertFeatureReader.extract
+
+    def failing(self, x):
+        if x.shape[-1] == 12160:  # one/short.wav (12000 samples, padded): the only clip of that length
+            raise RuntimeError("encoder fault")
+        return extract(self, x)
+    monkeypatch.setattr(hfr.HubertFeatureReader, "extract", failing)
+    out = tmp_path / "feats"
+    assert _run(tree, out, ckpt_path) == 0
+    report = (out / hfr.REPORT_NAME).read_text()
+    assert report.startswith("10 files: 5 written, 0 already done, 5 skipped")
+    assert f"{tree / 'one/short.wav'}: feature extraction failed (RuntimeError: encoder fault)" in report
+    assert (out / "zero/a.pt").is_file() and not (out / "one/short.pt").exists()
+
+
+def test_output_name_collisions_are_an_error_before_work(tree, tmp_path, capsys):
+    other = tmp_path / "other" / "zero"
+    other.mkdir(parents=True)
+    sf.write(other / "a.wav", np.zeros(16000, np.float32), 16000)
+    split = tmp_path / "train.csv"
+    with open(split, "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label"], [str(tree / "zero/a.wav"), "zero"], [str(other / "a.wav"), "zero"]])
+    out = tmp_path / "mels"
+    with pytest.raises(SystemExit) as e:
+        hfr.main(["--csv", str(split), "--out", str(out), "--type", "melspec", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert f"{other / 'a.wav'} and {tree / 'zero/a.wav'} would both be written to zero/a.pt" in err
+    assert not out.exists()
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tree, tmp_path):
+    out = tmp_path / "mels"
+    (out / "zero").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = re.sub(r"\W", "_", socket.gethostname())
+    stale = out / "zero" / f".a.pt.{host}-{dead.stdout.strip()}.abcd1234.tmp"  # this host, writer gone
+    stale.write_bytes(b"half")
+    old = out / "zero" / ".b.pt.k2j4h5g6.tmp"  # written by an earlier version (no owner in the name), long ago
+    old.write_bytes(b"half")
+    os.utime(old, (0, 0))
+    assert hfr.main(["--root", str(tree), "--out", str(out), "--type", "melspec", "--device", "cpu"]) == 0
+    assert not stale.exists() and not old.exists()
+    assert (out / "zero/a.pt").stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_bad_device_is_refused_before_loading(tree, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        hfr.main(["--root", str(tree), "--out", str(tmp_path / "o"), "--type", "melspec", "--device", "tpu"])
+    assert e.value.code == 2 and "--device tpu: not a device" in capsys.readouterr().err

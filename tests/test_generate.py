@@ -115,3 +115,28 @@ def test_command_line_help_and_errors(tmp_path):
         generate.parse_args(["--vocoder", "v.pt", "--pretrained", "--out_dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         generate.parse_args(["--out_dir", str(tmp_path)])  # neither --pretrained nor --checkpoint
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--truncation", "nan"], "--truncation must be a finite number, got nan"),
+    (["--device", "tpu"], "--device tpu: not a device"),
+    (["--out_dir", "FILE"], "is a file; give a folder"),
+])
+def test_bad_arguments_are_refused_before_the_model_loads(tmp_path, tiny, capsys, monkeypatch, extra, message):
+    """Issue 10 cases 6 and 8: these used to fail after loading (or, for nan, write garbage wavs with status 0)."""
+    monkeypatch.setattr(generate, "load_asgan", lambda *a, **k: pytest.fail("model loaded"))
+    (tmp_path / "FILE").write_text("")
+    extra = [str(tmp_path / "FILE") if a == "FILE" else a for a in extra]
+    with pytest.raises(SystemExit) as e:
+        generate.main([*tiny, "--out_dir", str(tmp_path / "o"), *extra])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_checkpoint_is_one_error_line_and_status_2(tmp_path, tiny, capsys):
+    (tmp_path / "ckpt.pt").write_bytes(bytes(range(256)))
+    with pytest.raises(SystemExit) as e:
+        generate.main([*tiny, "--out_dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {tmp_path / 'ckpt.pt'}: not a readable ASGAN checkpoint")
+    assert err.count("\n") == 1

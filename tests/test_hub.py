@@ -4,8 +4,14 @@ Remote files are served by a local HTTP server on 127.0.0.1 and reach the code t
 path, with the URLs overridden by environment variables or arguments.
 """
 import http.server
+import os
+import re
 import shutil
+import socket
+import subprocess
+import sys
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -24,18 +30,37 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; /truncated/<name> announces the full length but sends half of the file."""
+    """Serves a folder; /truncated/<name> announces the full length but sends half of the file, /nolength/<name>
+    sends half without a Content-Length, /html/<name> a 200 HTML page, /trickle/<name> a byte every 0.1 s,
+    /silent/<name> only the headers."""
 
     def do_GET(self):
         self.server.requests.append(self.path)
-        if self.path.startswith("/truncated/"):
-            data = (Path(self.directory) / self.path.split("/")[-1]).read_bytes()
-            self.send_response(200)
+        kind = self.path.split("/")[1]
+        if kind not in ("truncated", "nolength", "html", "trickle", "silent"):
+            return super().do_GET()
+        data = (Path(self.directory) / self.path.split("/")[-1]).read_bytes()
+        self.send_response(200)
+        if kind == "truncated":
             self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            return
-        super().do_GET()
+        if kind == "html":  # a login or error page served with status 200
+            self.send_header("Content-Type", "text/html" if "typed" in self.path else "application/octet-stream")
+        self.end_headers()
+        try:
+            if kind in ("truncated", "nolength"):
+                self.wfile.write(data[: len(data) // 2])
+            elif kind == "html":
+                self.wfile.write(b"\n<!DOCTYPE html><html><body>Sign in to download</body></html>")
+            elif kind == "trickle":  # a byte every 0.1 s, forever
+                for byte in data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            else:  # "silent": headers, then nothing
+                time.sleep(3)
+        except OSError:  # the client gave up
+            pass
+        self.close_connection = True
 
     def log_message(self, *args):
         pass
@@ -219,3 +244,77 @@ def test_hub_entries_and_reference_keyword(monkeypatch):
     assert isinstance(hubconf.asgan_hubert_sc09_6(pretrianed=False), torch.nn.Identity)  # reference spelling
     vocoder = hubconf.hubert_hifigan(pretrained=False, device="cpu")
     assert vocoder(torch.zeros(1, 2, 768)).shape == (1, 1, 640)
+
+
+def test_random_bytes_are_errors_naming_the_file(tmp_path):
+    """Issue 10 case 5: a checkpoint or vocoder of random bytes raised IndexError: pop from empty list."""
+    make_checkpoint(tmp_path / "ckpt.pt")
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"random\.pt: not a readable ASGAN checkpoint"):
+        hubconf.asgan_from_checkpoint(tmp_path / "random.pt", device="cpu")
+    with pytest.raises(ValueError, match=r"random\.pt: not a readable vocoder checkpoint"):
+        hubconf.asgan_from_checkpoint(tmp_path / "ckpt.pt", vocoder=tmp_path / "random.pt", device="cpu")
+
+
+def test_batch_of_zero_and_wrong_shapes_are_clear_errors(tmp_path):
+    """Issue 10 case 8: an obscure reshape error, and asserts (gone under python -O)."""
+    g = make_checkpoint(tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="a batch of 0 latents"):
+        g(torch.zeros(0, 16))
+    with pytest.raises(ValueError, match=r"z must be \(B, 16\), got \(2, 3\)"):
+        g(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"vocoder expects \(B, L, 12\) frames, got \(1, 4, 5\)"):
+        tiny_vocoder()(torch.zeros(1, 4, 5))
+    with pytest.raises(ValueError, match=r"Griffin-Lim expects \(B, L, 128\) log-mels"):
+        GriffinLimVocoder()(torch.zeros(1, 4, 5))
+    model = hubconf.asgan_from_checkpoint(tmp_path / "ckpt.pt", vocoder=GriffinLimVocoder(), device="cpu")
+    with pytest.raises(ValueError, match="a batch of 0 latents"):
+        model.unconditional_generate(0)
+
+
+@pytest.mark.parametrize("path, message", [
+    ("nolength/asgan_tiny.pt", r"nolength/asgan_tiny\.pt is not a complete torch file"),
+    ("nolength/g_tiny_package.pth", r"is not a complete torch file"),
+    ("html/asgan_tiny.pt", r"html/asgan_tiny\.pt is an HTML page"),
+    ("html/typed.pt", r"html/typed\.pt is an HTML page"),
+])
+def test_short_or_html_downloads_are_never_cached(server, path, message):
+    """Issue 10 case 4: they were cached under the final name and reused after the URL was fixed."""
+    httpd, url, root = server
+    shutil.copy(root / "asgan_tiny.pt", root / "typed.pt")
+    with pytest.raises(DownloadError, match=message):
+        download(url + path, progress=False)
+    assert cache_files() == []
+    name = path.split("/")[-1]
+    assert download(url + name, progress=False).read_bytes() == (root / name).read_bytes()  # the fixed URL
+
+
+def test_stalled_and_trickling_servers_time_out(server, monkeypatch):
+    httpd, url, root = server
+    monkeypatch.setattr("density.download.IDLE_TIMEOUT_S", 0.5)
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"stalled: no data for 0\.5 s after 0 bytes"):
+        download(url + "silent/asgan_tiny.pt", progress=False)
+    monkeypatch.setenv("ASGAN_DOWNLOAD_TIMEOUT", "1")
+    with pytest.raises(DownloadError, match=r"trickle/asgan_tiny\.pt took over 1 s \(\d+ bytes so far\).*"
+                                            "ASGAN_DOWNLOAD_TIMEOUT"):
+        download(url + "trickle/asgan_tiny.pt", progress=False)
+    assert time.monotonic() - start < 5 and cache_files() == []
+
+
+def test_partial_files_of_killed_downloads_are_removed(server):
+    httpd, url, root = server
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = re.sub(r"\W", "_", socket.gethostname())
+    (folder / f".asgan_tiny.pt.{host}-{dead.stdout.strip()}.abcd1234.partial").write_bytes(b"half")
+    download(url + "g_tiny_package.pth", progress=False)
+    assert cache_files() == ["g_tiny_package.pth"]
+    assert (folder / "g_tiny_package.pth").stat().st_mode & 0o777 == 0o666 & ~umask()
+
+
+def umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -322,6 +322,9 @@ def test_evaluate_cli_errors_and_help(tmp_path, capsys):
         evaluate.main(["--gen_feats", str(tmp_path / "d.pt"), "--real_feats", str(tmp_path / "d.pt")])
     with pytest.raises(SystemExit, match="missing.pt"):
         evaluate.main(["--gen_logits", str(tmp_path / "missing.pt")])
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)))  # issue 10 case 5: was IndexError
+    with pytest.raises(SystemExit, match=r"random\.pt"):
+        evaluate.main(["--gen_logits", str(tmp_path / "random.pt")])
     with pytest.raises(SystemExit, match=f"cannot load {tmp_path}"):  # a folder, not a file
         evaluate.main(["--gen_logits", str(tmp_path)])
     torch.save(torch.zeros(4, 3), tmp_path / "l.pt")

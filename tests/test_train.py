@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,11 @@ from density import checkpoint as ckpt
 from density.audio import HOP, log_mel
 from density.augment import P_MIN, Augmenter
 from density.config import ConfigError, config_from_yaml, parse_config
-from density.dataset import build_datasets
+from density.dataset import DatasetError, build_datasets
 from density.engine import _free_port, make_engine
 from density.metrics import fad, feature_statistics
 from density.models import Discriminator, Generator
+from density.run import RunError
 from density.vocoder import GriffinLimVocoder
 from hubert_feature_reader import HubertFeatureReader
 
@@ -310,15 +312,82 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path):
     assert periodic(out)[-1] == f"ckpt_{state['steps'] + 2:08d}.pt"
 
 
+LEAKED_ITERATORS = """
+import sys
+import torch.utils.data as tud
+import train_asgan
+kept = []  # every DataLoader iterator stays referenced to interpreter exit, as a reference cycle can keep it
+make_iter = tud.DataLoader.__iter__
+tud.DataLoader.__iter__ = lambda self: kept.append(make_iter(self)) or kept[-1]
+train_asgan.main(sys.argv[1:])
+print('main returned', flush=True)
+"""
+
+
+def test_exit_cannot_hang_on_a_live_dataloader_worker(tmp_path):
+    """Issue 10 case 7: a worker that ignores SIGTERM is still waiting for work when training ends (mid-epoch),
+    and its iterator is still referenced; multiprocessing's exit handler used to SIGTERM and join it forever."""
+    args = tiny_args(tmp_path, 'run', 'max_steps=3', 'num_workers=1', *QUIET)
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen([sys.executable, '-c', LEAKED_ITERATORS, *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert any(line.startswith('main returned') for line in proc.stdout), 'training failed'
+        returned = time.monotonic()
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - returned < 5
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert periodic(tmp_path / 'run') == ['ckpt_00000002.pt']
+
+
 def test_reference_checkpoint_without_resume_state_still_resumes(tmp_path, caplog):
     train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=3', *QUIET))
     state = ckpt.load(tmp_path / 'run' / 'ckpt_00000002.pt')
     ckpt.save({k: v for k, v in state.items() if k in REFERENCE_KEYS}, tmp_path / 'reference.pt')
-    with caplog.at_level(logging.WARNING, logger='train_asgan'):
-        train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=6', f'resume_checkpoint={tmp_path}/reference.pt',
+    with caplog.at_level(logging.WARNING, logger='train_asgan'):  # into a new folder: 'run' is another run's
+        train_asgan.main(tiny_args(tmp_path, 'resumed', 'max_steps=6', f'resume_checkpoint={tmp_path}/reference.pt',
                                    *QUIET))
     assert 'has no resume state' in caplog.text
-    assert ckpt.load(tmp_path / 'run' / 'ckpt_00000005.pt')['steps'] == 5
+    assert ckpt.load(tmp_path / 'resumed' / 'ckpt_00000005.pt')['steps'] == 5
+
+
+def test_mistyped_resume_or_new_run_never_touches_a_run_and_auto_continues_it(tmp_path):
+    """Issue 10 case 1: a missing resume_checkpoint and a new run into a used folder are refused with every file
+    kept; resume_checkpoint=auto (a requeued job) continues from the newest checkpoint, as the same run."""
+    out = tmp_path / 'run'
+    train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=4', 'checkpoint_interval=1', 'validation_interval=2',
+                               'keep_last_checkpoints=2'))
+    before = {p.name: p.read_bytes() for p in out.glob('ckpt_*.pt')}
+    assert sorted(before) == ['ckpt_00000002.pt', 'ckpt_00000003.pt', 'ckpt_best_fad.pt']
+    for extra, message in ((f'resume_checkpoint={tmp_path}/ckpt_00000003.pt', 'does not exist'),
+                           ('max_steps=8', 'already holds checkpoints')):
+        with pytest.raises(RunError, match=message):
+            train_asgan.main(tiny_args(tmp_path, 'run', 'keep_last_checkpoints=2', extra))
+        assert {p.name: p.read_bytes() for p in out.glob('ckpt_*.pt')} == before
+    train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=6', 'resume_checkpoint=auto', 'checkpoint_interval=1',
+                               'validation_interval=2', 'keep_last_checkpoints=2'))
+    assert periodic(out) == ['ckpt_00000004.pt', 'ckpt_00000005.pt']
+    run_ids = {ckpt.load(p)['run_id'] for p in out.glob('ckpt_*.pt')} | {ckpt.load(out / 'ckpt_best_fad.pt')['run_id']}
+    assert len(run_ids) == 1
+
+
+def test_a_bad_feature_file_mid_run_is_named_after_a_checkpoint(tmp_path):
+    """Issue 10 case 5: a NaN feature file met by a DataLoader worker mid-run stops training with a one-line error
+    naming the file, after writing a checkpoint of the steps done; with the file fixed, auto resumes from it."""
+    data = make_data(tmp_path / 'data')
+    torch.save(torch.full((7, 6), math.nan), data / '008.pt')  # in the 4th training batch of epoch 0
+    args = tiny_args(tmp_path, 'run', 'num_workers=1', *QUIET)
+    with pytest.raises(DatasetError) as e:
+        train_asgan.main(args)
+    message = str(e.value)
+    assert '\n' not in message and f'{data / "008.pt"}: holds NaN or infinite values' in message
+    (name,) = periodic(tmp_path / 'run')
+    assert name == 'ckpt_00000002.pt' and f'checkpoint written: {tmp_path / "run" / name}' in message
+    make_data(tmp_path / 'data')  # the file fixed
+    train_asgan.main(tiny_args(tmp_path, 'run', 'resume_checkpoint=auto', 'max_steps=12', *QUIET))
+    assert periodic(tmp_path / 'run')[-1] == 'ckpt_00000011.pt'
 
 
 def test_injected_nan_losses_are_skipped_and_logged(tmp_path, caplog, monkeypatch):
@@ -356,6 +425,31 @@ def test_mistyped_override_fails_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match='model=rp_w'):
         train_asgan.main([a for a in tiny_args(tmp_path, 'run') if a != 'model=rp_w'])
     assert not (tmp_path / 'run').exists()
+
+
+def test_bad_value_fails_before_any_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"'betas' is \[0.5, 0.9, 0.1\]"):
+        train_asgan.main(tiny_args(tmp_path, 'run', 'betas=[0.5,0.9,0.1]'))
+    assert not (tmp_path / 'run').exists()
+
+
+def test_grad_clip_zero_disables_clipping(tmp_path):
+    """Issue 10 case 3: grad_clip=0 steps with the full gradient (torch used to zero it), as DeepSpeed does."""
+    engine = make_engine(parse_config(tiny_args(tmp_path, 'run', 'grad_clip=0', 'fp16=False')))
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(3, 2), torch.randn(4, 3)
+    ref = copy.deepcopy(model)
+    start = copy.deepcopy(model.state_dict())
+    trainable = engine.wrap(model, torch.optim.Adam(model.parameters(), lr=0.1))
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.1)
+    trainable.zero_grad()
+    trainable.backward(100 * trainable(x).square().sum())
+    norm = trainable.step()
+    (100 * ref(x).square().sum()).backward()
+    assert norm == pytest.approx(torch.cat([p.grad.flatten() for p in ref.parameters()]).norm().item()) and norm > 1
+    ref_opt.step()
+    for name, value in model.state_dict().items():
+        assert not torch.equal(value, start[name]) and torch.equal(value, ref.state_dict()[name]), name
 
 
 @pytest.mark.parametrize('kind', ['truncated', 'foreign', 'pickled code', 'no optimiser state', 'other model'])

@@ -1,0 +1,258 @@
+"""Run folders, shared by every trainer: one run per folder, the resume conventions, a heartbeat lock, pruning.
+
+    run = open_run(checkpoint_path, resume_checkpoint, overwrite)   # on the main rank, before any work
+    ... load run.resume if not None; store run.run_id in every checkpoint as 'run_id' ...
+    run.prune(keep, written_path)                                     # after each periodic checkpoint
+    run.close()
+
+Rules:
+- resume_checkpoint='' starts a new run; a folder that already holds checkpoints is refused unless
+  overwrite=true, which deletes them first.
+- resume_checkpoint='auto' continues from the newest readable periodic checkpoint in the folder (by the step in
+  its name), or starts a new run in a folder without one: what a requeued job should use.
+- resume_checkpoint=<file> must exist. It continues that checkpoint's run (its `run_id`; a checkpoint without
+  one, e.g. the reference's, starts a new identity). Checkpoints in the folder of another run, or of this run
+  but newer than the resumed one (a roll-back), would be overwritten: refused unless overwrite=true, which
+  deletes them.
+- `run.lock` (host, pid, heartbeat time, run_id) keeps a second live run out. It is refreshed every
+  HEARTBEAT_S by a thread and counts as stale when its heartbeat is older than STALE_S, or on the same host
+  when its pid is gone, so a job requeued on another node takes over the folder of a dead one.
+- Pruning deletes only periodic checkpoints whose run_id is this run's, never the newest of them, never the one
+  just written, never the best-FAD file. Files it cannot read or attribute are left alone.
+"""
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+from density.fileio import FILE_MODE, is_temporary, write_text
+
+log = logging.getLogger(__name__)
+
+AUTO = 'auto'
+LOCK_NAME = 'run.lock'
+HEARTBEAT_S = 30
+STALE_S = 300  # a lock not refreshed for this long belongs to a dead run (10 missed heartbeats)
+PERIODIC = re.compile(r'ckpt_(\d{8,})\.pt')
+OTHERS = ('ckpt_best_fad.pt',)
+
+
+class RunError(ValueError):
+    """A run folder that this run may not use as asked; the message says why and what to do."""
+
+
+def read_run_id(path):
+    """-> (readable, run_id or None) of a checkpoint file, read lazily (mmap) and without unpickling code."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:
+        return False, None
+    if not isinstance(state, dict):
+        return False, None
+    return True, state.get('run_id')
+
+
+def _host():
+    return socket.gethostname()
+
+
+class RunLock:
+    """`run.lock` in a run folder: JSON {host, pid, heartbeat, run_id, token}, refreshed by a daemon thread."""
+
+    def __init__(self, path, heartbeat_s=HEARTBEAT_S, stale_s=STALE_S):
+        self.path, self.heartbeat_s, self.stale_s = Path(path), heartbeat_s, stale_s
+        self.info = {'host': _host(), 'pid': os.getpid(), 'heartbeat': 0.0, 'run_id': None, 'token': uuid.uuid4().hex}
+        self._stop = threading.Event()
+        self._thread = None
+
+    def holder(self):
+        """The lock's JSON, or None when missing; {} when unreadable (being written, or garbage)."""
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def is_stale(self, holder):
+        if not holder:  # unreadable: stale once nobody has touched it for stale_s
+            try:
+                return time.time() - self.path.stat().st_mtime > self.stale_s
+            except FileNotFoundError:
+                return True
+        if time.time() - holder.get('heartbeat', 0) > self.stale_s:
+            return True
+        if holder.get('host') == _host():
+            try:
+                os.kill(int(holder['pid']), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, KeyError, ValueError, TypeError):
+                return False
+        return False
+
+    def acquire(self):
+        for _ in range(3):
+            self.info['heartbeat'] = time.time()
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+            except FileExistsError:
+                holder = self.holder()
+                if not self.is_stale(holder):
+                    h = holder or {}
+                    age = time.time() - h.get('heartbeat', time.time())
+                    raise RunError(
+                        f"{self.path.parent} is in use by another live run (pid {h.get('pid', '?')} on "
+                        f"{h.get('host', '?')}, heartbeat {age:.0f} s ago): wait for it to end or choose another "
+                        f'checkpoint_path. {self.path} counts as stale {self.stale_s} s after its last heartbeat, '
+                        'or at once on the same host when its pid is gone') from None
+                log.warning('%s: taking over the stale lock of %s', self.path, holder or 'an unreadable lock file')
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, 'w') as f:
+                json.dump(self.info, f)
+            self._thread = threading.Thread(target=self._beat, name='run-lock-heartbeat', daemon=True)
+            self._thread.start()
+            return self
+        raise RunError(f'{self.path}: other runs keep taking this folder; start one run per checkpoint_path')
+
+    def update(self, **info):
+        self.info.update(info, heartbeat=time.time())
+        if (self.holder() or {}).get('token') == self.info['token']:
+            write_text(self.path, json.dumps(self.info))
+
+    def _beat(self):
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.update()
+            except OSError as e:  # a full disk or a network blip must not kill training; the next beat retries
+                log.warning('%s: heartbeat not written: %s', self.path, e)
+
+    def release(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if (self.holder() or {}).get('token') == self.info['token']:
+            self.path.unlink(missing_ok=True)
+
+
+class Run:
+    """An opened run folder (see the module doc): `resume` (Path or None), `run_id`, `prune`, `close`."""
+
+    def __init__(self, folder, run_id, resume, lock, created, own):
+        self.folder, self.run_id, self.resume, self.lock, self.created = folder, run_id, resume, lock, created
+        self._own = own  # step -> periodic checkpoint of this run
+
+    def prune(self, keep, written):
+        """Record the periodic checkpoint just `written`; delete this run's older ones beyond the newest `keep`
+        (keep <= 0: delete nothing)."""
+        written = Path(written)
+        self._own[int(PERIODIC.fullmatch(written.name)[1])] = written
+        if keep <= 0:
+            return
+        for step in sorted(self._own)[:-keep]:
+            if self._own[step] != written:
+                self._own.pop(step).unlink(missing_ok=True)
+
+    def close(self):
+        """Release the lock; a folder this run created and left empty is removed."""
+        self.lock.release()
+        if self.created and not any(self.folder.iterdir()):
+            self.folder.rmdir()
+
+
+def _checkpoints(folder, pattern, others):
+    """-> ({step: path} of periodic checkpoints, [other checkpoint files present])."""
+    periodic = {}
+    for p in folder.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and p.is_file():
+            periodic[int(m[1])] = p
+    return periodic, [folder / n for n in others if (folder / n).is_file()]
+
+
+def _choose(folder, resume_checkpoint, periodic, others, overwrite):
+    """-> (resume path or None, run_id or None, files to delete before the run starts)."""
+    everything = [periodic[s] for s in sorted(periodic)] + others
+    if not resume_checkpoint:
+        if everything and not overwrite:
+            raise RunError(
+                f'checkpoint_path={folder} already holds checkpoints ({", ".join(p.name for p in everything[-3:])}'
+                f'{", ..." if len(everything) > 3 else ""}) and resume_checkpoint is empty: use '
+                'resume_checkpoint=auto to continue from the newest, resume_checkpoint=<file> for another one, '
+                'overwrite=true to delete them and start over, or another checkpoint_path')
+        return None, None, everything
+    if resume_checkpoint == AUTO:
+        for step in sorted(periodic, reverse=True):
+            readable, run_id = read_run_id(periodic[step])
+            if readable:
+                resume = periodic[step]
+                break
+            log.warning('%s is unreadable (truncated or corrupt): trying an older checkpoint', periodic[step])
+        else:
+            log.info('resume_checkpoint=auto: no readable checkpoint in %s; starting a new run', folder)
+            return None, None, []
+    else:
+        resume = Path(resume_checkpoint)
+        if not resume.is_file():
+            raise RunError(f'resume_checkpoint={resume_checkpoint} does not exist: give an existing checkpoint, '
+                           f'resume_checkpoint=auto for the newest in {folder}, or leave it empty for a new run')
+        _, run_id = read_run_id(resume)  # an unreadable file is named by the trainer's loader
+    step = PERIODIC.fullmatch(resume.name)
+    step = int(step[1]) if step else None
+    conflicts = []
+    for p in everything:
+        if p.resolve() == resume.resolve():
+            continue
+        readable, other_id = read_run_id(p)
+        if not readable:
+            log.warning('%s is unreadable: left alone', p)
+        elif other_id is None or other_id != run_id or (p in periodic.values() and step is not None and
+                                                          int(PERIODIC.fullmatch(p.name)[1]) > step):
+            conflicts.append(p)
+    if conflicts and not overwrite:
+        raise RunError(
+            f'checkpoint_path={folder} holds checkpoints that resuming {resume} would overwrite (of another run, or '
+            f'newer ones: {", ".join(p.name for p in conflicts[:3])}{", ..." if len(conflicts) > 3 else ""}): '
+            'use resume_checkpoint=auto to continue from the newest, another checkpoint_path, or overwrite=true to '
+            'delete them and resume from this checkpoint')
+    return resume, run_id, conflicts
+
+
+def open_run(checkpoint_path, resume_checkpoint, overwrite, *, pattern=PERIODIC, others=OTHERS,
+             heartbeat_s=HEARTBEAT_S, stale_s=STALE_S):
+    """Lock `checkpoint_path` (created) for this run and decide what it resumes from (module doc) -> Run.
+
+    `pattern` (one group: the step) and `others` name the trainer's checkpoint files. RunError explains a refusal.
+    """
+    folder = Path(checkpoint_path)
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f'checkpoint_path={folder} is a file; give a folder')
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(folder / LOCK_NAME, heartbeat_s, stale_s).acquire()
+    try:
+        for p in folder.iterdir():  # the lock is ours: every temporary here is left over from a killed write
+            if is_temporary(p):
+                p.unlink(missing_ok=True)
+        periodic, others_found = _checkpoints(folder, pattern, others)
+        resume, run_id, delete = _choose(folder, resume_checkpoint, periodic, others_found, overwrite)
+        for p in delete:
+            log.warning('overwrite=true: deleting %s', p)
+            p.unlink()
+        run_id = run_id or uuid.uuid4().hex
+        own = {s: p for s, p in periodic.items() if p not in delete and p.is_file() and read_run_id(p)[1] == run_id}
+        lock.update(run_id=run_id)
+    except BaseException:
+        lock.release()
+        if created:
+            folder.rmdir()
+        raise
+    return Run(folder, run_id, resume, lock, created, own)
