@@ -55,10 +55,28 @@ def load_audio(path, sr=SAMPLE_RATE, resample=False):
     wav = data.mean(axis=1)
     if file_sr != sr:
         if not resample:
-            raise AudioError(f"{path}: sample rate is {file_sr} Hz, expected {sr} Hz; "
-                             "convert it or enable resampling (resample=True / --resample)")
+            raise _rate_error(path, file_sr, sr)
         wav = resample_audio(wav, file_sr, sr).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(wav))
+
+
+def _rate_error(path, file_sr, sr):
+    return AudioError(f"{path}: sample rate is {file_sr} Hz, expected {sr} Hz; "
+                      "convert it or enable resampling (resample=True / --resample)")
+
+
+def check_audio_files(paths, sr=SAMPLE_RATE, resample=False):
+    """Read only the headers: AudioError naming the first file that is missing, not audio, empty or, unless
+    `resample`, not at `sr` Hz (so a long run fails before any work, not at the bad file)."""
+    for path in paths:
+        try:
+            info = sf.info(str(path))
+        except (RuntimeError, OSError, sf.SoundFileError) as e:
+            raise AudioError(f"{path}: not a readable audio file ({e})") from e
+        if info.frames == 0:
+            raise AudioError(f"{path}: file holds no samples")
+        if info.samplerate != sr and not resample:
+            raise _rate_error(path, info.samplerate, sr)
 
 
 def resample_audio(wav, sr_in, sr_out=SAMPLE_RATE):

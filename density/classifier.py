@@ -8,13 +8,14 @@ Hann window, centred frames with reflect padding = librosa's default before 0.10
 `ResNeXt` is that classifier's CifarResNeXt (same module names, so state dicts transfer) returning
 (logits, features), features being the input of the final linear layer. Named configurations (`CONFIGS`):
 'paper' (cardinality 8, bottleneck width 64, widen factor 4: the published model, 34.4 M parameters,
-10.8 GFLOP/clip) and 'cpu' (same topology, cardinality 4, width 8, widen 0.5, 16-channel stem: 0.28 M
-parameters, 0.087 GFLOP/clip), trainable on a 2-core CPU in minutes.
+10.8 GFLOP/clip) and 'cpu' (same topology, cardinality 4, bottleneck width 4, widen factor 0.25, 16-channel
+stem: 72 k parameters, 0.022 GFLOP/clip), trainable on a 2-core CPU in minutes.
 
 `load_classifier` reads this project's checkpoints (`weights_only=True`) and the published classifier file (a
 whole pickled `DataParallel(CifarResNeXt)`) through a restricted unpickler that turns every allowed class into
 an inert placeholder and refuses any other global.
 """
+import csv
 import hashlib
 import pickle
 import warnings
@@ -24,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from density.audio import SAMPLE_RATE, mel_filterbank
+from density.audio import SAMPLE_RATE, load_audio, mel_filterbank
 from density.fairseq_checkpoint import (Placeholder, RestrictedUnpickler, UnsafeCheckpointError,
                                         restricted_pickle_module)
 
@@ -34,7 +35,7 @@ AMIN, TOP_DB = 1e-10, 80.0  # librosa.power_to_db defaults
 SC09_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CONFIGS = {
     "paper": dict(cardinality=8, base_width=64, widen_factor=4, stem=64),
-    "cpu": dict(cardinality=4, base_width=8, widen_factor=0.5, stem=16),
+    "cpu": dict(cardinality=4, base_width=4, widen_factor=0.25, stem=16),
 }
 FORMAT = "asgan-classifier-v1"  # marks this project's checkpoints
 PUBLISHED_MODULE = "models.resnext"  # where CifarResNeXt lived when the published file was pickled
@@ -247,3 +248,45 @@ def load_classifier(path, device="cpu"):
     except RuntimeError as e:
         raise ClassifierError(f"{path}: weights do not fit the classifier they describe: {e}") from e
     return model.to(device).eval()
+
+
+def read_split_csv(path):
+    """A `path,label` CSV written by split_data.py -> (paths, labels), lists of str. ClassifierError names a
+    missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClassifierError(f"{path}: no such CSV; write the splits with split_data.py --root_path <tree> "
+                              "--sc09_only true")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise ClassifierError(f"{path}: expected a CSV with columns path,label and at least one row "
+                              "(as split_data.py writes)")
+    return [r["path"] for r in rows], [r["label"] for r in rows]
+
+
+def class_order(labels):
+    """Output order for a label set: SC09 order when every label is a digit word, else sorted."""
+    names = set(labels)
+    return tuple(c for c in SC09_CLASSES if c in names) if names <= set(SC09_CLASSES) else tuple(sorted(names))
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Audio files -> (wav (16000,) float32 cut/end-padded like `fix_length`, label index or -1).
+
+    `labels` (optional) are names looked up in `classes`; an unknown label is a ClassifierError naming it.
+    """
+
+    def __init__(self, paths, labels=None, classes=SC09_CLASSES, resample=False):
+        self.paths, self.resample = list(paths), resample
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted(set(labels or ()) - set(index))
+        if unknown:
+            raise ClassifierError(f"labels {unknown} are not among the classifier's classes {list(classes)}")
+        self.targets = [index[label] for label in labels] if labels is not None else [-1] * len(self.paths)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return fix_length(load_audio(self.paths[i], resample=self.resample)), self.targets[i]
