@@ -4,7 +4,7 @@ Audio mode scores clips with the evaluation classifier (density/classifier.py) a
 one row for what is evaluated and reference rows (real train, real test, Griffin-Lim resynthesis of the real
 test clips, white noise), each with its N:
 
-    python evaluate.py --checkpoint runs/ckpt_00100000.pt [--vocoder V] --classifier runs/classifier/classifier_best.pt \\
+    python evaluate.py --checkpoint runs/ckpt_00100000.pt [--vocoder V] --classifier classifier_best.pt \\
         --train_csv splits/sc09-train.csv --test_csv splits/sc09-test.csv [--n 2048] [--json out.json]
     python evaluate.py --pretrained --classifier resnext.pth --train_csv ... --test_csv ...
     python evaluate.py --wav_dir samples/ --classifier ... --train_csv ... --test_csv ...
@@ -46,6 +46,7 @@ from tqdm import tqdm
 from density import metrics
 from density.audio import AudioError, check_audio_files, fit_length, log_mel, save_wav
 from density.classifier import ClassifierError, ClipDataset, file_sha256, load_classifier, read_split_csv
+from density.download import DownloadError
 from density.fileio import atomic_path, write_text
 from density.inference import load_asgan, resolve_device
 from density.vocoder import GriffinLimVocoder
@@ -187,8 +188,9 @@ def row_metrics(name, scores, reference, ls_trim=0.5, svm_random_state=0):
     with latents; None where a metric is undefined)."""
     log_p = torch.from_numpy(scores.logits).log_softmax(1)
     train_p = torch.from_numpy(reference.train.logits).softmax(1)
+    fid = metrics.fid(scores.feats, reference.train.feats)
     row = dict(name=name, n=len(scores.logits),
-               fid=metrics.fid(scores.feats, reference.train.feats),
+               fid=0.0 if fid < 0 else fid,  # FID >= 0; a set against itself can come out at -1e-12
                inception_score=metrics.inception_score(log_p),
                modified_inception_score=metrics.modified_inception_score(log_p.exp()),
                am_score=metrics.am_score(train_p, log_p.exp()),
@@ -257,6 +259,8 @@ def markdown_table(rows):
 def run_audio(args):
     """Audio mode: -> list of rows (the evaluated set first, then the reference rows)."""
     device = resolve_device(args.device)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
     classifier = load_classifier(args.classifier, device)
     classifier_hash = file_sha256(args.classifier)
     cache = None if args.no_cache else args.cache_dir
@@ -322,6 +326,8 @@ def parse_args(argv=None):
                    help="cache of real-set classifier outputs (default $XDG_CACHE_HOME or ~/.cache, /asgan/eval)")
     a.add_argument("--no_cache", action="store_true", help="neither read nor write the cache")
     a.add_argument("--num_workers", type=int, default=0, help="DataLoader workers reading wavs")
+    a.add_argument("--num_threads", type=int, default=0,
+                   help="torch CPU threads (default 0: torch's choice; 1 is fastest on a small, shared CPU)")
     r = p.add_argument_group("array mode")
     r.add_argument("--gen_feats", help="classifier features of generated clips, (N, C)")
     r.add_argument("--real_feats", help="classifier features of real (training) clips, (M, C)")
@@ -365,7 +371,7 @@ def main(argv=None):
         return result
     try:
         rows, info = run_audio(args)
-    except (AudioError, ClassifierError, ValueError, OSError) as e:
+    except (AudioError, ClassifierError, DownloadError, ValueError, OSError) as e:
         raise SystemExit(f"evaluate.py: {e}")
     print(markdown_table(rows))
     if args.json:

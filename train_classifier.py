@@ -1,8 +1,9 @@
 """Train the evaluation classifier (issue 8) on the split CSVs of a Speech-Commands-style tree.
 
     python split_data.py --root_path data/digits --sc09_only true --out_dir data/digits_splits
-    python train_classifier.py train_csv=data/digits_splits/sc09-train.csv valid_csv=data/digits_splits/sc09-valid.csv \\
-        test_csv=data/digits_splits/sc09-test.csv checkpoint_path=runs/classifier          [key=value ...]
+    python train_classifier.py train_csv=data/digits_splits/sc09-train.csv \\
+        valid_csv=data/digits_splits/sc09-valid.csv test_csv=data/digits_splits/sc09-test.csv \\
+        checkpoint_path=runs/classifier [key=value ...]
     python train_classifier.py --help                                                       (all keys and defaults)
 
 Writes to checkpoint_path: classifier_best.pt (best validation accuracy; what evaluate.py --classifier takes),
@@ -60,7 +61,7 @@ class ClassifierConfig:
     lr: float = 3e-3  # AdamW peak learning rate
     weight_decay: float = 1e-2
     warmup_frac: float = 0.05  # share of the steps with a linear warm-up
-    max_steps: int = 300  # training length in steps (also the schedule's length); 0: n_epochs decides
+    max_steps: int = 600  # training length in steps (also the schedule's length); 0: n_epochs decides
     n_epochs: int = 10  # used when max_steps=0
     seed: int = 0
     device: Optional[str] = None  # None: CUDA if available, else CPU
@@ -72,8 +73,8 @@ class ClassifierConfig:
     gain_range: List[float] = field(default_factory=lambda: [0.5, 1.5])
     noise_prob: float = 0.5
     snr_db_range: List[float] = field(default_factory=lambda: [10.0, 40.0])
-    validation_interval: int = 50  # steps; validation also runs at the last step
-    checkpoint_interval: int = 100  # steps; a final checkpoint is always written
+    validation_interval: int = 100  # steps; validation also runs at the last step
+    checkpoint_interval: int = 200  # steps; a final checkpoint is always written
     keep_last_checkpoints: int = 2  # newest periodic checkpoints kept (0: all); classifier_best.pt is never pruned
     summary_interval: int = 10  # steps between tensorboard training scalars
 
@@ -147,7 +148,10 @@ def confusion_table(confusion, classes):
 
 
 def lr_lambda(total, warmup):
-    return lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+    """Learning-rate factor at step s: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    def factor(s):
+        return (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+    return factor
 
 
 def make_datasets(cfg):

@@ -5,6 +5,7 @@ Classifiers: the 'cpu' and 'paper' configurations. Generators: the released HuBE
 HiFi-GAN (`hubert`), the mel preset + 32-iteration Griffin-Lim (`mel_gl`); each scored by the 'cpu' classifier.
 
     python bench/bench_evaluate.py [--device cpu|cuda] [--batches 1 64] [--archs cpu paper] [--models hubert mel_gl]
+        [--repeats 3] [--warmup 1] [--threads N]
 """
 import argparse
 import sys
@@ -38,8 +39,12 @@ def main(argv=None):
     p.add_argument('--archs', nargs='+', default=['cpu', 'paper'])
     p.add_argument('--models', nargs='+', default=['hubert', 'mel_gl'])
     p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--warmup', type=int, default=1, help='untimed runs before each measurement')
+    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f'machine: {machine(device)}')
     torch.manual_seed(0)
     classifiers = {a: ResNeXt.from_arch(a).to(device).eval() for a in args.archs}
@@ -47,7 +52,7 @@ def main(argv=None):
         gflop = classifier_flops(clf) / 1e9
         for bs in args.batches:
             wav = 0.1 * torch.randn(bs, 16000, device=device)
-            t = median_seconds(lambda: clf.classify(wav), device, warmup=1, repeats=args.repeats)
+            t = median_seconds(lambda: clf.classify(wav), device, warmup=args.warmup, repeats=args.repeats)
             print(f'classifier {arch:5s} ({gflop:.3f} GFLOP/clip) batch {bs:3d}: {bs / t:8.1f} clips/s')
     clf = classifiers.get('cpu') or ResNeXt.from_arch('cpu').to(device).eval()
     for name in args.models:
@@ -57,7 +62,7 @@ def main(argv=None):
         model.g.calibrate_norm_ema(torch.randn(64, model.z_dim, device=device))
         for bs in args.batches:
             z = torch.randn(bs, model.z_dim)
-            t = median_seconds(lambda: clf.classify(model.generate_from_latent(z)), device, warmup=1,
+            t = median_seconds(lambda: clf.classify(model.generate_from_latent(z)), device, warmup=args.warmup,
                                repeats=args.repeats)
             print(f'--checkpoint path {name:6s} + cpu classifier, batch {bs:3d}: {bs / t:8.2f} clips/s')
 

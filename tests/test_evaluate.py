@@ -84,7 +84,8 @@ def test_wav_dir_reference_rows_and_ordering(corpus, tmp_path, capsys):
     assert by['real test']['fid'] < by['Griffin-Lim of real test']['fid'] < by['white noise']['fid']
     assert by['real train']['inception_score'] > by['white noise']['inception_score']
     out = capsys.readouterr().out
-    assert '| set | N | FID ↓ | IS ↑ | mIS ↑ | AM ↓ | NDB/K ↓ | LS ↓ |' in out and '| white noise | 24 |' in out
+    assert '| set | N | FID ↓ | IS ↑ | mIS ↑ | AM ↓ | NDB/K ↓ | LS ↓ |' in out
+    assert '| white noise | 24 |' in out
     saved = json.loads((tmp_path / 'out.json').read_text())
     assert saved['classes'][0] == 'zero' and [r['name'] for r in saved['rows']] == names
     assert len(list((tmp_path / 'cache').glob('*.npz'))) == 3  # train, test, Griffin-Lim of test

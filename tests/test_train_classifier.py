@@ -66,7 +66,8 @@ def test_sigterm_checkpoints_and_resume_is_exact(splits, tmp_path, monkeypatch):
     a, b = (ckpt.load(tmp_path / r / 'ckpt_00000006.pt', train_classifier.RESUME_KEYS) for r in ('straight', 'split'))
     for k in a['state_dict']:
         assert torch.equal(a['state_dict'][k], b['state_dict'][k]), k
-    assert a['best'] == b['best'] and a['optim_state_dict']['state'][0]['step'] == b['optim_state_dict']['state'][0]['step']
+    assert a['best'] == b['best']
+    assert a['optim_state_dict']['state'][0]['step'] == b['optim_state_dict']['state'][0]['step']
 
 
 def test_augment_shifts_scales_and_adds_noise():
