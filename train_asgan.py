@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from density.losses import discriminator_loss, generator_loss, r1_penalty
 from density.metrics import (ApproxKL, closest_dist_pair, distance_heuristic, drift, fad, feature_statistics,
                              perc_closest)
 from density.models import Discriminator, Generator
-from density.run import RunError, open_run
+from density.run import RunError, catch_stop_signals, ignore_stop_signals, open_run, restore_signals, seed_all
 from density.vocoder import GriffinLimVocoder, load_vocoder
 
 matplotlib.use('Agg')
@@ -227,18 +226,6 @@ def mel_figure(fake):
         ax.imshow(m.T.numpy(), origin='lower', aspect='auto')
     fig.tight_layout()
     return fig
-
-
-def ignore_stop_signals(_worker_id):
-    """DataLoader worker init: leave SIGINT/SIGTERM to the main process, which finishes the step, checkpoints and
-    then stops the workers (PyTorch's own worker SIGTERM handler would kill them first, e.g. under SLURM)."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN)
-
-
-def seed_all(seed):
-    """Seed python `random`, numpy and torch (CPU and CUDA)."""
-    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
 
 
 @contextlib.contextmanager
@@ -437,9 +424,7 @@ def train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, lo
              cfg.engine, engine.precision, device, engine.world_size, sum(p.numel() for p in g.parameters()),
              sum(p.numel() for p in d.parameters()), len(loader))
 
-    stop_signal = []
-    previous_handlers = {s: signal.signal(s, lambda signum, _: stop_signal.append(signum))
-                         for s in (signal.SIGINT, signal.SIGTERM)}
+    stop_signal, previous_handlers = catch_stop_signals()
     ema_every = cfg.ema_every or cfg.checkpoint_interval
     nonfinite, last_finite_ckpt = 0, None
     done, saved = None, None  # (step, epoch, next batch) of the last finished step; the last periodic checkpoint
@@ -622,8 +607,7 @@ def train(cfg, engine, run, train_ds, valid_ds, collate, sampler, loader_rng, lo
         raise DatasetError(f'{message} (fix or delete that file, then resume with resume_checkpoint=auto)') from e
     finally:
         stop_workers(batches)  # now, not at interpreter exit, where a live worker could block it forever
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+        restore_signals(previous_handlers)
         if writer is not None:
             writer.close()
         engine.close()

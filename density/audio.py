@@ -55,10 +55,28 @@ def load_audio(path, sr=SAMPLE_RATE, resample=False):
     wav = data.mean(axis=1)
     if file_sr != sr:
         if not resample:
-            raise AudioError(f"{path}: sample rate is {file_sr} Hz, expected {sr} Hz; "
-                             "convert it or enable resampling (resample=True / --resample)")
+            raise _rate_error(path, file_sr, sr)
         wav = resample_audio(wav, file_sr, sr).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(wav))
+
+
+def _rate_error(path, file_sr, sr):
+    return AudioError(f"{path}: sample rate is {file_sr} Hz, expected {sr} Hz; "
+                      "convert it or enable resampling (resample=True / --resample)")
+
+
+def check_audio_files(paths, sr=SAMPLE_RATE, resample=False):
+    """Read only the headers: AudioError naming the first file that is missing, not audio, empty or, unless
+    `resample`, not at `sr` Hz (so a long run fails before any work, not at the bad file)."""
+    for path in paths:
+        try:
+            info = sf.info(str(path))
+        except (RuntimeError, OSError, sf.SoundFileError) as e:
+            raise AudioError(f"{path}: not a readable audio file ({e})") from e
+        if info.frames == 0:
+            raise AudioError(f"{path}: file holds no samples")
+        if info.samplerate != sr and not resample:
+            raise _rate_error(path, info.samplerate, sr)
 
 
 def resample_audio(wav, sr_in, sr_out=SAMPLE_RATE):
@@ -104,21 +122,22 @@ def _mel_to_hz(m):
 
 
 @functools.lru_cache(maxsize=None)
-def _filterbank():
-    all_freqs = np.linspace(0, SAMPLE_RATE // 2, N_FFT // 2 + 1)  # (513,) STFT bin centres
-    f_pts = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(F_MAX), N_MELS + 2))  # (130,) band edges
-    f_diff = np.diff(f_pts)  # (129,)
-    slopes = f_pts[None, :] - all_freqs[:, None]  # (513, 130)
+def _filterbank(n_fft=N_FFT, n_mels=N_MELS):
+    all_freqs = np.linspace(0, SAMPLE_RATE // 2, n_fft // 2 + 1)  # (n_fft/2+1,) STFT bin centres
+    f_pts = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(F_MAX), n_mels + 2))  # (n_mels+2,) band edges
+    f_diff = np.diff(f_pts)  # (n_mels+1,)
+    slopes = f_pts[None, :] - all_freqs[:, None]  # (n_fft/2+1, n_mels+2)
     down = -slopes[:, :-2] / f_diff[:-1]  # rising edge of each triangle
     up = slopes[:, 2:] / f_diff[1:]  # falling edge
-    fb = np.maximum(0.0, np.minimum(down, up))  # (513, 128) triangles with peak 1
+    fb = np.maximum(0.0, np.minimum(down, up))  # (n_fft/2+1, n_mels) triangles with peak 1
     fb *= 2.0 / (f_pts[2:] - f_pts[:-2])  # Slaney norm: each triangle has unit area in Hz
     return torch.from_numpy(fb).float()
 
 
-def mel_filterbank():
-    """The (513, 128) Slaney-normalised Slaney-scale mel filter bank, 0-8000 Hz at 16 kHz."""
-    return _filterbank().clone()
+def mel_filterbank(n_fft=N_FFT, n_mels=N_MELS):
+    """The (n_fft/2+1, n_mels) Slaney-normalised Slaney-scale mel filter bank, 0-8000 Hz at 16 kHz
+    (default (513, 128), the log-mel front end's; librosa.filters.mel(norm='slaney') computes the same)."""
+    return _filterbank(n_fft, n_mels).clone()
 
 
 def num_mel_frames(n_samples):

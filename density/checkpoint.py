@@ -26,17 +26,21 @@ def save(state, path):
     save_torch(state, path)
 
 
-def load(path):
-    """Load a checkpoint dict on the CPU without unpickling code; CheckpointError names the file otherwise."""
+def load(path, required=REQUIRED_KEYS):
+    """Load a checkpoint dict on the CPU without unpickling code; CheckpointError names the file otherwise, or
+    the `required` keys it lacks (default: those of an asgan training checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'{path}: no such checkpoint file')
     try:
         state = load_torch(path, 'torch checkpoint')
     except (OSError, ValueError) as e:
         raise CheckpointError(str(e)) from e
     if not isinstance(state, dict):
         raise CheckpointError(f'{path}: holds a {type(state).__name__}, expected an asgan checkpoint dict')
-    missing = [k for k in REQUIRED_KEYS if k not in state]
+    missing = [k for k in required if k not in state]
     if missing:
-        raise CheckpointError(f'{path}: not an asgan training checkpoint, missing keys {missing}')
+        raise CheckpointError(f'{path}: not a training checkpoint of this kind, missing keys {missing}')
     return state
 
 

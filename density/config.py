@@ -242,14 +242,28 @@ def _valid_keys(node, prefix=''):
     return keys
 
 
-def _check_keys(schema: DictConfig, keys, source: str) -> None:
+def _check_keys(schema: DictConfig, keys, source: str, command: str = 'train_asgan.py') -> None:
     valid = set(_valid_keys(schema))
     for key in keys:
         if key not in valid:
             close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.5)
             hint = f" Did you mean: {', '.join(close)}?" if close else ''
             raise ConfigError(f"Unknown config key '{key}' in {source}.{hint} "
-                              f"Run `python train_asgan.py --help` for all keys.")
+                              f"Run `python {command} --help` for all keys.")
+
+
+def parse_overrides(schema: DictConfig, argv: List[str], command: str) -> DictConfig:
+    """Merge `key=value` overrides (YAML values) onto a structured `schema` for the script `command`;
+    ConfigError names a malformed argument, an unknown key (with the closest valid ones) or a bad value."""
+    for arg in argv:
+        if '=' not in arg:
+            raise ConfigError(f"Argument '{arg}' is not of the form key=value (e.g. batch_size=16).")
+    try:
+        overrides = OmegaConf.from_dotlist(argv)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"Cannot parse command-line overrides {argv}: {e}") from None
+    _check_keys(schema, [a.split('=', 1)[0] for a in argv], 'the command line', command)
+    return _merge(schema, overrides, source='the command line')
 
 
 def default_config() -> DictConfig:

@@ -48,8 +48,9 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """The checkpoint references a global outside the allow-list; it was not loaded."""
 
 
-class FairseqPlaceholder:
-    """Inert stand-in for a pickled fairseq object: keeps constructor args and state, runs nothing."""
+class Placeholder:
+    """Inert stand-in for a pickled object of an allowed foreign class: keeps constructor args and state, runs
+    nothing."""
 
     def __init__(self, *args, **kwargs):
         self.args, self.kwargs = args, kwargs
@@ -61,18 +62,30 @@ class FairseqPlaceholder:
         return f"<placeholder for {type(self).__module__}.{type(self).__qualname__}>"
 
 
-# BUILD (set state) is allowed only on instances of these; never on a class, function or module.
-_BUILDABLE = (collections.OrderedDict, argparse.Namespace, FairseqPlaceholder, np.ndarray, np.dtype)
+class FairseqPlaceholder(Placeholder):
+    """Inert stand-in for a pickled fairseq object."""
 
 
-class _RestrictedUnpickler(pickle._Unpickler):
-    placeholders = {}
+class RestrictedUnpickler(pickle._Unpickler):
+    """Pure-Python unpickler that resolves only `allowed` globals and turns the globals `placeholder_for`
+    accepts into inert `placeholder_base` subclasses. BUILD (set state) is allowed only on instances of
+    `buildable`; never on a class, function or module. `kind` names the expected file in errors. Subclass and
+    override these four to read another format."""
+    allowed = _ALLOWED
+    placeholder_base = FairseqPlaceholder
+    buildable = (collections.OrderedDict, argparse.Namespace, Placeholder, np.ndarray, np.dtype)
+    kind = "a fairseq checkpoint"
+    _placeholders = {}  # (base, module, name) -> placeholder class
     dispatch = dict(pickle._Unpickler.dispatch)
+
+    @staticmethod
+    def placeholder_for(module, name):
+        return module == "fairseq" or module.startswith("fairseq.")
 
     def load_build(self):
         inst = self.stack[-2]  # below the state
-        if not isinstance(inst, _BUILDABLE):
-            raise UnsafeCheckpointError(f"checkpoint sets the state of {inst!r}, which a fairseq checkpoint never "
+        if not isinstance(inst, self.buildable):
+            raise UnsafeCheckpointError(f"checkpoint sets the state of {inst!r}, which {self.kind} never "
                                         "does; refusing to load it (the file may be unsafe)")
         super().load_build()
 
@@ -81,21 +94,25 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def find_class(self, module, name):
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))  # Python 2 names in
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)  # protocol <= 2 pickles, e.g. __builtin__
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "fairseq" or module.startswith("fairseq."):
-            key = (module, name)
-            if key not in self.placeholders:
-                self.placeholders[key] = type(name, (FairseqPlaceholder,), {"__module__": module})
-            return self.placeholders[key]
-        raise UnsafeCheckpointError(f"checkpoint references the global '{module}.{name}', which a fairseq "
-                                    "checkpoint does not need; refusing to load it (the file may be unsafe)")
+        if (module, name) in self.allowed:
+            return self.allowed[(module, name)]
+        if self.placeholder_for(module, name):
+            key = (self.placeholder_base, module, name)
+            if key not in self._placeholders:
+                self._placeholders[key] = type(name, (self.placeholder_base,), {"__module__": module})
+            return self._placeholders[key]
+        raise UnsafeCheckpointError(f"checkpoint references the global '{module}.{name}', which {self.kind} "
+                                    "does not need; refusing to load it (the file may be unsafe)")
 
 
-# torch.load takes a pickle "module": it subclasses `Unpickler` (keeping our find_class) and uses `load`.
-_restricted_pickle = types.SimpleNamespace(
-    Unpickler=_RestrictedUnpickler, load=lambda f, **kw: _RestrictedUnpickler(f, **kw).load(),
-    __name__="restricted_pickle")
+def restricted_pickle_module(unpickler):
+    """A pickle "module" for torch.load(pickle_module=...): torch subclasses its `Unpickler` (keeping our
+    find_class) and calls `load`."""
+    return types.SimpleNamespace(Unpickler=unpickler, load=lambda f, **kw: unpickler(f, **kw).load(),
+                                 __name__="restricted_pickle")
+
+
+_restricted_pickle = restricted_pickle_module(RestrictedUnpickler)
 
 
 def load_fairseq_checkpoint(path):

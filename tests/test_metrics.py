@@ -25,11 +25,13 @@ def _spd(c, seed):
 # ---------------------------------------------------------------- Fréchet distance
 
 def test_feature_statistics_float32_unbiased():
-    x = torch.randn(300, 6) * torch.arange(1, 7) + 2
+    x = torch.randn(300, 6, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 7) + 2
     mu, sigma = M.feature_statistics(x)
     assert mu.dtype == sigma.dtype == torch.float32 and sigma.shape == (6, 6)
     np.testing.assert_allclose(mu.numpy(), x.numpy().astype(np.float64).mean(0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(sigma.numpy(), np.cov(x.numpy().astype(np.float64), rowvar=False), rtol=1e-4)
+    # float32 round-off is relative to the largest entries (variances up to 36), not to a near-zero covariance
+    np.testing.assert_allclose(sigma.numpy(), np.cov(x.numpy().astype(np.float64), rowvar=False), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_frechet_distance_commuting_gaussians_closed_form():

@@ -1,0 +1,148 @@
+"""evaluate.py end to end: known answers, reference rows on a tiny digits corpus, generator checkpoints, errors."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import evaluate
+from density import metrics as M
+from density.vocoder import save_vocoder
+from tiny_asgan import make_checkpoint, tiny_vocoder
+from tiny_digits import make_tiny_digits, train_tiny_classifier
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- known answers (function level)
+
+def test_fid_known_answers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 8, generator=g)
+    assert M.fid(x, x) == pytest.approx(0, abs=1e-6)  # identical feature sets
+    shift = torch.tensor([1.0, -2.0, 0, 0, 0, 0, 0, 2.0])  # N(0, I) vs N(shift, 4 I): |shift|^2 + 8 (2 - 1)^2
+    y = 2 * torch.randn(20000, 8, generator=g) + shift
+    assert M.fid(torch.randn(20000, 8, generator=g), y) == pytest.approx(9 + 8, rel=0.02)  # N = 20000: 2 %
+
+
+def test_inception_score_known_answers():
+    k, n = 10, 2000
+    one_hot = torch.nn.functional.one_hot(torch.arange(n) % k, k).double()  # evenly spread one-hot, N = 2000
+    assert M.inception_score(one_hot.log()) == pytest.approx(k, rel=0.01)
+    same = torch.tensor([0.05, 0.6, 0.1, 0.25]).log().expand(n, 4)  # identical predictions
+    assert M.inception_score(same) == pytest.approx(1, abs=1e-12)
+    assert M.modified_inception_score(same.exp()) == pytest.approx(1, abs=1e-12)
+
+
+def test_ndb_of_a_set_against_itself_is_zero():
+    x = np.random.default_rng(0).normal(size=(1000, 6))
+    assert M.ndb(x, x.copy(), k=20) == 0.0
+
+
+def test_row_metrics_and_table():
+    rng = np.random.default_rng(0)
+    logits = np.eye(4)[np.arange(400) % 4] * 20.0
+    scores = evaluate.Scores(rng.normal(size=(400, 3)), logits, rng.normal(size=(400, 5)))
+    ref = evaluate.make_reference(scores, ndb_k=5)
+    row = evaluate.row_metrics('same', scores, ref)
+    assert row['n'] == 400 and row['fid'] == pytest.approx(0, abs=1e-9) and row['ndb_over_k'] == 0
+    assert row['inception_score'] == pytest.approx(4, rel=0.03) and row['am_score'] == pytest.approx(0, abs=1e-6)
+    assert row['linear_separability'] > 0
+    table = evaluate.markdown_table([row, dict(row, name='x', linear_separability=None)]).splitlines()
+    assert table[0].startswith('| set | N | FID') and table[2].startswith('| same | 400 | 0.000 | 4.0')
+    assert table[3].endswith('| – |')
+
+
+# ---------------------------------------------------------------- audio mode on a tiny digits corpus
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+    """(splits folder, classifier_best.pt) of the tiny corpus, classifier trained for 40 steps."""
+    folder = tmp_path_factory.mktemp('digits')
+    splits = make_tiny_digits(folder)
+    return splits, train_tiny_classifier(splits, folder / 'classifier')
+
+
+def audio_args(corpus, tmp_path, *extra):
+    splits, classifier = corpus
+    return ['--classifier', str(classifier), '--train_csv', str(splits / 'sc09-train.csv'),
+            '--test_csv', str(splits / 'sc09-test.csv'), '--cache_dir', str(tmp_path / 'cache'), '--n', '24',
+            '--batch_size', '8', '--ndb_k', '5', '--device', 'cpu', *extra]
+
+
+def test_wav_dir_reference_rows_and_ordering(corpus, tmp_path, capsys):
+    splits, _ = corpus
+    rows = evaluate.main(audio_args(corpus, tmp_path, '--wav_dir', str(splits.parent / 'digits'),
+                                    '--json', str(tmp_path / 'out.json')))
+    names = [r['name'] for r in rows]
+    assert names[1:] == ['real train', 'real test', 'Griffin-Lim of real test', 'white noise']
+    by = {r['name']: r for r in rows}
+    assert [by[k]['n'] for k in names] == [120, 80, 20, 20, 24]  # every row has its N
+    assert by['real train']['fid'] == pytest.approx(0, abs=1e-6) and by['real train']['ndb_over_k'] == 0
+    # the ordering the evaluation relies on: real < Griffin-Lim < noise
+    assert by['real test']['fid'] < by['Griffin-Lim of real test']['fid'] < by['white noise']['fid']
+    assert by['real train']['inception_score'] > by['white noise']['inception_score']
+    out = capsys.readouterr().out
+    assert '| set | N | FID ↓ | IS ↑ | mIS ↑ | AM ↓ | NDB/K ↓ | LS ↓ |' in out
+    assert '| white noise | 24 |' in out
+    saved = json.loads((tmp_path / 'out.json').read_text())
+    assert saved['classes'][0] == 'zero' and [r['name'] for r in saved['rows']] == names
+    assert len(list((tmp_path / 'cache').glob('*.npz'))) == 3  # train, test, Griffin-Lim of test
+
+
+def test_checkpoint_hubert_with_hifigan_file_is_deterministic_and_cached(corpus, tmp_path, monkeypatch):
+    make_checkpoint(tmp_path / 'g.pt')
+    save_vocoder(tiny_vocoder(), tmp_path / 'voc.pt')
+    args = audio_args(corpus, tmp_path, '--checkpoint', str(tmp_path / 'g.pt'), '--vocoder', str(tmp_path / 'voc.pt'))
+    first = evaluate.main(args + ['--save_wavs', str(tmp_path / 'wavs')])
+    assert first[0]['name'] == 'g.pt' and first[0]['n'] == 24 and 'linear_separability' in first[0]
+    assert sorted(p.name for p in (tmp_path / 'wavs').iterdir())[:2] == ['00000.wav', '00001.wav']
+    assert len(list((tmp_path / 'wavs').iterdir())) == 24
+    monkeypatch.setattr(evaluate, 'load_batches', lambda *a, **k: pytest.fail('real sets must come from the cache'))
+    again = evaluate.main(args)  # same seed: same clips; real-set scores read back from the cache
+    assert again == first
+
+
+def test_checkpoint_mel_with_griffin_lim(corpus, tmp_path):
+    make_checkpoint(tmp_path / 'mel.pt', mel=True)
+    rows = evaluate.main(audio_args(corpus, tmp_path, '--checkpoint', str(tmp_path / 'mel.pt'), '--n', '16'))
+    assert rows[0]['name'] == 'mel.pt' and rows[0]['n'] == 16 and np.isfinite(rows[0]['fid'])
+
+
+def test_generator_api_for_a_report(corpus):
+    """The pieces a report calls: a Reference from the cached training scores, then one row per generator."""
+    from density.classifier import file_sha256, load_classifier
+    from density.inference import ASGANInference
+    from density.vocoder import GriffinLimVocoder
+    from tiny_asgan import tiny_cfg
+    from density.models import Generator
+    splits, path = corpus
+    clf = load_classifier(path)
+    train = evaluate.cached_scores(clf, file_sha256(path), splits / 'sc09-train.csv', 'real', cache_dir=None)
+    torch.manual_seed(0)
+    cfg = tiny_cfg(mel=True)
+    model = ASGANInference(Generator(cfg.rp_w_cfg), GriffinLimVocoder(n_iter=2), cfg)  # "at initialisation"
+    row = evaluate.evaluate_generator(model, clf, evaluate.make_reference(train, ndb_k=5), 'init', n=8, batch_size=8)
+    assert row['name'] == 'init' and row['n'] == 8 and set(row) >= {'fid', 'inception_score', 'ndb_over_k'}
+
+
+def test_clear_errors_name_the_path(corpus, tmp_path):
+    base = audio_args(corpus, tmp_path)
+    missing = tmp_path / 'none.pt'
+    with pytest.raises(SystemExit, match=f'{missing} does not exist.*train_classifier.py'):
+        evaluate.main(base + ['--classifier', str(missing), '--wav_dir', str(tmp_path)])
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(SystemExit, match=f'{tmp_path / "empty"}: no .wav or .flac files found'):
+        evaluate.main(base + ['--wav_dir', str(tmp_path / 'empty')])
+    (tmp_path / 'rate').mkdir()
+    sf.write(tmp_path / 'rate' / 'a.wav', np.zeros(8000, np.float32), 8000)
+    with pytest.raises(SystemExit, match=r'a\.wav: sample rate is 8000 Hz, expected 16000 Hz.*--resample'):
+        evaluate.main(base + ['--wav_dir', str(tmp_path / 'rate')])
+    (tmp_path / 'text').mkdir()
+    (tmp_path / 'text' / 'notes.wav').write_text('not audio')
+    with pytest.raises(SystemExit, match=r'notes\.wav: not a readable audio file'):
+        evaluate.main(base + ['--wav_dir', str(tmp_path / 'text')])
+    with pytest.raises(SystemExit):
+        evaluate.main(['--wav_dir', str(tmp_path / 'rate')])  # no classifier / train_csv: usage error
+    assert not (tmp_path / 'cache').exists()  # every error came before any scoring
