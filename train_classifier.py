@@ -191,7 +191,7 @@ def main(argv):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, max(1, round(cfg.warmup_frac * total))))
     steps, epoch, first, best, resume_rng = 0, 0, 0, {'accuracy': -1.0, 'loss': math.inf}, None
     if cfg.resume_checkpoint:
-        state = ckpt.load(cfg.resume_checkpoint, RESUME_KEYS)
+        state = ckpt.load(cfg.resume_checkpoint, RESUME_KEYS, 'a train_classifier.py checkpoint')
         if tuple(state['classes']) != classes or state['config'] != model.config:
             raise ckpt.CheckpointError(f'{cfg.resume_checkpoint}: written for classes {state["classes"]} and '
                                        f'{state["config"]}, but this run has {list(classes)} and {model.config}')
