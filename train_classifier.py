@@ -198,7 +198,7 @@ def train(cfg, run, model, opt, sched, classes, train_ds, valid_ds, test_ds, ste
     folder = run.folder
     steps, epoch, first, best, resume_rng = 0, 0, 0, {'accuracy': -1.0, 'loss': math.inf}, None
     if run.resume:
-        state = ckpt.load(run.resume, RESUME_KEYS)
+        state = ckpt.load(run.resume, RESUME_KEYS, 'a train_classifier.py checkpoint')
         if tuple(state['classes']) != classes or state['config'] != model.config:
             raise ckpt.CheckpointError(f'{run.resume}: written for classes {state["classes"]} and '
                                        f'{state["config"]}, but this run has {list(classes)} and {model.config}')

@@ -26,9 +26,9 @@ def save(state, path):
     save_torch(state, path)
 
 
-def load(path, required=REQUIRED_KEYS):
+def load(path, required=REQUIRED_KEYS, what='an asgan training checkpoint'):
     """Load a checkpoint dict on the CPU without unpickling code; CheckpointError names the file otherwise, or
-    the `required` keys it lacks (default: those of an asgan training checkpoint)."""
+    the `required` keys it lacks for `what` it should be (default: an asgan training checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'{path}: no such checkpoint file')
@@ -40,7 +40,7 @@ def load(path, required=REQUIRED_KEYS):
         raise CheckpointError(f'{path}: holds a {type(state).__name__}, expected an asgan checkpoint dict')
     missing = [k for k in required if k not in state]
     if missing:
-        raise CheckpointError(f'{path}: not a training checkpoint of this kind, missing keys {missing}')
+        raise CheckpointError(f'{path}: not {what}, missing keys {missing}')
     return state
 
 
