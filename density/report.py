@@ -102,19 +102,18 @@ def curves_figure(scalars, path):
 
 
 def metric_rows(demo_dir):
-    """[(row name, {metric: value, 'n': N})]: trained and initial generator, then the reference rows."""
-    rows = []
-    for name, file in (('ASGAN, trained (EMA G)', 'metrics_trained.json'),
-                       ('ASGAN at initialisation', 'metrics_init.json')):
-        result = json.loads((demo_dir / file).read_text())
-        rows.append((name, result['generator']))
-        if file == 'metrics_trained.json':
-            reference = result['reference']
-    return rows + [(name, values) for name, values in reference.items()]
+    """[(row name, {metric: value, 'n': N})]: the trained and the initial generator (the first row of
+    metrics_trained.json / metrics_init.json, written by evaluate.py --json), then the reference rows."""
+    trained, init = (json.loads((demo_dir / f).read_text())['rows'] for f in ('metrics_trained.json',
+                                                                              'metrics_init.json'))
+    return ([('ASGAN, trained (EMA G)', trained[0]), ('ASGAN at initialisation', init[0])] +
+            [(row['name'], row) for row in trained[1:]])
 
 
 def _fmt(v):
-    return '–' if v is None else f'{v:.3g}' if isinstance(v, float) else str(v)
+    if v is None:
+        return '–'
+    return str(v) if isinstance(v, int) else f'{v:.3f}' if abs(v) < 100 else f'{v:.0f}'
 
 
 def metrics_markdown(rows):

@@ -27,8 +27,8 @@ window.addEventListener('load', async () => {
 </script></body>"""
 
 
-def metrics(n, fid, is_):
-    return {'n': n, 'fid': fid, 'inception_score': is_, 'modified_inception_score': 2.0, 'am_score': 0.5,
+def metrics(name, n, fid, is_):
+    return {'name': name, 'n': n, 'fid': fid, 'inception_score': is_, 'modified_inception_score': 2.0, 'am_score': 0.5,
             'ndb_over_k': 0.3}
 
 
@@ -49,9 +49,9 @@ def make_demo_dir(root, n_samples=3):
         for tag, _ in report.CURVES:
             writer.add_scalar(tag, 1.0 / (step + 1), step)
     writer.close()
-    reference = {'real test': metrics(3, 0.0, 9.0), 'noise': metrics(3, 90.0, 1.0)}
-    (root / 'metrics_trained.json').write_text(json.dumps({'generator': metrics(8, 10.0, 5.0), 'reference': reference}))
-    (root / 'metrics_init.json').write_text(json.dumps({'generator': metrics(8, 80.0, 1.2), 'reference': reference}))
+    reference = [metrics('real test', 3, 0.0, 9.0), metrics('noise', 3, 90.0, 1.0)]  # as evaluate.py --json
+    (root / 'metrics_trained.json').write_text(json.dumps({'rows': [metrics('ckpt', 8, 10.0, 5.0)] + reference}))
+    (root / 'metrics_init.json').write_text(json.dumps({'rows': [metrics('ckpt', 8, 80.0, 1.2)] + reference}))
     (root / 'timings.json').write_text(json.dumps({'corpus': 1.0, 'asgan': 2.0}))
     return root
 
@@ -59,8 +59,8 @@ def make_demo_dir(root, n_samples=3):
 def test_report_files_and_tables(tmp_path):
     demo = make_demo_dir(tmp_path)
     md = report.build(demo).read_text()
-    for needle in ('| ASGAN, trained (EMA G) | 8 | 10 | 5 |', '| ASGAN at initialisation | 8 | 80 | 1.2 |',
-                   '| real test | 3 | 0 | 9 |', '| noise | 3 | 90 | 1 |', '| total | 3 s |', 'machine: '):
+    for needle in ('| ASGAN, trained (EMA G) | 8 | 10.000 | 5.000 |', '| ASGAN at initialisation | 8 | 80.000 | 1.200 |',
+                   '| real test | 3 | 0.000 | 9.000 |', '| noise | 3 | 90.000 | 1.000 |', '| total | 3 s |', 'machine: '):
         assert needle in md
     assert (demo / 'report_spectrograms.png').stat().st_size > 1000
     assert (demo / 'report_curves.png').stat().st_size > 1000
