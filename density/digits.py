@@ -21,8 +21,11 @@ import csv
 import ctypes
 import hashlib
 import io
+import multiprocessing
 import os
 import random
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import espeakng_loader
@@ -169,9 +172,18 @@ def plan_corpus(seed=0, n_speakers=100, per_word=2, valid_frac=0.1, test_frac=0.
     return speakers, clips
 
 
+def _write_clip(out, clip):
+    save_wav(out / clip["rel"], render(clip["word"], clip["voice"], clip["rate"], clip["pitch"], clip["range"],
+                                       clip["peak"], clip["seed"]))
+
+
 def make_digits_corpus(out_dir, seed=0, n_speakers=100, per_word=2, valid_frac=0.1, test_frac=0.1,
-                       overwrite=False, progress=True):
-    """Write the corpus to out_dir (see module doc) -> number of clips written."""
+                       overwrite=False, progress=True, workers=None):
+    """Write the corpus to out_dir (see module doc) -> number of clips written.
+
+    workers: processes synthesising clips (default: one per CPU). Every clip depends only on its own planned
+    settings and seed, so the corpus is the same for any number of workers.
+    """
     out = Path(out_dir)
     existing = [out / w for w in WORDS if (out / w).exists()] + [p for p in (out / "validation_list.txt",
                                                                              out / "testing_list.txt") if p.exists()]
@@ -183,9 +195,12 @@ def make_digits_corpus(out_dir, seed=0, n_speakers=100, per_word=2, valid_frac=0
         (out / w).mkdir(parents=True, exist_ok=True)
         for old in (out / w).glob("*.wav"):
             old.unlink()
-    for c in tqdm(clips, desc=f"synthesising digits -> {out}", unit="clip", disable=not progress):
-        save_wav(out / c["rel"], render(c["word"], c["voice"], c["rate"], c["pitch"], c["range"], c["peak"],
-                                        c["seed"]))
+    # fork: the workers inherit the loaded modules; espeak-ng itself is loaded per clip inside each worker
+    with ProcessPoolExecutor(workers or os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
+        done = pool.map(partial(_write_clip, out), clips, chunksize=8)
+        for _ in tqdm(done, total=len(clips), desc=f"synthesising digits -> {out}", unit="clip",
+                      disable=not progress):
+            pass
     for split, name in (("valid", "validation_list.txt"), ("test", "testing_list.txt")):
         write_text(out / name, "".join(f"{c['rel']}\n" for c in sorted(clips, key=lambda c: c["rel"])
                                         if c["split"] == split))
@@ -206,10 +221,11 @@ def main(argv=None):
     ap.add_argument("--valid_frac", type=float, default=0.1, help="fraction of voice variants for validation")
     ap.add_argument("--test_frac", type=float, default=0.1, help="fraction of voice variants for testing")
     ap.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
+    ap.add_argument("--workers", type=int, default=None, help="synthesis processes (default: one per CPU)")
     args = ap.parse_args(argv)
     try:
         n = make_digits_corpus(args.out, args.seed, args.speakers, args.per_word, args.valid_frac,
-                               args.test_frac, args.overwrite)
+                               args.test_frac, args.overwrite, workers=args.workers)
     except (FileExistsError, ValueError) as e:
         raise SystemExit(f"density.digits: {e}")
     print(f"wrote {n} clips to {args.out}; next: python split_data.py --root_path {args.out} --sc09_only true")

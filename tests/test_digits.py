@@ -70,9 +70,9 @@ def test_render_is_independent_of_synthesis_history():
     assert np.abs(a).max() == pytest.approx(0.5, abs=1e-6)
 
 
-def test_corpus_is_deterministic_for_a_seed(tmp_path):
-    make_digits_corpus(tmp_path / "a", seed=1, n_speakers=4, per_word=1, progress=False)
-    make_digits_corpus(tmp_path / "b", seed=1, n_speakers=4, per_word=1, progress=False)
+def test_corpus_is_deterministic_for_a_seed_and_any_number_of_workers(tmp_path):
+    make_digits_corpus(tmp_path / "a", seed=1, n_speakers=4, per_word=1, progress=False, workers=1)
+    make_digits_corpus(tmp_path / "b", seed=1, n_speakers=4, per_word=1, progress=False, workers=3)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     for rel in files:
