@@ -1,6 +1,7 @@
 """demo.py end to end with tiny settings (every stage in seconds): the same stages and commands as `make demo`,
 so that the pipeline cannot rot; then a re-run skips every finished stage."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,10 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     assert len(list((out / 'samples').glob('*.wav'))) == 8
     html = (out / 'report.html').read_text()
     assert html.count('<audio controls') == 8
-    trained = json.loads((out / 'metrics_trained.json').read_text())['generator']
-    assert trained['n'] == 64 and trained['inception_score'] >= 1.0
+    rows = json.loads((out / 'metrics_trained.json').read_text())['rows']
+    assert [(r['name'], r['n']) for r in rows] == [('ckpt_00000005.pt', 64), ('real train', 90), ('real test', 20),
+                                                  ('Griffin-Lim of real test', 20), ('white noise', 64)]
+    assert all(math.isfinite(r['fid']) and r['inception_score'] > 0.99 for r in rows)
 
     again = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
