@@ -168,10 +168,10 @@ class FeatureNorm(nn.Module):
         return {"mean": self.mean.cpu(), "std": self.std.cpu()} if self.enabled else None
 
     def normalize(self, x):
-        return (x - self.mean) / self.std
+        return (x - self.mean) / self.std if self.enabled else x
 
     def denormalize(self, x):
-        return x * self.std + self.mean
+        return x * self.std + self.mean if self.enabled else x
 
 
 def load_silence_vector(path, c_dim):
