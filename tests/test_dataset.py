@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import split_data
 from density.audio import AudioError, load_audio, log_mel, save_wav
 from density.config import parse_config
-from density.dataset import (MEL_SILENCE, Collate, DatasetError, FeatureDataset, build_datasets,
+from density.dataset import (MEL_SILENCE, Collate, DatasetError, DiagonalNormal, FeatureDataset, build_datasets,
                              feature_path)
 from density.digits import make_digits_corpus
 
@@ -117,6 +117,19 @@ def test_z_is_mvn_from_the_global_rng_with_z_std_as_variance(tmp_path):
     assert one[0][1].shape == (1, 4) and Collate(8, c_dim=3)([one[0]])[3].shape == (1, 4)
     with pytest.raises(DatasetError, match="z_std"):
         FeatureDataset([path], z_dim=4, z_std=0.0)
+
+
+@pytest.mark.parametrize("z_dim, mean, var", [(256, 0.0, 1.0), (512, 0.3, 0.5), (7, -1.0, 3.0)])
+def test_diagonal_normal_draws_what_multivariate_normal_draws(z_dim, mean, var):
+    fast = DiagonalNormal(torch.full((z_dim,), mean), var * torch.eye(z_dim))
+    slow = MultivariateNormal(torch.full((z_dim,), mean), var * torch.eye(z_dim))
+    for shape in ((), (100,), (3, 5)):
+        torch.manual_seed(1)
+        want, after = slow.sample(shape), torch.rand(3)
+        torch.manual_seed(1)
+        assert torch.equal(fast.sample(shape), want) and torch.equal(torch.rand(3), after)  # same stream position
+    with pytest.raises(ValueError, match="diagonal"):
+        DiagonalNormal(torch.zeros(2), torch.tensor([[1.0, 0.5], [0.5, 1.0]]))
 
 
 def test_bad_feature_files_are_named(tmp_path):
