@@ -7,9 +7,10 @@
 Every stage runs one of the repo's own commands, as a user would type it, and is skipped when it has finished
 before (a marker in <out>/.done/), so re-running after Ctrl-C continues where it stopped (training resumes from
 its newest checkpoint). Stages: corpus (density.digits) -> splits (split_data.py) -> log-mel features
-(hubert_feature_reader.py) -> evaluation classifier (train_classifier.py) -> ASGAN at initialisation and trained
-(train_asgan.py preset=mel_small) -> samples (generate.py) -> metrics (evaluate.py) -> report (density.report):
-<out>/report.md and <out>/report.html.
+(hubert_feature_reader.py) -> ASGAN at initialisation (train_asgan.py preset=mel_small) -> side by side, one
+CPU thread each: [evaluation classifier (train_classifier.py) -> metrics of the initial ASGAN (evaluate.py)] and
+[ASGAN training] -> samples (generate.py) -> metrics of the trained ASGAN -> report (density.report):
+<out>/report.md and <out>/report.html. The side lane's output goes to <out>/logs/<stage>.log.
 """
 import argparse
 import json
@@ -17,6 +18,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,24 +37,68 @@ TINY = dict(speakers=12, per_word=1, test_frac=0.2, n_eval=64, n_samples=8,
                    'rp_w_cfg.w_dim=32', 'z_dim=32', 'rp_w_cfg.z_dim=32', 'rp_w_cfg.D_head_dim=16'])
 
 
-def run_stage(name, out, argv, log):
-    """Run one command unless <out>/.done/<name> exists; append its timing to the log. -> seconds taken."""
+class StageFailed(Exception):
+    """A stage's command exited non-zero."""
+
+
+def run_stage(name, out, argv, log, log_file=None, env=None):
+    """Run one command unless <out>/.done/<name> exists; record its seconds in `log`.
+
+    log_file: send the command's output there instead of the terminal. env: its environment (None: ours).
+    """
     marker = out / '.done' / name
     if marker.exists():
         print(f'== {name}: done before, skipped', flush=True)
-        return None
-    print(f'== {name}: {shlex.join(argv)}', flush=True)
+        return
+    print(f'== {name}: {shlex.join(argv)}' + (f'  (output: {log_file})' if log_file else ''), flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=ROOT)
+    if log_file is None:
+        proc = subprocess.run(argv, cwd=ROOT, env=env)
+    else:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, 'w') as f:
+            proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f'demo: stage {name} failed (exit {proc.returncode}); fix the error above and run the '
-                         'demo again: finished stages are skipped')
+        where = f'in {log_file}' if log_file else 'above'
+        raise StageFailed(f'demo: stage {name} failed (exit {proc.returncode}); fix the error {where} and run the '
+                          'demo again: finished stages are skipped')
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_text(marker, f'{seconds:.1f}\n')
     log[name] = seconds
     print(f'== {name}: {seconds:.0f} s', flush=True)
-    return seconds
+
+
+def run_lanes(lanes, out, log):
+    """Run lanes (lists of (name, argv)) side by side, each stage after the one before it in its lane.
+
+    One lane runs in the foreground with every thread. Several share the CPU: one thread each, and all but the
+    last lane write to <out>/logs/<stage>.log (the last keeps the terminal for its progress bars).
+    """
+    if len(lanes) == 1:
+        for name, argv in lanes[0]:
+            run_stage(name, out, argv() if callable(argv) else argv, log)
+        return
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    errors = []
+
+    def lane(stages, quiet):
+        try:
+            for name, argv in stages:
+                run_stage(name, out, argv() if callable(argv) else argv, log,
+                          out / 'logs' / f'{name}.log' if quiet else None, env)
+        except StageFailed as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=lane, args=(stages, k < len(lanes) - 1), daemon=True)
+               for k, stages in enumerate(lanes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():  # join with a timeout, so Ctrl-C reaches the main thread
+            t.join(timeout=0.5)
+    if errors:
+        raise StageFailed('\n'.join(errors))
 
 
 def final_checkpoint(run_dir):
@@ -64,7 +110,8 @@ def final_checkpoint(run_dir):
 
 
 def stages(out, setting, steps):
-    """[(name, argv or a function of nothing returning argv)] in order."""
+    """The plan: a list of steps run in order; a step is a list of lanes run side by side (see run_lanes); a lane
+    is a list of (name, argv or a function of nothing returning argv)."""
     py = [PYTHON]
     corpus, splits, feats = out / 'corpus', out / 'splits', out / 'features'
     csv = {s: splits / f'sc09-{s}.csv' for s in ('train', 'valid', 'test')}
@@ -74,29 +121,37 @@ def stages(out, setting, steps):
     evaluate = py + ['evaluate.py', '--classifier', str(classifier), '--train_csv', str(csv['train']),
                      '--test_csv', str(csv['test']), '--n', str(setting['n_eval']), '--seed', str(SEED),
                      '--device', 'cpu', '--cache_dir', str(out / 'eval_cache')]
-    return [
-        ('corpus', py + ['-m', 'density.digits', '--out', str(corpus), '--speakers', str(setting['speakers']),
-                         '--per_word', str(setting['per_word']), '--test_frac', str(setting['test_frac']),
-                         '--seed', str(SEED), '--overwrite']),
-        ('splits', py + ['split_data.py', '--root_path', str(corpus), '--sc09_only', 'true', '--out_dir', str(splits)]),
-        *[(f'features_{s}', py + ['hubert_feature_reader.py', '--csv', str(csv[s]), '--out', str(feats),
-                                  '--type', 'melspec']) for s in ('train', 'valid')],
-        ('classifier', py + ['train_classifier.py', f'train_csv={csv["train"]}', f'valid_csv={csv["valid"]}',
-                             f'test_csv={csv["test"]}', f'checkpoint_path={out / "classifier"}', f'seed={SEED}',
-                             'resume_checkpoint=auto', *setting['classifier']]),
-        ('asgan_init', py + ['train_asgan.py', 'preset=mel_small', *train_args, 'max_steps=1',
-                             f'checkpoint_path={out / "asgan_init"}', 'overwrite=true']),
-        ('asgan', py + ['train_asgan.py', 'preset=mel_small', *train_args, *([f'max_steps={steps}'] if steps else []),
-                        f'checkpoint_path={out / "asgan"}', 'resume_checkpoint=auto']),
-        ('samples', lambda: py + ['generate.py', '--checkpoint', str(final_checkpoint(out / 'asgan')),
-                                  '--out_dir', str(out / 'samples'), '--n', str(setting['n_samples']),
-                                  '--seed', str(SEED), '--device', 'cpu']),
-        ('metrics_trained', lambda: evaluate + ['--checkpoint', str(final_checkpoint(out / 'asgan')),
-                                                '--json', str(out / 'metrics_trained.json')]),
-        ('metrics_init', lambda: evaluate + ['--checkpoint', str(final_checkpoint(out / 'asgan_init')),
-                                             '--json', str(out / 'metrics_init.json')]),
-        ('report', py + ['-m', 'density.report', '--demo_dir', str(out)]),
-    ]
+    corpus_stage = ('corpus', py + ['-m', 'density.digits', '--out', str(corpus), '--speakers',
+                                    str(setting['speakers']), '--per_word', str(setting['per_word']), '--test_frac',
+                                    str(setting['test_frac']), '--seed', str(SEED), '--overwrite'])
+    splits_stage = ('splits', py + ['split_data.py', '--root_path', str(corpus), '--sc09_only', 'true', '--out_dir',
+                                    str(splits)])
+    feature_stages = [(f'features_{s}', py + ['hubert_feature_reader.py', '--csv', str(csv[s]), '--out', str(feats),
+                                              '--type', 'melspec']) for s in ('train', 'valid')]
+    classifier_stage = ('classifier', py + ['train_classifier.py', f'train_csv={csv["train"]}',
+                                            f'valid_csv={csv["valid"]}', f'test_csv={csv["test"]}',
+                                            f'checkpoint_path={out / "classifier"}', f'seed={SEED}',
+                                            'resume_checkpoint=auto', *setting['classifier']])
+    init_stage = ('asgan_init', py + ['train_asgan.py', 'preset=mel_small', *train_args, 'max_steps=1',
+                                      f'checkpoint_path={out / "asgan_init"}', 'overwrite=true'])
+    train_stage = ('asgan', py + ['train_asgan.py', 'preset=mel_small', *train_args,
+                                  *([f'max_steps={steps}'] if steps else []), f'checkpoint_path={out / "asgan"}',
+                                  'resume_checkpoint=auto'])
+    samples_stage = ('samples', lambda: py + ['generate.py', '--checkpoint', str(final_checkpoint(out / 'asgan')),
+                                              '--out_dir', str(out / 'samples'), '--n', str(setting['n_samples']),
+                                              '--seed', str(SEED), '--device', 'cpu'])
+    metrics = {run: (f'metrics_{run}', lambda run=run: evaluate + [
+        '--checkpoint', str(final_checkpoint(out / ('asgan' if run == 'trained' else 'asgan_init'))),
+        '--json', str(out / f'metrics_{run}.json')]) for run in ('trained', 'init')}
+    report_stage = ('report', py + ['-m', 'density.report', '--demo_dir', str(out)])
+    return [[[corpus_stage]], [[splits_stage]], *[[[f]] for f in feature_stages], [[init_stage]],
+            [[classifier_stage, metrics['init']], [train_stage]],  # side by side: they need nothing of each other
+            [[samples_stage]], [[metrics['trained']]], [[report_stage]]]
+
+
+def total_seconds(plan, stage_seconds):
+    """Wall-clock seconds of a plan: steps one after another, a step as long as its longest lane."""
+    return sum(max(sum(stage_seconds.get(name, 0.0) for name, _ in lane) for lane in step) for step in plan)
 
 
 def main(argv=None):
@@ -109,15 +164,27 @@ def main(argv=None):
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings_path = out / 'timings.json'
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    total = time.perf_counter()
-    for name, argv_ in stages(out, TINY if args.tiny else FULL, args.steps):
-        if name == 'report':  # the report shows every stage's time, so it is always written last and anew
-            write_text(timings_path, json.dumps(timings, indent=2))
-            (out / '.done' / 'report').unlink(missing_ok=True)
-        run_stage(name, out, argv_() if callable(argv_) else argv_, timings)
-        write_text(timings_path, json.dumps(timings, indent=2))
-    print(f'demo finished in {time.perf_counter() - total:.0f} s: {out / "report.md"}, {out / "report.html"}')
+    seconds = json.loads(timings_path.read_text())['stages'] if timings_path.exists() else {}
+    plan = stages(out, TINY if args.tiny else FULL, args.steps)
+    names = [name for step in plan for lane in step for name, _ in lane]
+
+    def save_timings():  # plan order, whatever order the side-by-side stages finished in
+        ordered = {name: seconds[name] for name in names if name in seconds}
+        side_by_side = [[name for name, _ in lane] for step in plan if len(step) > 1 for lane in step]
+        write_text(timings_path, json.dumps({'stages': ordered, 'side_by_side': side_by_side,
+                                             'total': total_seconds(plan, seconds)}, indent=2))
+
+    start = time.perf_counter()
+    try:
+        for step in plan:
+            if step[0][0][0] == 'report':  # the report shows every stage's time, so it is written last and anew
+                save_timings()
+                (out / '.done' / 'report').unlink(missing_ok=True)
+            run_lanes(step, out, seconds)
+            save_timings()
+    except StageFailed as e:
+        raise SystemExit(str(e)) from None
+    print(f'demo finished in {time.perf_counter() - start:.0f} s: {out / "report.md"}, {out / "report.html"}')
 
 
 if __name__ == '__main__':

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,8 +17,12 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     proc = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     timings = json.loads((out / 'timings.json').read_text())
-    assert list(timings) == ['corpus', 'splits', 'features_train', 'features_valid', 'classifier', 'asgan_init',
-                             'asgan', 'samples', 'metrics_trained', 'metrics_init', 'report']
+    assert list(timings['stages']) == ['corpus', 'splits', 'features_train', 'features_valid', 'asgan_init',
+                                       'classifier', 'metrics_init', 'asgan', 'samples', 'metrics_trained', 'report']
+    assert timings['side_by_side'] == [['classifier', 'metrics_init'], ['asgan']]
+    lanes = [sum(timings['stages'][s] for s in lane) for lane in timings['side_by_side']]
+    assert timings['total'] == pytest.approx(sum(timings['stages'].values()) - min(lanes))
+    assert (out / 'logs' / 'classifier.log').stat().st_size > 0 and (out / 'logs' / 'metrics_init.log').is_file()
     md = (out / 'report.md').read_text()
     assert '| ASGAN, trained (EMA G) | 64 |' in md and '| ASGAN at initialisation | 64 |' in md
     assert len(list((out / 'samples').glob('*.wav'))) == 8
@@ -29,4 +35,4 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
 
     again = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert again.stdout.count('done before, skipped') == len(timings) - 1  # all but the report, rewritten
+    assert again.stdout.count('done before, skipped') == len(timings['stages']) - 1  # all but the report, rewritten

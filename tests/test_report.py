@@ -52,7 +52,8 @@ def make_demo_dir(root, n_samples=3):
     reference = [metrics('real test', 3, 0.0, 9.0), metrics('noise', 3, 90.0, 1.0)]  # as evaluate.py --json
     (root / 'metrics_trained.json').write_text(json.dumps({'rows': [metrics('ckpt', 8, 10.0, 5.0)] + reference}))
     (root / 'metrics_init.json').write_text(json.dumps({'rows': [metrics('ckpt', 8, 80.0, 1.2)] + reference}))
-    (root / 'timings.json').write_text(json.dumps({'corpus': 1.0, 'asgan': 2.0}))
+    (root / 'timings.json').write_text(json.dumps({'stages': {'corpus': 1.0, 'classifier': 2.5, 'asgan': 2.0},
+                                                   'side_by_side': [['classifier'], ['asgan']], 'total': 3.5}))
     return root
 
 
@@ -60,7 +61,8 @@ def test_report_files_and_tables(tmp_path):
     demo = make_demo_dir(tmp_path)
     md = report.build(demo).read_text()
     for needle in ('| ASGAN, trained (EMA G) | 8 | 10.000 | 5.000 |', '| ASGAN at initialisation | 8 | 80.000 | 1.200 |',
-                   '| real test | 3 | 0.000 | 9.000 |', '| noise | 3 | 90.000 | 1.000 |', '| total | 3 s |', 'machine: '):
+                   '| real test | 3 | 0.000 | 9.000 |', '| noise | 3 | 90.000 | 1.000 |', '| total (wall clock) | 4 s |', 'machine: ',
+                   'Side by side, one CPU thread each: classifier and asgan'):
         assert needle in md
     assert (demo / 'report_spectrograms.png').stat().st_size > 1000
     assert (demo / 'report_curves.png').stat().st_size > 1000
