@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from density import cli
 from density.fileio import write_text
 
 ROOT = Path(__file__).resolve().parent
@@ -155,7 +156,7 @@ def total_seconds(plan, stage_seconds):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='outputs/demo', help='demo folder (created; re-running continues in it)')
     p.add_argument('--tiny', action='store_true', help='tiny settings: every stage in seconds (for tests)')
     p.add_argument('--steps', type=int, default=int(os.environ.get('DEMO_STEPS', 0)),
@@ -188,4 +189,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    cli.run(main)

@@ -42,7 +42,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from density import metrics
+from density import cli, metrics
 from density.audio import AudioError, check_audio_files, fit_length, log_mel, save_wav
 from density.classifier import ClassifierError, ClipDataset, file_sha256, load_classifier, read_split_csv
 from density.download import DownloadError
@@ -310,7 +310,7 @@ def _finite_or_none(v):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument_group("audio mode (one of --checkpoint, --pretrained, --wav_dir)")
     src = a.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="an ASGAN checkpoint (.pt with cfg_yaml + g_ema_state_dict)")
@@ -391,4 +391,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

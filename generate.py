@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from density import cli
 from density.audio import LOG_FLOOR, SAMPLE_RATE, log_mel, save_wav
 from density.fileio import atomic_path, remove_stale_temporaries
 from density.inference import load_asgan, resolve_device
@@ -30,7 +31,7 @@ MEL_FLOOR = math.log(LOG_FLOOR)  # log-mel of silence: bottom of the colour scal
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pretrained", action="store_true", help="official HuBERT SC09 model (torch.hub download)")
     src.add_argument("--checkpoint", help="your own training checkpoint (.pt with cfg_yaml + g_ema_state_dict)")
@@ -125,12 +126,9 @@ def write_png(path, mels, names):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        generate(args)
-    except (OSError, ValueError) as e:  # an unreadable checkpoint/vocoder, a failed download, an unwritable file
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    """generate.py's command line: a user error (an unreadable checkpoint/vocoder, a failed download, an unwritable
+    file) exits with status 2 and one `error: ...` line (density/cli.py)."""
+    cli.run(lambda args: generate(parse_args(args)), argv)
 
 
 def generate(args):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from density import cli
 from density.audio import SAMPLE_RATE, AudioError, load_audio, log_mel, num_mel_frames
 from density.fairseq_checkpoint import hubert_config, hubert_state_dict, load_fairseq_checkpoint, task_normalize
 from density.fileio import remove_stale_temporaries, save_torch, write_text
@@ -253,7 +254,12 @@ def extract_all(jobs, out, featurize, batch_size=16, resample=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
+    """The command line (density/cli.py: a user error is one `error: ...` line and status 2) -> 0."""
+    return cli.run(extract_command, argv)
+
+
+def extract_command(argv):
+    p = cli.ArgumentParser(
         description="Extract a feature cache (one <name>.pt tensor of shape (frames, dim) per utterance) from a "
                     "Speech-Commands-style tree or a split CSV. Re-running skips finished outputs; unreadable, "
                     "empty, too short or wrong-rate files are skipped and listed in <out>/" + REPORT_NAME + ".")
@@ -283,18 +289,15 @@ def main(argv=None):
     if args.type != "melspec" and args.checkpoint is None:
         p.error("--checkpoint is required for HuBERT features: a fairseq .pt such as hubert_base_ls960.pt, "
                 "a transformers folder, or a hub id like facebook/hubert-base-ls960")
-    try:
-        jobs = find_jobs(args.root, args.csv)
-        if not jobs:
-            p.error(f"no .wav/.flac files found in {args.root or args.csv}")
-        featurize = _Featurizer(args.type, args.checkpoint, args.device)
-        written, done, skipped = extract_all(jobs, args.out, featurize, args.batch_size, args.resample)
-        lines = [f"{len(jobs)} files: {written} written, {done} already done, {len(skipped)} skipped"]
-        lines += [f"skipped {msg}" for msg in skipped]
-        report = Path(args.out) / REPORT_NAME
-        write_text(report, "\n".join(lines) + "\n")
-    except (OSError, ValueError) as e:  # a bad --root/--csv/--checkpoint, colliding names, an unwritable --out
-        p.exit(2, f"error: {e}\n")
+    jobs = find_jobs(args.root, args.csv)  # OSError/ValueError: a bad --root/--csv, colliding names (density/cli.py)
+    if not jobs:
+        p.error(f"no .wav/.flac files found in {args.root or args.csv}")
+    featurize = _Featurizer(args.type, args.checkpoint, args.device)
+    written, done, skipped = extract_all(jobs, args.out, featurize, args.batch_size, args.resample)
+    lines = [f"{len(jobs)} files: {written} written, {done} already done, {len(skipped)} skipped"]
+    lines += [f"skipped {msg}" for msg in skipped]
+    report = Path(args.out) / REPORT_NAME
+    write_text(report, "\n".join(lines) + "\n")
     print("\n".join(lines) + f"\nreport: {report}")
     return 0
 

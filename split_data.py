@@ -14,6 +14,7 @@ import csv
 import sys
 from pathlib import Path
 
+from density import cli
 from density.fileio import atomic_path
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -74,7 +75,7 @@ def write_csv(path, root, rels):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root_path", required=True, help="Speech Commands root (holds <word>/ folders and the lists)")
     ap.add_argument("--sc09_only", type=str2bool, default=False, help="keep only zero..nine (true/false)")
     ap.add_argument("--out_dir", default="splits", help="where the CSVs go (default ./splits)")
@@ -93,4 +94,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -11,6 +11,7 @@ ckpt_XXXXXXXX.pt (periodic and final, with everything needed to resume exactly: 
 the run-folder rules of train_asgan.py apply, see density/run.py),
 logs/ (tensorboard) and, when test_csv is given, test_results.json (test accuracy and confusion matrix of
 classifier_best.pt). Ctrl-C / SIGTERM finish the step, write a checkpoint and exit 0.
+A user error ends with one `error: ...` line and status 2; `--debug` shows its traceback.
 
 Each step: a batch of clips (fixed per-epoch order from `seed`), augmented in the main process (random time shift
 up to `shift_s`, gain in `gain_range`, white noise at an SNR in `snr_db_range` with probability `noise_prob`),
@@ -19,7 +20,6 @@ the 32x32 log-mel front end, cross-entropy, AdamW with a linear warm-up then cos
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -33,13 +33,14 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from density import checkpoint as ckpt
-from density.audio import AudioError, check_audio_files
-from density.classifier import (CONFIGS, ClassifierError, ClipDataset, ResNeXt, checkpoint_dict, class_order,
+from density import cli
+from density.audio import check_audio_files
+from density.classifier import (CONFIGS, ClipDataset, ResNeXt, checkpoint_dict, class_order,
                                 classifier_input, load_classifier, read_split_csv)
 from density.config import ConfigError, parse_overrides
 from density.fileio import write_text
 from density.inference import resolve_device
-from density.run import RunError, catch_stop_signals, ignore_stop_signals, open_run, restore_signals, seed_all
+from density.run import Harness, ignore_stop_signals, seed_all
 
 log = logging.getLogger('train_classifier')
 
@@ -186,16 +187,14 @@ def main(argv):
     model = ResNeXt.from_arch(cfg.arch, classes).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, max(1, round(cfg.warmup_frac * total))))
-    run = open_run(cfg.checkpoint_path, cfg.resume_checkpoint, cfg.overwrite)
-    try:
-        return train(cfg, run, model, opt, sched, classes, train_ds, valid_ds, test_ds, steps_per_epoch, total,
+    with Harness(cfg.checkpoint_path, cfg.resume_checkpoint, cfg.overwrite,
+                 keep_last=cfg.keep_last_checkpoints) as harness:
+        return train(cfg, harness, model, opt, sched, classes, train_ds, valid_ds, test_ds, steps_per_epoch, total,
                      device)
-    finally:
-        run.close()
 
 
-def train(cfg, run, model, opt, sched, classes, train_ds, valid_ds, test_ds, steps_per_epoch, total, device):
-    folder = run.folder
+def train(cfg, harness, model, opt, sched, classes, train_ds, valid_ds, test_ds, steps_per_epoch, total, device):
+    run, folder = harness.run, harness.folder
     steps, epoch, first, best, resume_rng = 0, 0, 0, {'accuracy': -1.0, 'loss': math.inf}, None
     if run.resume:
         state = ckpt.load(run.resume, RESUME_KEYS, 'a train_classifier.py checkpoint')
@@ -222,10 +221,9 @@ def train(cfg, run, model, opt, sched, classes, train_ds, valid_ds, test_ds, ste
 
     writer = SummaryWriter(str(folder / 'logs'))
     valid_loader = loader(valid_ds)
-    stop_signal, previous_handlers = catch_stop_signals()
     t0, stopped = time.perf_counter(), False
     model.train()
-    try:
+    with harness.stop_signals():
         while steps < total and not stopped:
             order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(cfg.seed + epoch))
             batches = order[:steps_per_epoch * cfg.batch_size].view(steps_per_epoch, cfg.batch_size).tolist()
@@ -247,7 +245,7 @@ def train(cfg, run, model, opt, sched, classes, train_ds, valid_ds, test_ds, ste
                     writer.add_scalar('train/accuracy', acc, steps)
                     writer.add_scalar('opt/lr', opt.param_groups[0]['lr'], steps)
                     pbar.set_postfix(loss=f'{loss.item():.3f}', acc=f'{acc:.2f}')
-                stopped = bool(stop_signal)
+                stopped = harness.stop_requested
                 final = stopped or steps + 1 >= total
                 if steps % cfg.validation_interval == 0 or final:
                     v_loss, v_acc, _ = evaluate_split(model, valid_loader, len(classes), device, 'validation')
@@ -256,22 +254,18 @@ def train(cfg, run, model, opt, sched, classes, train_ds, valid_ds, test_ds, ste
                     tqdm.write(f'step {steps}: validation accuracy {v_acc:.4f}, loss {v_loss:.4f}')
                     if (v_acc, -v_loss) > (best['accuracy'], -best['loss']):
                         best = {'accuracy': v_acc, 'loss': v_loss, 'steps': steps}
-                        ckpt.save(checkpoint_dict(model, arch=cfg.arch, steps=steps, valid_accuracy=v_acc,
-                                                  valid_loss=v_loss), folder / BEST)
+                        harness.save(checkpoint_dict(model, arch=cfg.arch, steps=steps, valid_accuracy=v_acc,
+                                                     valid_loss=v_loss), BEST)
                 if (steps > 0 and steps % cfg.checkpoint_interval == 0) or final:
-                    path = ckpt.periodic_path(folder, steps)
-                    ckpt.save(checkpoint_dict(
+                    harness.save_periodic(checkpoint_dict(
                         model, arch=cfg.arch, optim_state_dict=opt.state_dict(), sched_state_dict=sched.state_dict(),
                         steps=steps, epoch=epoch, batch_index=i + 1, best=best, rng_state=ckpt.rng_state(),
-                        cfg_yaml=OmegaConf.to_yaml(cfg), run_id=run.run_id), path)
-                    run.prune(cfg.keep_last_checkpoints, path)
+                        cfg_yaml=OmegaConf.to_yaml(cfg), run_id=run.run_id), steps)
                 steps += 1
                 if final:
                     break
             pbar.close()
             epoch, first = epoch + 1, 0
-    finally:
-        restore_signals(previous_handlers)
     train_seconds = time.perf_counter() - t0
     if stopped:
         writer.close()
@@ -296,8 +290,4 @@ def train(cfg, run, model, opt, sched, classes, train_ds, valid_ds, test_ds, ste
 
 
 if __name__ == '__main__':
-    try:
-        main(sys.argv[1:])
-    except (ConfigError, ClassifierError, AudioError, ckpt.CheckpointError, RunError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+    cli.run(main)

@@ -1,6 +1,6 @@
 """Training step speed on the CPU: full-size README-command config, batch 16, fp32.
 
-Times the loop's own code (train_asgan.d_forward / g_forward, then backward, gradient clipping and the Adam
+Times the loop's own code (density/training.py d_forward / g_forward, then backward, gradient clipping and the Adam
 step) and prints the median seconds per D step without R1, per D step with R1 and per G step, with the FLOP
 utilisation against the measured 2048x2048 fp32 matmul peak (as bench_generator.py). FLOPs per sample come from
 the layer shapes (bench.common), counting a backward pass as two forwards:
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_asgan  # noqa: E402
+from density import training  # noqa: E402
 from bench.common import (discriminator_flops, generator_flops, machine, matmul_peak_gflops,  # noqa: E402
                           median_seconds, peak_memory_gb)
 from density.augment import Augmenter  # noqa: E402
@@ -45,21 +45,21 @@ def main():
     engine = TorchEngine(cfg)
     assert engine.device.type == 'cpu' and engine.precision == 'fp32', 'this bench is for the CPU in fp32'
     g, d = Generator(cfg.rp_w_cfg), Discriminator.from_config(cfg)
-    g_opt, d_opt = train_asgan.build_optimizers(cfg, g, d)
+    g_opt, d_opt = training.build_optimizers(cfg, g, d)
     G, D = engine.wrap(g, g_opt), engine.wrap(d, d_opt)
-    aug = Augmenter(train_asgan.NOISE_STD[cfg.data_type], cfg.aug_init_p)
+    aug = Augmenter(training.NOISE_STD[cfg.data_type], cfg.aug_init_p)
     real = 0.3 * torch.randn(args.batch, cfg.rp_w_cfg.seq_len, cfg.c_dim)
     z = torch.randn(args.batch, cfg.z_dim)
 
     def d_step(r1):
         D.zero_grad()
-        loss_d, r1_value, _, _ = train_asgan.d_forward(cfg, engine, G, D, aug, real.clone(), z, r1)
+        loss_d, r1_value, _, _ = training.d_forward(cfg, engine, G, D, aug, real.clone(), z, r1)
         D.backward(loss_d + r1_value)
         D.step()
 
     def g_step():
         G.zero_grad()
-        loss_g, *_ = train_asgan.g_forward(cfg, engine, G, D, aug, real.clone(), z)
+        loss_g, *_ = training.g_forward(cfg, engine, G, D, aug, real.clone(), z)
         G.backward(loss_g)
         G.step()
 

@@ -1,9 +1,12 @@
 """ADA-style augmentation of (real, fake) feature batches with an adaptive probability p (spec §6).
 
 The same p is the augmentation probability and the D-update skip probability of the training loop.
-Random draws follow the reference order, so a run seeded like the reference sees the same augmentations:
-five flags from the torch generator, then (per fired flag, in flag order) noise, scale, frame-swap index,
-and the mixing draws (lengths and starts from python `random`, weights from torch).
+The draws come in the order of spec §6: five flags from the torch generator (one `torch.rand(5)`), then (per
+fired flag, in flag order) noise, scale, frame-swap index, and the mixing draws (lengths and starts from python
+`random`, weights from torch). That is the reference's order as the spec records it, not its numbers: a run seeded
+like the reference does not see the same augmentations (the generators reach this point in other states, the
+scale gains are drawn on the CPU whatever the device, and with normalize_features the noise is per channel), and no
+test compares them with the reference's.
 """
 import random
 

@@ -1,9 +1,9 @@
-"""Training checkpoints: atomic writes, safe loading, pruning, and RNG state capture.
+"""Training checkpoints: the versioned schema, building and reading them, atomic writes, safe loading, RNG state.
 
-A checkpoint is the dict of spec §1.3 (g/d/g_ema state dicts, optimiser and scaler states, steps, epoch,
-cfg_yaml) plus `train_state` (phase, counter, next batch index, smoothed losses, best FAD, d_update_perc),
-`ada_state` (Augmenter.state_dict()) and `rng_state` (a list with one `rng_state()` per rank: python, numpy,
-torch, CUDA), enough to resume exactly, and `run_id` (the run it belongs to, see density/run.py).
+A training checkpoint is a dict with these keys (KEYS; `format_version` FORMAT_VERSION). The first ten are the
+reference's (spec §1.3); a reference checkpoint, or one of this project written before `format_version` existed,
+holds no `format_version` and reads as version 0: it loads, resumes (without the resume state it lacks) and works
+in the hub entry. A version newer than FORMAT_VERSION is refused.
 """
 import random
 from pathlib import Path
@@ -13,6 +13,26 @@ import torch
 
 from density.fileio import load_torch, save_torch
 
+FORMAT_VERSION = 1
+KEYS = {
+    'g_state_dict': 'generator weights and buffers (the training G)',
+    'd_state_dict': 'discriminator weights',
+    'g_ema_state_dict': 'EMA generator (what inference uses; absent in the reference ckpt_best_fad.pt)',
+    'g_optim_state_dict': 'Adam state of G (group 0: ff, preconv, layers, head; group 1: W)',
+    'd_optim_state_dict': 'Adam state of D',
+    'g_scaler_state_dict': 'fp16 GradScaler state of G, or None',
+    'd_scaler_state_dict': 'fp16 GradScaler state of D, or None',
+    'steps': 'the last finished step (resuming starts at steps + 1)',
+    'epoch': 'the epoch of that step',
+    'cfg_yaml': 'the run configuration (density/config.py config_from_yaml reads it)',
+    'format_version': 'this layout\'s version (absent: version 0, a reference or pre-versioning checkpoint)',
+    'train_state': 'density/training.py TrainState: phase, counter, batch_index (next batch of the epoch), '
+                   'd_update_perc, best_fad, smoothed and latest losses',
+    'ada_state': 'Augmenter.state_dict(): ADA p, r_t and its running sums',
+    'rng_state': 'one rng_state() per rank (python, numpy, torch, CUDA), to resume the random streams exactly',
+    'run_id': 'the run the checkpoint belongs to (density/run.py)',
+    'feature_norm': 'FeatureNorm statistics {mean, std} (normalize_features=true), or None',
+}
 REQUIRED_KEYS = ('g_state_dict', 'd_state_dict', 'g_optim_state_dict', 'd_optim_state_dict', 'steps', 'epoch',
                  'cfg_yaml')  # in every training checkpoint, the reference's too
 
@@ -41,7 +61,52 @@ def load(path, required=REQUIRED_KEYS, what='an asgan training checkpoint'):
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f'{path}: not {what}, missing keys {missing}')
+    format_version(state, path)
     return state
+
+
+def format_version(state, path):
+    """The checkpoint's layout version (0 without the key); CheckpointError for one newer than this code reads."""
+    version = state.get('format_version', 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f'{path}: checkpoint format_version {version!r}; this code reads versions up to '
+                              f'{FORMAT_VERSION}: update asgan')
+    return version
+
+
+def training_checkpoint(*, G, D, g_ema, train_state, cfg_yaml, run_id, feature_norm):
+    """The checkpoint dict (KEYS) from the wrapped models G and D (density/engine.py Trainables), the EMA
+    generator, TrainState.state_dict(...) entries, the config YAML, the run id and FeatureNorm.to_checkpoint()."""
+    g_optim, g_scaler = G.state_dict()
+    d_optim, d_scaler = D.state_dict()
+    state = {'format_version': FORMAT_VERSION,
+             'g_state_dict': cpu_state(G.module), 'd_state_dict': cpu_state(D.module),
+             'g_optim_state_dict': g_optim, 'd_optim_state_dict': d_optim, 'g_ema_state_dict': cpu_state(g_ema),
+             'g_scaler_state_dict': g_scaler, 'd_scaler_state_dict': d_scaler, **train_state,
+             'cfg_yaml': cfg_yaml, 'run_id': run_id, 'feature_norm': feature_norm}
+    assert state.keys() <= KEYS.keys(), sorted(state.keys() - KEYS.keys())
+    return state
+
+
+def load_models(state, path, g, d, g_ema):
+    """Weights of a training checkpoint into g, d and g_ema (the training G where it has no EMA G)."""
+    try:
+        g.load_state_dict(state['g_state_dict'])
+        d.load_state_dict(state['d_state_dict'])
+        g_ema.load_state_dict(state.get('g_ema_state_dict') or state['g_state_dict'])
+    except RuntimeError as e:
+        raise CheckpointError(f'{path}: weights do not fit the configured model; use the rp_w_cfg of the run that '
+                              f'wrote it ({e})') from e
+
+
+def load_optimizers(state, G, D):
+    """Optimiser and loss-scaler states of a training checkpoint into the Trainables G and D."""
+    G.load_state_dict(state['g_optim_state_dict'], state.get('g_scaler_state_dict'))
+    D.load_state_dict(state['d_optim_state_dict'], state.get('d_scaler_state_dict'))
+
+
+def cpu_state(module):
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
 def periodic_path(checkpoint_path, steps):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -279,13 +279,45 @@ def _merge(base: DictConfig, *others, source: str) -> DictConfig:
         raise ConfigError(f"Bad value for config key '{key}' in {source}: {e.msg if hasattr(e, 'msg') else e}") from None
 
 
-def parse_config(argv: Optional[List[str]] = None) -> DictConfig:
-    """Merge `key=value` / `section.key=value` overrides (YAML values, lists as `[a,b]`) onto the default.
+def config_file_argument(argv: List[str]):
+    """-> (the file of `--config FILE` / `--config=FILE` or None, the other arguments)."""
+    rest, path = [], None
+    args = iter(argv)
+    for arg in args:
+        if arg == '--config':
+            path = next(args, None)
+            if path is None:
+                raise ConfigError('--config needs a YAML file: --config configs/<name>.yaml')
+        elif arg.startswith('--config='):
+            path = arg.split('=', 1)[1]
+        else:
+            rest.append(arg)
+    return path, rest
 
-    `preset=mel` is applied first, then the other overrides. If `rp_w_cfg.seq_len` is given and
-    `rp_w_cfg.layer_specs` is not, the layer lengths are recomputed for the new seq_len.
+
+def read_config_file(path: str, schema: DictConfig) -> DictConfig:
+    """A YAML mapping of config keys (nested like `--help` prints them), its keys checked against `schema`."""
+    try:
+        loaded = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(f'--config {path}: no such file') from None
+    except (OSError, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(f'--config {path}: not a readable YAML file ({e})') from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f'--config {path}: holds no mapping of config keys')
+    _check_keys(schema, _valid_keys(loaded), path)
+    return loaded
+
+
+def parse_config(argv: Optional[List[str]] = None) -> DictConfig:
+    """Merge an optional `--config FILE` (YAML), then `key=value` / `section.key=value` overrides (YAML values,
+    lists as `[a,b]`) onto the default.
+
+    The preset (`preset=...` on the command line, else in the file, else hubert) is applied first. If
+    `rp_w_cfg.seq_len` is given (file or command line) and `rp_w_cfg.layer_specs` is not, the layer lengths are
+    recomputed for the new seq_len.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    path, argv = config_file_argument(list(sys.argv[1:] if argv is None else argv))
     for arg in argv:
         if '=' not in arg:
             raise ConfigError(f"Argument '{arg}' is not of the form key=value (e.g. batch_size=16).")
@@ -296,15 +328,47 @@ def parse_config(argv: Optional[List[str]] = None) -> DictConfig:
         raise ConfigError(f"Cannot parse command-line overrides {argv}: {e}") from None
     given = [a.split('=', 1)[0] for a in argv]
     _check_keys(schema, given, 'the command line')
-    preset = overrides.get('preset', 'hubert')
+    from_file = read_config_file(path, schema) if path else OmegaConf.create()
+    given += _valid_keys(from_file)
+    preset = overrides.get('preset', from_file.get('preset', 'hubert'))
     if preset not in PRESETS:
         raise ConfigError(f"Unknown preset '{preset}'; choose one of {sorted(PRESETS)}.")
-    cfg = _merge(schema, OmegaConf.from_dotlist(PRESETS[preset]), overrides, source='the command line')
+    cfg = _merge(schema, OmegaConf.from_dotlist(PRESETS[preset]), from_file, source=path or 'the preset')
+    cfg = _merge(cfg, overrides, source='the command line')
     if preset == 'mel' and 'rp_w_cfg.layer_specs' not in given:
         cfg.rp_w_cfg.layer_specs = mel_layer_specs(cfg.rp_w_cfg.seq_len)
     elif 'rp_w_cfg.seq_len' in given and 'rp_w_cfg.layer_specs' not in given:
         cfg.rp_w_cfg.layer_specs = hubert_layer_specs(cfg.rp_w_cfg.seq_len)
     return validate(cfg)
+
+
+MANDATORY = ('checkpoint_path', 'train_root')  # of a training run
+SPLIT_KEYS = ('sc09_train_csv', 'sc09_valid_csv')  # mandatory with use_sc09_splits=true
+
+
+def check_config(cfg: DictConfig) -> None:
+    """What a training run needs beyond `validate`: the mandatory keys and the combinations train_asgan.py
+    supports; ConfigError says what to add or change."""
+    for key in MANDATORY + (SPLIT_KEYS if cfg.use_sc09_splits else ()):
+        try:
+            getattr(cfg, key)
+        except MissingMandatoryValue:
+            raise ConfigError(f"config key '{key}' is mandatory: add {key}=... to the command") from None
+    if cfg.model != 'rp_w':
+        raise ConfigError(f"model={cfg.model}: only model=rp_w is implemented (the reference default 'rv_w' "
+                          "raises as well); add model=rp_w")
+    for key in ('c_dim', 'z_dim'):
+        if cfg[key] != cfg.rp_w_cfg[key]:
+            raise ConfigError(f'{key}={cfg[key]} must equal rp_w_cfg.{key}={cfg.rp_w_cfg[key]}; set both')
+    if cfg.fad_hubert_checkpoint and cfg.data_type == 'hubert_L6':
+        raise ConfigError('fad_hubert_checkpoint is for data_type melspec or wav: hubert_L6 features are already '
+                          'HuBERT features and their FAD uses them as they are; remove fad_hubert_checkpoint')
+    if cfg.fad_vocoder and not (cfg.fad_hubert_checkpoint and cfg.data_type == 'melspec'):
+        raise ConfigError('fad_vocoder is used only with data_type=melspec and fad_hubert_checkpoint set; set '
+                          'fad_hubert_checkpoint or remove fad_vocoder')
+    if cfg.batch_size % min(4, cfg.batch_size):
+        raise ConfigError(f'batch_size={cfg.batch_size}: the discriminator groups samples in fours '
+                          '(minibatch std); use a multiple of 4')
 
 
 def config_from_yaml(text: str) -> DictConfig:

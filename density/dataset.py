@@ -37,7 +37,7 @@ from density.audio import load_audio, log_mel
 
 DATA_TYPES = ("hubert_L6", "melspec", "wav")
 FEATURE_EXT = ".pt"
-AUDIO_EXTS = (".wav", ".mp3", ".flac")  # searched in this order when train_root holds no .pt files
+AUDIO_EXTS = (".wav", ".mp3", ".flac")  # collected together when train_root holds no .pt files
 MEL_SILENCE = -11.4  # reference padding value for log-mels (about log(1e-5) = -11.51)
 WAV_PEAK = 0.99  # waveform items are scaled to this peak
 PRELOAD_THREADS = 8  # as the reference
@@ -269,11 +269,11 @@ def stop_workers(batches):
 
 
 def discover_files(root):
-    """All *.pt under root (recursive); if none, all .wav, else .mp3, else .flac. Sorted path strings."""
+    """All *.pt under root (recursive); if none, all .wav, .mp3 and .flac together. Sorted path strings."""
     if not Path(root).is_dir():
         raise DatasetError(f"train_root {root} is not a directory")
-    for ext in (FEATURE_EXT,) + AUDIO_EXTS:
-        files = sorted(glob.glob(os.path.join(str(root), "**", "*" + ext), recursive=True))
+    for exts in ((FEATURE_EXT,), AUDIO_EXTS):
+        files = sorted(f for ext in exts for f in glob.glob(os.path.join(str(root), "**", "*" + ext), recursive=True))
         if files:
             return files
     raise DatasetError(f"train_root {root} holds no .pt feature files and no {'/'.join(AUDIO_EXTS)} audio")

@@ -12,6 +12,7 @@ import torch.nn as nn
 import yaml
 
 from density.audio import fit_length
+from density.checkpoint import format_version
 from density.config import config_from_yaml, parse_config
 from density.dataset import FeatureNorm
 from density.download import fetch, resolve
@@ -103,13 +104,14 @@ Conv2SC09Wrapper = ASGANInference
 def load_generator(checkpoint, sha256=None, model_dir=None, progress=True):
     """An ASGAN checkpoint (path or URL) -> (Generator in eval mode on the CPU, TrainConfig, FeatureNorm).
 
-    Uses `cfg_yaml` and `g_ema_state_dict`; a checkpoint without the EMA generator (the reference's
+    Uses `cfg_yaml` and `g_ema_state_dict` (density/checkpoint.py KEYS); a checkpoint without the EMA generator (the reference's
     ckpt_best_fad.pt) falls back to `g_state_dict` with a warning. Read with `weights_only=True`.
     """
     path = fetch(checkpoint, model_dir, sha256, progress)
     ckpt = load_torch(path, "ASGAN checkpoint")
     if not isinstance(ckpt, dict) or "cfg_yaml" not in ckpt:
         raise ValueError(f"{path}: no 'cfg_yaml' entry; an ASGAN checkpoint holds cfg_yaml and g_ema_state_dict")
+    format_version(ckpt, path)  # absent (reference checkpoints): 0; newer than this code: an error
     try:
         cfg = config_from_yaml(ckpt["cfg_yaml"])
     except (ValueError, yaml.YAMLError) as e:

@@ -1,10 +1,14 @@
 """What every trainer shares: run folders (one run per folder, the resume conventions, a heartbeat lock, pruning),
-seeding, and stopping cleanly on SIGINT/SIGTERM.
+seeding, stopping cleanly on SIGINT/SIGTERM, and `Harness`, which puts them together for a training loop.
 
-    run = open_run(checkpoint_path, resume_checkpoint, overwrite)   # on the main rank, before any work
-    ... load run.resume if not None; store run.run_id in every checkpoint as 'run_id' ...
-    run.prune(keep, written_path)                                     # after each periodic checkpoint
-    run.close()
+    with Harness(checkpoint_path, resume_checkpoint, overwrite, keep_last=2) as harness:  # opens the run folder
+        ... load harness.run.resume if not None; store harness.run.run_id in every checkpoint as 'run_id' ...
+        with harness.stop_signals():
+            for each step: ...; harness.check_finite(finite, step)
+                harness.save_periodic(state, step)          # atomic, then prunes; also on a stop or at the end
+                if harness.stop_requested: ...checkpoint and return
+
+Underneath: run = open_run(checkpoint_path, resume_checkpoint, overwrite); run.prune(keep, written_path); run.close().
 
 Rules:
 - resume_checkpoint='' starts a new run; a folder that already holds checkpoints is refused unless
@@ -21,6 +25,7 @@ Rules:
 - Pruning deletes only periodic checkpoints whose run_id is this run's, never the newest of them, never the one
   just written, never the best-FAD file. Files it cannot read or attribute are left alone.
 """
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from density import checkpoint as ckpt
 from density.fileio import FILE_MODE, is_temporary, write_text
 
 log = logging.getLogger(__name__)
@@ -293,3 +299,73 @@ def restore_signals(previous):
     """Put back the handlers `catch_stop_signals` replaced."""
     for s, handler in previous.items():
         signal.signal(s, handler)
+
+
+# ---------------------------------------------------------------- the harness of a training loop
+
+class TrainingAborted(RuntimeError):
+    """Too many consecutive non-finite steps."""
+
+
+class Harness:
+    """A training run's folder, checkpoints, stop signals and non-finite guard, for any trainer.
+
+    main: whether this rank owns the folder (opens the run, writes checkpoints); other ranks only keep count.
+    keep_last: periodic checkpoints kept (0: all); none is pruned during a streak of non-finite steps, so the
+    checkpoint an abort names survives. max_nonfinite: consecutive non-finite steps that abort (0: no guard).
+    """
+
+    def __init__(self, checkpoint_path, resume_checkpoint, overwrite, *, main=True, keep_last=0, max_nonfinite=0):
+        self.folder, self.main = Path(checkpoint_path), main
+        self.keep_last, self.max_nonfinite = keep_last, max_nonfinite
+        self._open = (resume_checkpoint, overwrite)
+        self.run, self._received, self._previous = None, [], None
+        self.nonfinite, self.last_finite, self.saved_step = 0, None, None
+
+    def __enter__(self):
+        if self.main:
+            self.run = open_run(self.folder, *self._open)
+        return self
+
+    def __exit__(self, *exc):
+        if self.run is not None:
+            self.run.close()
+
+    @contextlib.contextmanager
+    def stop_signals(self):
+        """Record SIGINT/SIGTERM inside the block (see `stop_requested`) instead of stopping."""
+        self._received, previous = catch_stop_signals()
+        try:
+            yield
+        finally:
+            restore_signals(previous)
+
+    @property
+    def stop_requested(self):
+        return bool(self._received)
+
+    def check_finite(self, finite, step):
+        """Count a step's outcome; TrainingAborted after max_nonfinite non-finite steps in a row."""
+        self.nonfinite = 0 if finite else self.nonfinite + 1
+        if self.max_nonfinite and self.nonfinite >= self.max_nonfinite:
+            raise TrainingAborted(
+                f'{self.nonfinite} consecutive non-finite steps up to step {step}: training aborted. Last '
+                f'checkpoint written before them: {self.last_finite or "none"} (resume from it with '
+                'overwrite=true, which deletes the newer ones, and a lower lr or grad_clip)')
+
+    def save_periodic(self, state, step, keep_last=None):
+        """Write ckpt_<step>.pt atomically (main rank; `state` may be None elsewhere) and prune -> its path."""
+        path = ckpt.periodic_path(self.folder, step)
+        if self.main:
+            ckpt.save(state, path)
+            keep = self.keep_last if keep_last is None else keep_last
+            self.run.prune(keep if self.nonfinite == 0 else 0, path)
+        self.saved_step = step
+        if self.nonfinite == 0:
+            self.last_finite = path
+        return path
+
+    def save(self, state, name):
+        """Write a non-periodic checkpoint (e.g. the best one) atomically into the run folder (main rank)."""
+        if self.main:
+            ckpt.save(state, self.folder / name)

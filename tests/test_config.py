@@ -1,5 +1,6 @@
 """Config schema, dotted overrides, presets, checkpoint YAML and clear errors."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -105,3 +106,42 @@ def test_generator_accepts_dataclass_dict_and_dictconfig():
     small = dict(z_dim=4, w_dim=4, c_dim=3, ff_channels=8, seq_len=4, layer_specs=[[8, 3, 2], [8, 3, 4]])
     for cfg in (RPWConfig(**small), small, OmegaConf.structured(RPWConfig(**small))):
         assert Generator(cfg).eval()(__import__('torch').randn(2, 4)).shape == (2, 4, 3)
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+DATA = ['train_root=data/sc09_hubert', 'checkpoint_path=runs/asgan', 'sc09_train_csv=./splits/sc09-train.csv',
+        'sc09_valid_csv=./splits/sc09-valid.csv']
+
+
+def resolved(argv):
+    return OmegaConf.to_container(parse_config(argv))
+
+
+def test_paper_config_file_resolves_like_the_paper_command():
+    """configs/sc09_hubert.yaml + the data keys == the README command (bench/bench_train.py) + the same keys."""
+    from bench.bench_train import README_COMMAND as BENCH_COMMAND
+    assert set(BENCH_COMMAND) <= set(README_COMMAND)
+    paper = resolved(BENCH_COMMAND + ['use_sc09_splits=True'] + DATA)
+    assert resolved(['--config', str(CONFIGS / 'sc09_hubert.yaml'), *DATA]) == paper
+    assert resolved([f'--config={CONFIGS / "sc09_hubert.yaml"}', *DATA]) == resolved(README_COMMAND + DATA) == paper
+
+
+@pytest.mark.parametrize('preset', ['mel', 'mel_small'])
+def test_preset_config_files_resolve_like_their_presets(preset):
+    assert resolved(['--config', str(CONFIGS / f'{preset}.yaml')]) == resolved([f'preset={preset}'])
+
+
+def test_config_file_comes_before_the_overrides_and_is_checked(tmp_path):
+    cfg = parse_config(['--config', str(CONFIGS / 'mel.yaml'), 'rp_w_cfg.seq_len=48', 'batch_size=8'])
+    assert cfg.batch_size == 8 and cfg.rp_w_cfg.layer_specs == mel_layer_specs(48) and cfg.c_dim == 128
+    with pytest.raises(ConfigError, match='no such file'):
+        parse_config(['--config', str(tmp_path / 'missing.yaml')])
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('rp_w_cfg:\n  z_dimm: 3\n')
+    with pytest.raises(ConfigError, match=f"Unknown config key 'rp_w_cfg.z_dimm' in {bad}.*rp_w_cfg.z_dim"):
+        parse_config(['--config', str(bad)])
+    bad.write_text('batch_size: many\n')
+    with pytest.raises(ConfigError, match=f"'batch_size' in {bad}"):
+        parse_config(['--config', str(bad)])
+    with pytest.raises(ConfigError, match='--config needs a YAML file'):
+        parse_config(['--config'])

@@ -14,7 +14,7 @@ import split_data
 from density.audio import AudioError, load_audio, log_mel, save_wav
 from density.config import parse_config
 from density.dataset import (MEL_SILENCE, Collate, DatasetError, DiagonalNormal, FeatureDataset, build_datasets,
-                             feature_path)
+                             discover_files, feature_path)
 from density.digits import make_digits_corpus
 
 
@@ -197,12 +197,12 @@ def test_discovery_split_is_seeded(tmp_path):
 
 
 def test_discovery_falls_back_to_audio(tmp_path):
-    for name in ("b.flac", "a.flac"):
+    for name in ("c.flac", "a.flac", "b.wav"):
         save_wav(tmp_path / name, torch.zeros(1000))
-    (tmp_path / "a.flac").rename(tmp_path / "a.wav")
     train, valid = build_datasets(_cfg(train_root=str(tmp_path), n_valid=0, data_type="melspec", c_dim=128))
-    assert train.files == [str(tmp_path / "a.wav")]  # .wav before .flac
-    with pytest.raises(DatasetError, match=r"a\.wav: data_type hubert_L6 needs .pt feature files"):
+    found = [str(tmp_path / n) for n in ("a.flac", "b.wav", "c.flac")]  # every extension together, sorted
+    assert discover_files(tmp_path) == found and sorted(train.files) == found
+    with pytest.raises(DatasetError, match=r"\.(wav|flac): data_type hubert_L6 needs .pt feature files"):
         build_datasets(_cfg(train_root=str(tmp_path), n_valid=0))  # at build time, not at the first batch
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_asgan
 from density import checkpoint as ckpt
+from density import training
 from density.audio import HOP, log_mel
 from density.augment import P_MIN, Augmenter
 from density.config import ConfigError, config_from_yaml, parse_config
@@ -24,7 +25,7 @@ from density.dataset import DatasetError, build_datasets
 from density.engine import _free_port, make_engine
 from density.metrics import fad, feature_statistics
 from density.models import Discriminator, Generator
-from density.run import RunError
+from density.run import RunError, TrainingAborted
 from density.vocoder import GriffinLimVocoder
 from hubert_feature_reader import HubertFeatureReader
 
@@ -165,7 +166,7 @@ def test_optimiser_groups_and_learning_rates(tmp_path, equalized_lr):
     cfg = parse_config(tiny_args(tmp_path, 'run', f'rp_w_cfg.equalized_lr={equalized_lr}', 'lr=0.01',
                                  'rp_w_cfg.w_lr_mult=0.5', 'd_lr_mult=0.1', 'betas=[0.1,0.9]'))
     g, d = Generator(cfg.rp_w_cfg), Discriminator.from_config(cfg)
-    g_opt, d_opt = train_asgan.build_optimizers(cfg, g, d)
+    g_opt, d_opt = training.build_optimizers(cfg, g, d)
     main, mapping = g_opt.param_groups
     named = list(g.named_parameters())
     assert [id(p) for p in main['params']] == [id(p) for n, p in named if not n.startswith('W.')]
@@ -191,7 +192,7 @@ def test_phase_schedule_skipping_update_ratio_and_r1_cadence(tmp_path, monkeypat
                                                              r1_steps):
     """Spec §6 / §8.2: the D/G phase of each step, which D phases update D, and which carry R1 (every 4th step)."""
     phases, r1, updates = [], [], []
-    d_forward, g_forward, optimise = train_asgan.d_forward, train_asgan.g_forward, train_asgan.optimise
+    d_forward, g_forward, optimise = training.d_forward, training.g_forward, training.optimise
 
     def record_d(*args):
         phases.append('D')
@@ -206,9 +207,9 @@ def test_phase_schedule_skipping_update_ratio_and_r1_cadence(tmp_path, monkeypat
     def record_update(trainable, loss, name, steps, grad_norms=None):
         updates.append((name, steps))
         return optimise(trainable, loss, name, steps, grad_norms)
-    monkeypatch.setattr(train_asgan, 'd_forward', record_d)
-    monkeypatch.setattr(train_asgan, 'g_forward', record_g)
-    monkeypatch.setattr(train_asgan, 'optimise', record_update)
+    monkeypatch.setattr(training, 'd_forward', record_d)
+    monkeypatch.setattr(training, 'g_forward', record_g)
+    monkeypatch.setattr(training, 'optimise', record_update)
     train_asgan.main(tiny_args(tmp_path, 'run', 'rp_w_cfg.apply_r1_every=4', *QUIET, *extra))
     assert [s for s, ph in enumerate(phases) if ph == 'D'] == d_phases
     assert r1 == r1_steps
@@ -256,9 +257,9 @@ def test_fp16_loss_scaling_with_r1_matches_fp32(tmp_path, monkeypatch, engine_na
         if engine_name == 'deepspeed':
             engine.ds_config['torch_autocast'] = {'enabled': precision == 'fp16', 'dtype': 'float16'}
         g_copy, d_copy = copy.deepcopy(g), copy.deepcopy(d)
-        G, D = (engine.wrap(m, o) for m, o in zip((g_copy, d_copy), train_asgan.build_optimizers(cfg, g_copy, d_copy)))
+        G, D = (engine.wrap(m, o) for m, o in zip((g_copy, d_copy), training.build_optimizers(cfg, g_copy, d_copy)))
         D.zero_grad()
-        loss, r1, _, _ = train_asgan.d_forward(cfg, engine, G, D, Augmenter(0.05, P_MIN), real.clone(), z, True)
+        loss, r1, _, _ = training.d_forward(cfg, engine, G, D, Augmenter(0.05, P_MIN), real.clone(), z, True)
         D.backward(loss + r1)
         results[precision] = loss.item(), r1.item(), D.step(), D.scaler and D.scaler.get_scale()
         engine.close()
@@ -393,8 +394,8 @@ def test_a_bad_feature_file_mid_run_is_named_after_a_checkpoint(tmp_path):
 def test_injected_nan_losses_are_skipped_and_logged(tmp_path, caplog, monkeypatch):
     """A NaN G loss and a NaN D(real) (so a NaN D loss) once each: both updates skipped with a warning, training
     goes on, and the NaN does not enter the ADA statistics."""
-    monkeypatch.setattr(train_asgan, 'generator_loss', poisoned(train_asgan.generator_loss, lambda n: n == 2))
-    monkeypatch.setattr(train_asgan, 'd_forward', poisoned(train_asgan.d_forward, lambda n: n == 2, (0, 2)))
+    monkeypatch.setattr(training, 'generator_loss', poisoned(training.generator_loss, lambda n: n == 2))
+    monkeypatch.setattr(training, 'd_forward', poisoned(training.d_forward, lambda n: n == 2, (0, 2)))
     with caplog.at_level(logging.WARNING, logger='train_asgan'):
         train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=8', *QUIET))
     for what in ('G loss (nan); G update skipped', 'D loss (nan); D update skipped'):
@@ -410,11 +411,11 @@ def test_consecutive_nonfinite_steps_abort_naming_step_and_checkpoint(tmp_path, 
     ckpt 3, the last one written before it, which the abort message names."""
     losses = itertools.count()  # one loss per step, G or D
     for name in ('generator_loss', 'discriminator_loss'):
-        monkeypatch.setattr(train_asgan, name, poisoned(getattr(train_asgan, name), lambda _: next(losses) >= 4))
+        monkeypatch.setattr(training, name, poisoned(getattr(training, name), lambda _: next(losses) >= 4))
     args = tiny_args(tmp_path, 'run', 'max_nonfinite_steps=3', 'checkpoint_interval=1', 'keep_last_checkpoints=1',
                      'validation_interval=1000')
     message = r'3 consecutive non-finite steps up to step 6.*ckpt_00000003\.pt'
-    with pytest.raises(train_asgan.TrainingAborted, match=message):
+    with pytest.raises(TrainingAborted, match=message):
         train_asgan.main(args)
     assert ckpt.load(tmp_path / 'run' / 'ckpt_00000003.pt')['steps'] == 3
 
@@ -554,3 +555,38 @@ def test_normalize_features_round_trip_through_checkpoint_and_inference(tmp_path
     with torch.no_grad():
         raw = model.g(z, 16)
     torch.testing.assert_close(model.vocoder.seen, raw * norm['std'] + norm['mean'])
+
+
+def test_checkpoint_schema_and_checkpoints_without_format_version(tmp_path):
+    """Every key is in the documented list (density/checkpoint.py KEYS); a checkpoint of this layout written before
+    format_version existed still resumes exactly where it stopped and loads in the hub entry; a newer version is
+    refused by both."""
+    from density.inference import load_asgan
+    train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=3', *QUIET))
+    state = ckpt.load(tmp_path / 'run' / 'ckpt_00000002.pt')
+    assert state['format_version'] == ckpt.FORMAT_VERSION and set(state) == set(ckpt.KEYS)
+    ckpt.save({k: v for k, v in state.items() if k != 'format_version'}, tmp_path / 'unversioned.pt')
+    train_asgan.main(tiny_args(tmp_path, 'resumed', 'max_steps=6', f'resume_checkpoint={tmp_path}/unversioned.pt',
+                               *QUIET))
+    train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=6', 'resume_checkpoint=auto', *QUIET))
+    a, b = ckpt.load(tmp_path / 'run' / 'ckpt_00000005.pt'), ckpt.load(tmp_path / 'resumed' / 'ckpt_00000005.pt')
+    for key in ('g_state_dict', 'd_state_dict', 'g_optim_state_dict', 'train_state', 'ada_state', 'rng_state'):
+        assert_identical(a[key], b[key], key)
+    assert load_asgan(tmp_path / 'unversioned.pt', vocoder=torch.nn.Identity(), device='cpu').z_dim == 8
+    ckpt.save({**state, 'format_version': ckpt.FORMAT_VERSION + 1}, tmp_path / 'newer.pt')
+    with pytest.raises(ckpt.CheckpointError, match='format_version 2; this code reads versions up to 1'):
+        train_asgan.main(tiny_args(tmp_path, 'newer', f'resume_checkpoint={tmp_path}/newer.pt', *QUIET))
+    with pytest.raises(ValueError, match='format_version 2'):
+        load_asgan(tmp_path / 'newer.pt', vocoder=torch.nn.Identity(), device='cpu')
+
+
+def test_logged_d_loss_includes_r1(tmp_path, monkeypatch):
+    """As in the reference, the D loss printed and smoothed is L_D + R1; L_D alone is kept as d_loss_no_r1."""
+    d_stats, d_step = [], training.d_step
+    monkeypatch.setattr(training, 'd_step', lambda *a, **k: d_stats.append(d_step(*a, **k)) or d_stats[-1])
+    train_asgan.main(tiny_args(tmp_path, 'run', 'max_steps=9', 'aug_init_p=0', *QUIET))
+    with_r1 = [s for s in d_stats if s['r1'] > 0]
+    assert with_r1 and all(s['d_loss'] == pytest.approx(s['d_loss_no_r1'] + s['r1'].item()) for s in d_stats)
+    assert all(s['d_loss'] != s['d_loss_no_r1'] for s in with_r1)
+    latest = ckpt.load(tmp_path / 'run' / 'ckpt_00000008.pt')['train_state']['latest']
+    assert latest['d_loss'] == d_stats[-1]['d_loss'] and latest['r1'] == d_stats[-1]['r1'].item()

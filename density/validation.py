@@ -1,0 +1,165 @@
+"""Validation during training (spec §8.5): the metrics and tensorboard figures of the training G on the validation
+set, the FAD reference statistics, and the HuBERT encoder of the melspec/wav FAD.
+
+    encode = fad_encoder(cfg, device)                 # None: FAD on the frames themselves
+    real_stats = real_statistics(valid_ds, encode)
+    fad_value = validate(cfg, G.module, D.module, valid_loader, real_stats, writer, steps, device, norm, encode)
+"""
+import contextlib
+import random
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from density.config import ConfigError
+from density.dataset import MEL_SILENCE
+from density.losses import discriminator_loss, generator_loss
+from density.metrics import ApproxKL, closest_dist_pair, fad, feature_statistics, perc_closest
+from density.run import seed_all
+from density.vocoder import GriffinLimVocoder, load_vocoder
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+EMBED_FRAMES, NEAREST_N, PERC_N = 1000, 1000, 500  # validation: embedding frames, closest_dist_pair, perc_closest
+FAD_LAYER = 6  # HuBERT block whose output the melspec/wav FAD compares (spec §8.5)
+FAD_CHUNK = 32  # validation items vocoded and HuBERT-encoded per batch for the FAD reference statistics
+
+
+def fad_encoder(cfg, device):
+    """The spec §8.5 FAD features of melspec/wav data, or None (fad_hubert_checkpoint unset: raw frames).
+
+    Returns encode: (B, L, C) log-mels (vocoded first) or waveforms (C = 1) -> (B * frames, dim) HuBERT layer-6
+    features on the CPU.
+    """
+    if not cfg.fad_hubert_checkpoint:
+        return None
+    from hubert_feature_reader import HubertFeatureReader  # imports transformers: only when this route is used
+    try:
+        reader = HubertFeatureReader(cfg.fad_hubert_checkpoint, layer=FAD_LAYER, device=device)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f'fad_hubert_checkpoint={cfg.fad_hubert_checkpoint}: {e}') from e
+    vocoder = None
+    if cfg.data_type == 'melspec':
+        try:
+            vocoder = load_vocoder(cfg.fad_vocoder, device) if cfg.fad_vocoder else GriffinLimVocoder().to(device)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ConfigError(f'fad_vocoder={cfg.fad_vocoder}: {e}') from e
+
+    @torch.no_grad()
+    def encode(x):
+        wav = vocoder(x).squeeze(1) if vocoder is not None else x.squeeze(-1)  # (B, T)
+        return reader.get_feats_batched(wav).flatten(0, 1).cpu()
+    return encode
+
+
+def real_statistics(valid_ds, encode=None):
+    """FAD reference statistics: mean and unbiased covariance of all frames of the uncropped validation items.
+
+    With `encode` (see fad_encoder) of their HuBERT features instead: the items are padded to the longest one
+    (log-mels at the front with silence, waveforms at the end with zeros) and encoded FAD_CHUNK at a time.
+    """
+    items = [valid_ds.load(i) for i in tqdm(range(len(valid_ds)), desc='validation statistics', unit='item')]
+    if encode is None:
+        return feature_statistics(torch.cat([x.reshape(x.shape[0], -1) for x in items]))
+    n = max(x.shape[0] for x in items)
+    if valid_ds.data_type == 'melspec':
+        items = [F.pad(x, (0, 0, n - x.shape[0], 0), value=MEL_SILENCE) for x in items]  # (n, 128) each
+    else:
+        items = [F.pad(x, (0, n - x.shape[0]))[:, None] for x in items]  # (n, 1) each
+    chunks = tqdm(range(0, len(items), FAD_CHUNK), desc='validation statistics (HuBERT)', unit='batch')
+    return feature_statistics(torch.cat([encode(torch.stack(items[k:k + FAD_CHUNK])) for k in chunks]))
+
+
+@contextlib.contextmanager
+def seeded(seed, device):
+    """Run with python/numpy/torch generators seeded to `seed`, then put the previous states back."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        seed_all(seed)
+        yield
+    random.setstate(py_state), np.random.set_state(np_state)
+
+
+@torch.no_grad()
+def validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode=None):
+    """Spec §8.5 on the training G (eval mode, fp32): losses, ApproxKL, nearest-neighbour metrics, FAD
+    (on the frames, or on encode(fake) from fad_encoder). D sees features normalised with `norm` (a
+    FeatureNorm), as in training; the metrics compare raw-scale features.
+
+    Seeded with cfg.seed each time: every validation sees the same z and crops, and the training random
+    streams are left as they were (so resuming is exact whatever the validation schedule).
+    """
+    with seeded(cfg.seed, device):
+        loader.generator.manual_seed(cfg.seed)
+        return _validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode)
+
+
+def _validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode):
+    g.eval(), d.eval()
+    approx_kl, fakes, g_losses, d_losses, d_fakes, d_reals = ApproxKL(), [], [], [], [], []
+    for j, (real, _, _, z) in enumerate(tqdm(loader, desc=f'validation @ {steps}', unit='batch', leave=False)):
+        real, z = real.to(device), z.to(device)
+        fake = g(z, cfg.rp_w_cfg.seq_len)
+        d_fake, d_real = d(fake), d(norm.normalize(real))
+        fake = norm.denormalize(fake)
+        g_losses.append(generator_loss(d_fake).item())
+        d_losses.append(discriminator_loss(d_real, d_fake).item())
+        d_fakes.append(d_fake.flatten().cpu()), d_reals.append(d_real.flatten().cpu())
+        approx_kl.accumulate(real, fake)
+        fakes.append(encode(fake) if encode else fake.flatten(0, 1).cpu())
+        if j > 0:
+            continue
+        real_f, fake_f = real.flatten(0, 1), fake.flatten(0, 1)
+        if steps % (10 * cfg.validation_interval) == 0:
+            n = min(EMBED_FRAMES, real_f.shape[0])
+            writer.add_embedding(torch.cat([real_f[:n], fake_f[:n]]).cpu(), ['real'] * n + ['fake'] * n,
+                                 global_step=steps, tag='validation/frames')
+        fake_nearest, real_nearest = closest_dist_pair(real_f, fake_f, NEAREST_N, NEAREST_N)
+        writer.add_scalars('validation/min_cosim_dists', {'c_fake_nearest_dist': fake_nearest.mean().item(),
+                                                          'c_real_nearest_dist': real_nearest.mean().item()}, steps)
+        writer.add_histogram('validation/c_fake_nearest_dists', fake_nearest, steps)
+        writer.add_histogram('validation/c_real_nearest_dists', real_nearest, steps)
+        fake_to_real, real_to_fake = perc_closest(real_f, fake_f, n=PERC_N)
+        writer.add_scalar('validation/fake_closest_to_real_perc', fake_to_real, steps)
+        writer.add_scalar('validation/real_closest_to_fake_perc', real_to_fake, steps)
+        if cfg.data_type == 'melspec':
+            writer.add_figure('mel/generated_mels', mel_figure(fake), steps)
+    g.train(), d.train()
+    fad_value = fad(torch.cat(fakes), *real_stats)
+    writer.add_histogram('validation/D(G(z))', torch.cat(d_fakes), steps)
+    writer.add_histogram('validation/D(c)', torch.cat(d_reals), steps)
+    writer.add_scalar('validation/g_loss', float(np.mean(g_losses)), steps)
+    writer.add_scalar('validation/d_loss', float(np.mean(d_losses)), steps)
+    writer.add_scalar('validation/fad', fad_value, steps)
+    writer.add_scalar('validation/approx_kl_div', approx_kl.compute(), steps)
+    writer.add_figure('validation/c_val_hist', value_histogram_figure(approx_kl), steps)
+    if device.type == 'cuda':
+        writer.add_scalar('memory/max_allocated_gb', torch.cuda.max_memory_allocated(device) / 1e9, steps)
+        writer.add_scalar('memory/max_reserved_gb', torch.cuda.max_memory_reserved(device) / 1e9, steps)
+    return fad_value
+
+
+def value_histogram_figure(approx_kl):
+    """Histograms of all real and fake validation feature values (the ApproxKL bins)."""
+    edges = approx_kl.edges[:-1].numpy()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name, counts in (('real', approx_kl.real_counts), ('fake', approx_kl.fake_counts)):
+        ax.step(edges, (counts / counts.sum().clamp_min(1)).numpy(), where='post', label=name)
+    ax.set_xlabel('feature value (clamped to [-1.2, 1.2])')
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def mel_figure(fake):
+    """The first (up to) four generated log-mels (B, L, 128) as images."""
+    n = min(4, fake.shape[0])
+    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3), squeeze=False)
+    for ax, m in zip(axes[0], fake[:n].float().cpu()):
+        ax.imshow(m.T.numpy(), origin='lower', aspect='auto')
+    fig.tight_layout()
+    return fig
