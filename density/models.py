@@ -1,6 +1,6 @@
 """ASGAN generator (StyleGAN-style, anti-aliased, modulated 1-D convolutions) and discriminator.
 
-docs/reference.md, reference notes 5-19. Tensors crossing the public API are frame-major (B, L, C); conv
+docs/reference.md, reference notes 5-18. Tensors crossing the public API are frame-major (B, L, C); conv
 stacks are channel-major (B, C, L). State-dict keys and parameter order equal the reference's (`RP_W`,
 `RP_ConvDiscriminator`), so official checkpoints load with `strict=True`. All run-time gains are Python
 floats, not buffers.
@@ -58,7 +58,7 @@ class _ScaledLayer(nn.Module):
             bound = 1 / math.sqrt(self.weight[0].numel())
             self.bias = nn.Parameter(torch.empty(weight_shape[0]).uniform_(-bound, bound))
         else:
-            self.bias = nn.Parameter(torch.as_tensor(bias_init, dtype=torch.float32).expand(weight_shape[0]).clone())
+            self.bias = nn.Parameter(torch.empty(weight_shape[0]).copy_(torch.as_tensor(bias_init)))
         fan_in = self.weight[0].numel() if fan_in is None else fan_in
         self.equalized_lr, self.lr_multiplier, self.weight_init = equalized_lr, lr_multiplier, weight_init
         self.weight_gain = lr_multiplier / math.sqrt(fan_in) if equalized_lr else 1.0
@@ -115,7 +115,7 @@ class Conv(_ScaledLayer):
 
 
 # ---------------------------------------------------------------------------------------------
-# Resampler (spec §3)
+# Resampler (reference note 14)
 
 def design_lowpass(factor: int, fc, taps_per_factor: int = 8, beta: float = 2.5) -> torch.Tensor:
     """Kaiser-windowed sinc with 8·factor+1 taps; fc 'critical' means cutoff pi/factor.
@@ -174,7 +174,7 @@ class Resampler(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Generator (spec §2)
+# Generator (reference notes 5-13)
 
 class MappingNetwork(nn.Module):
     """z (B, z_dim) -> w (B, w_dim): n_layers linear layers, leaky ReLU between (keys fcs.0, fcs.2, ...).
@@ -402,7 +402,7 @@ class Generator(nn.Module):
 
         That is the value training's running mean tends to. Untrained generators need it for meaningful
         outputs: with norm_ema = 1 the un-normalised resampling filters shrink the signal 2-4x per layer
-        (reference quirk 10), so a fresh G outputs ~1e-7. Used by benchmarks and tests.
+        (reference note 14), so a fresh G outputs ~1e-7. Used by benchmarks and tests.
         """
         def set_input_power(layer, args):
             layer.norm_ema.fill_(args[0].float().square().mean())

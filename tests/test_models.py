@@ -117,3 +117,11 @@ def test_calibrate_norm_ema_gives_unit_power_inputs():
     for h in hooks:
         h.remove()
     torch.testing.assert_close(torch.stack(powers), torch.ones(len(powers)))
+
+
+def test_parameters_have_plain_strides():
+    """Every parameter owns dense row-major storage (DeepSpeed views parameters as bytes to broadcast them)."""
+    cfg = tiny_cfg('rp_w_cfg.use_sg3_ff=True')
+    for model in (Generator.from_config(cfg), Discriminator.from_config(cfg)):
+        for name, p in model.named_parameters():
+            assert p.stride() == torch.empty(p.shape).stride(), name
