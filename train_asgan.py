@@ -1,4 +1,4 @@
-"""Train ASGAN (spec §8): alternating D/G phases with ADA, R1, an EMA generator, validation and checkpoints.
+"""Train ASGAN (reference notes 28-33): alternating D/G phases, ADA, R1, an EMA generator, validation, checkpoints.
 
     python train_asgan.py model=rp_w train_root=<features> checkpoint_path=runs/asgan n_valid=400 key=value ...
     torchrun --nproc_per_node 4 train_asgan.py model=rp_w ...               (DDP, engine=torch)
@@ -6,7 +6,7 @@
     python train_asgan.py --help                                            (all keys and defaults)
 
 The file reads top to bottom: parse the config, set up engine, data, models and optimisers, resume, loop.
-Deliberate differences from the reference are listed in the README (training section).
+Deliberate differences from the reference are listed in docs/reference.md (training loop).
 """
 import contextlib
 import copy
@@ -45,14 +45,14 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only bac
 
 log = logging.getLogger('train_asgan')
 
-NOISE_STD = {'hubert_L6': 0.05, 'wav': 0.05, 'melspec': 0.2}  # ADA noise per data type (spec §6)
+NOISE_STD = {'hubert_L6': 0.05, 'wav': 0.05, 'melspec': 0.2}  # ADA noise per data type (reference note 21)
 NEVER_SKIP_EVERY = 16  # a D phase on a multiple of 16 steps is never turned into a G phase by the ADA skip
 LOSS_SMOOTHING, R1_SMOOTHING = 0.1, 0.2  # EMA factors of the logged smoothed losses
 R1_LOG_MIN = 1e-8  # R1 values at or below this (phases without R1) do not enter the smoothed R1
 D_UPDATE_RATE = 0.05  # EMA factor of d_update_perc
 LOG_AFTER = 5  # smoothed losses, stdout and tensorboard start after this step (reference)
 EMBED_FRAMES, NEAREST_N, PERC_N = 1000, 1000, 500  # validation: embedding frames, closest_dist_pair, perc_closest
-FAD_LAYER = 6  # HuBERT block whose output the melspec/wav FAD compares (spec §8.5)
+FAD_LAYER = 6  # HuBERT block whose output the melspec/wav FAD compares (reference note 33)
 FAD_CHUNK = 32  # validation items vocoded and HuBERT-encoded per batch for the FAD reference statistics
 MANDATORY = ('checkpoint_path', 'train_root')
 
@@ -62,7 +62,7 @@ class TrainingAborted(RuntimeError):
 
 
 def build_optimizers(cfg, g, d):
-    """Adam for G (group 0: ff, preconv, layers, head; group 1: mapping net W) and D (spec §8.1)."""
+    """Adam for G (group 0: ff, preconv, layers, head; group 1: mapping net W) and D (reference note 28)."""
     w_lr = cfg.lr if cfg.rp_w_cfg.equalized_lr else cfg.lr * cfg.rp_w_cfg.w_lr_mult  # eq-lr applies w_lr_mult in W
     main = [p for m in (g.ff, g.preconv, g.layers, g.head) for p in m.parameters()]
     g_opt = torch.optim.Adam([{'params': main, 'lr': cfg.lr}, {'params': list(g.W.parameters()), 'lr': w_lr}],
@@ -72,7 +72,7 @@ def build_optimizers(cfg, g, d):
 
 
 def d_forward(cfg, engine, G, D, aug, real, z, r1_step):
-    """D phase up to the loss (spec §8.2.2): G(z) without grad, augment, D on both, L_D and (if r1_step) R1.
+    """D phase up to the loss (reference note 30): G(z) without grad, augment, D on both, L_D and (if r1_step) R1.
 
     real (B, L, C), z (B, z_dim) -> (loss_d, r1, d_real (B, 1), d_fake (B, 1)); r1 is 0 without R1.
     """
@@ -89,7 +89,7 @@ def d_forward(cfg, engine, G, D, aug, real, z, r1_step):
 
 
 def g_forward(cfg, engine, G, D, aug, real, z):
-    """G phase up to the loss (spec §8.2.3): G(z), augment, L_G through D with D's parameters frozen
+    """G phase up to the loss (reference note 31): G(z), augment, L_G through D with D's parameters frozen
     (their gradients would be discarded anyway). -> (loss_g, d_fake (B, 1), real_aug, fake_aug (B, L, C))."""
     D.module.requires_grad_(False)
     with engine.autocast():
@@ -133,7 +133,7 @@ def mean_over_ranks(engine, *values):
 
 
 def fad_encoder(cfg, device):
-    """The spec §8.5 FAD features of melspec/wav data, or None (fad_hubert_checkpoint unset: raw frames).
+    """The FAD features (reference note 33) of melspec/wav data, or None (fad_hubert_checkpoint unset: raw frames).
 
     Returns encode: (B, L, C) log-mels (vocoded first) or waveforms (C = 1) -> (B * frames, dim) HuBERT layer-6
     features on the CPU.
@@ -240,7 +240,7 @@ def seeded(seed, device):
 
 @torch.no_grad()
 def validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode=None):
-    """Spec §8.5 on the training G (eval mode, fp32): losses, ApproxKL, nearest-neighbour metrics, FAD
+    """Reference note 33 on the training G (eval mode, fp32): losses, ApproxKL, nearest-neighbour metrics, FAD
     (on the frames, or on encode(fake) from fad_encoder). D sees features normalised with `norm` (a
     FeatureNorm), as in training; the metrics compare raw-scale features.
 

@@ -1,4 +1,4 @@
-"""ADA-style augmentation of (real, fake) feature batches with an adaptive probability p (spec §6).
+"""ADA-style augmentation of (real, fake) feature batches with an adaptive probability p (reference notes 21, 22).
 
 The same p is the augmentation probability and the D-update skip probability of the training loop.
 Random draws follow the reference order, so a run seeded like the reference sees the same augmentations:
@@ -22,7 +22,7 @@ class Augmenter:
 
     noise_std: 0.05 for HuBERT/wav features, 0.2 for log-mels (a (C,) tensor for normalised features: 0.2 / std).
     ada_n: D phases per p update. adapt=False keeps p fixed (r_t is still measured).
-    Frame swap (flag 3) keeps the reference behaviour: it draws its indices but changes nothing (quirk 15).
+    Frame swap (flag 3) keeps the reference behaviour: it draws its indices but changes nothing (reference note 21).
     """
 
     def __init__(self, noise_std, p=0.05, ada_n=6, ada_adjust=0.005, adapt=True):

@@ -1,6 +1,6 @@
 """Training checkpoints: atomic writes, safe loading, pruning, and RNG state capture.
 
-A checkpoint is the dict of spec §1.3 (g/d/g_ema state dicts, optimiser and scaler states, steps, epoch,
+A checkpoint is the dict of reference note 4 (g/d/g_ema state dicts, optimiser and scaler states, steps, epoch,
 cfg_yaml) plus `train_state` (phase, counter, next batch index, smoothed losses, best FAD, d_update_perc),
 `ada_state` (Augmenter.state_dict()) and `rng_state` (a list with one `rng_state()` per rank: python, numpy,
 torch, CUDA), enough to resume exactly, and `run_id` (the run it belongs to, see density/run.py).
