@@ -66,6 +66,7 @@ class _ScaledLayer(nn.Module):
 
     @torch.no_grad()
     def init_parameters(self):
+        """Draw the weight init named by `weight_init` (in place); returns self."""
         if self.weight_init == 'zeros':
             self.weight.zero_()
         elif self.weight_init == 'xavier':
