@@ -101,7 +101,7 @@ def _float64(x):
 
 
 def _sqrtm(a):
-    """scipy sqrtm; its accuracy warnings are dropped (the reference ignores the error estimate, note 35)."""
+    """scipy sqrtm; its accuracy warnings are dropped (the reference ignores the error estimate, reference note 35)."""
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         return linalg.sqrtm(a)

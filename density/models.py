@@ -418,7 +418,7 @@ class Generator(nn.Module):
                 h.remove()
 
     def forward(self, z, seq_len=None, update_ema=False):
-        """z (B, z_dim) -> (B, L, c_dim); seq_len is ignored (the reference always starts from L0 frames)."""
+        """z (B, z_dim) -> (B, L, c_dim); seq_len is ignored (always L0 input frames, reference note 13)."""
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f'z must be (B, {self.z_dim}), got {tuple(z.shape)}')
         w = self.W(z)
