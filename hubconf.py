@@ -1,4 +1,4 @@
-"""torch.hub entry points (spec §10).
+"""torch.hub entry points (reference note 40).
 
     model = torch.hub.load('path/to/this/repo', 'asgan_hubert_sc09_6', source='local')  # or '<owner>/<repo>'
     audio = model.unconditional_generate(4)  # (4, 16000) float waveforms at 16 kHz

@@ -1,4 +1,4 @@
-"""HuBERT layer-L feature reader (spec §10) on transformers' HubertModel, and the feature-cache extraction command.
+"""HuBERT layer-L feature reader (reference note 41) on transformers' HubertModel; the feature-cache extraction command.
 
     python hubert_feature_reader.py --root data/sc09 --out data/sc09_hubert --type hubert_L6 \
         --checkpoint hubert_base_ls960.pt
@@ -147,7 +147,7 @@ def find_jobs(root=None, csv_path=None):
     """-> sorted [(audio path, output path relative to --out)].
 
     Tree mode mirrors the relative path (folders starting with '_', like Speech Commands' _background_noise_, are
-    not utterances and are left out); CSV mode maps each `path` to '<parent folder>/<name>.pt' (spec §7.4).
+    not utterances and are left out); CSV mode maps each `path` to '<parent folder>/<name>.pt' (reference note 27).
     Two inputs with one output name are a ValueError naming both.
     """
     if csv_path is not None:

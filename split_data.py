@@ -1,4 +1,4 @@
-"""Split a Speech Commands tree into train/valid/test CSVs (spec §7.3).
+"""Split a Speech Commands tree into train/valid/test CSVs (reference note 26).
 
     python split_data.py --root_path /data/speech_commands_v0.02 --sc09_only true
 

@@ -1,4 +1,4 @@
-"""Train ASGAN (spec §8): alternating D/G phases with ADA, R1, an EMA generator, validation and checkpoints.
+"""Train ASGAN (reference notes 28-33): alternating D/G phases, ADA, R1, an EMA generator, validation, checkpoints.
 
     python train_asgan.py model=rp_w train_root=<features> checkpoint_path=runs/asgan n_valid=400 key=value ...
     python train_asgan.py --config configs/sc09_hubert.yaml train_root=... checkpoint_path=...  (a YAML file first)
@@ -190,7 +190,7 @@ def train(loop, sampler, loader_rng, loader):
 
 
 def train_step(loop, real, z, batch_index, pbar, logger):
-    """One D or G step on a batch (spec §8.2), then logging, the EMA generator and validation (main rank).
+    """One D or G step on a batch (reference note 29), then logging, the EMA generator and validation (main rank).
     -> whether this step's validation FAD is the best so far."""
     cfg, engine, state, step = loop.cfg, loop.engine, loop.state, loop.state.steps
     real, z = loop.norm.normalize(real.to(engine.device, non_blocking=True)), z.to(engine.device, non_blocking=True)

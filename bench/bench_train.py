@@ -24,7 +24,7 @@ from density.config import parse_config  # noqa: E402
 from density.engine import TorchEngine  # noqa: E402
 from density.models import Discriminator, Generator  # noqa: E402
 
-# The README training command of the reference (spec §1.2), data paths aside.
+# The README training command of the reference (reference note 3), data paths aside.
 README_COMMAND = [
     'model=rp_w', 'n_valid=400', 'data_type=hubert_L6', 'z_dim=512', 'rp_w_cfg.z_dim=512', 'rp_w_cfg.w_layers=1',
     'batch_size=16', 'lr=2e-3', 'grad_clip=10', 'aug_init_p=0.2', 'n_epochs=800', 'c_dim=768', 'rp_w_cfg.c_dim=768',

@@ -1,4 +1,4 @@
-"""Audio I/O and the log-mel front end of the mel variant (spec §7.1), without torchaudio.
+"""Audio I/O and the log-mel front end of the mel variant (reference note 25), without torchaudio.
 
 `load_audio` reads wav/flac with soundfile and returns mono float32 at 16 kHz: stereo (any multi-channel)
 files are averaged to mono, as the reference HuBERT reader does; another sample rate is resampled only when

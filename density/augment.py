@@ -1,12 +1,12 @@
-"""ADA-style augmentation of (real, fake) feature batches with an adaptive probability p (spec §6).
+"""ADA-style augmentation of (real, fake) feature batches with an adaptive probability p (reference notes 21, 22).
 
 The same p is the augmentation probability and the D-update skip probability of the training loop.
-The draws come in the order of spec §6: five flags from the torch generator (one `torch.rand(5)`), then (per
-fired flag, in flag order) noise, scale, frame-swap index, and the mixing draws (lengths and starts from python
-`random`, weights from torch). That is the reference's order as the spec records it, not its numbers: a run seeded
-like the reference does not see the same augmentations (the generators reach this point in other states, the
-scale gains are drawn on the CPU whatever the device, and with normalize_features the noise is per channel), and no
-test compares them with the reference's.
+The draws come in the order of reference notes 21, 22: five flags from the torch generator (one
+`torch.rand(5)`), then (per fired flag, in flag order) noise, scale, frame-swap index, and the mixing draws
+(lengths and starts from python `random`, weights from torch). That is the reference's order, not its numbers: a
+run seeded like the reference does not see the same augmentations (the generators reach this point in other
+states, the scale gains are drawn on the CPU whatever the device, and with normalize_features the noise is per
+channel), and no test compares them with the reference's.
 """
 import random
 
@@ -25,7 +25,7 @@ class Augmenter:
 
     noise_std: 0.05 for HuBERT/wav features, 0.2 for log-mels (a (C,) tensor for normalised features: 0.2 / std).
     ada_n: D phases per p update. adapt=False keeps p fixed (r_t is still measured).
-    Frame swap (flag 3) keeps the reference behaviour: it draws its indices but changes nothing (quirk 15).
+    Frame swap (flag 3) keeps the reference behaviour: it draws its indices but changes nothing (reference note 21).
     """
 
     def __init__(self, noise_std, p=0.05, ada_n=6, ada_adjust=0.005, adapt=True):

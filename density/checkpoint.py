@@ -1,9 +1,9 @@
 """Training checkpoints: the versioned schema, building and reading them, atomic writes, safe loading, RNG state.
 
 A training checkpoint is a dict with these keys (KEYS; `format_version` FORMAT_VERSION). The first ten are the
-reference's (spec §1.3); a reference checkpoint, or one of this project written before `format_version` existed,
-holds no `format_version` and reads as version 0: it loads, resumes (without the resume state it lacks) and works
-in the hub entry. A version newer than FORMAT_VERSION is refused.
+reference's (reference note 4); a reference checkpoint, or one of this project written before `format_version`
+existed, holds no `format_version` and reads as version 0: it loads, resumes (without the resume state it lacks)
+and works in the hub entry. A version newer than FORMAT_VERSION is refused.
 """
 import random
 from pathlib import Path

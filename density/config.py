@@ -1,4 +1,4 @@
-"""Training and model configuration (spec §1) as plain dataclasses, read through OmegaConf.
+"""Training and model configuration (reference notes 1-3) as plain dataclasses, read through OmegaConf.
 
 Every field and default of the reference `TrainConfig` / `RP_W_Config` is kept so that the `cfg_yaml`
 stored in an official checkpoint merges onto these schemas unchanged. Differences from the reference:
@@ -23,13 +23,13 @@ class ConfigError(ValueError):
 
 
 def hubert_layer_specs(seq_len: int = 48) -> List[List[Any]]:
-    """(c_out, kernel, length) of the 14 synthesis layers of the HuBERT variant (spec §1.2)."""
+    """(c_out, kernel, length) of the 14 synthesis layers of the HuBERT variant (reference note 2)."""
     return ([[1024, 3, seq_len / 8]] * 5 + [[768, 3, seq_len / 4]] * 4
             + [[512, 3, seq_len / 2]] * 3 + [[512, 3, seq_len]] * 2)
 
 
 def mel_layer_specs(seq_len: int = 96) -> List[List[Any]]:
-    """(c_out, kernel, length) of the 14 synthesis layers of the mel variant (spec §1.2)."""
+    """(c_out, kernel, length) of the 14 synthesis layers of the mel variant (reference note 2)."""
     return ([[1024, 5, seq_len / 8]] * 5 + [[512, 5, seq_len / 4]] * 4
             + [[256, 5, seq_len / 2]] * 3 + [[128, 5, seq_len]] * 2)
 
@@ -44,7 +44,7 @@ class DistributedConfig:
 
 @dataclass
 class RPWConfig:
-    """Generator and discriminator hyper-parameters (`rp_w_cfg`, spec §1.2)."""
+    """Generator and discriminator hyper-parameters (`rp_w_cfg`, reference note 1)."""
     z_dim: int = 512
     c_dim: int = 768
     w_lr_mult: float = 0.01
@@ -71,7 +71,7 @@ class RPWConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything `train_asgan.py` reads (spec §1.1), plus this project's additions at the end."""
+    """Everything `train_asgan.py` reads (reference note 1), plus this project's additions at the end."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     rv: bool = True
     c_dim: int = 768
@@ -118,7 +118,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 20  # abort after this many consecutive non-finite (skipped) steps
     max_steps: int = 0  # stop after this many global steps with a final checkpoint; 0 = run n_epochs
     sil_vec_path: str = ''  # (c_dim,) tensor file padding short HuBERT items; '' = zeros (reference fallback)
-    fad_hubert_checkpoint: str = ''  # melspec/wav: FAD on this HuBERT's layer-6 features (spec §8.5); '' = raw frames
+    fad_hubert_checkpoint: str = ''  # melspec/wav: FAD on this HuBERT's layer 6 (reference note 33); '' = raw frames
     fad_vocoder: str = ''  # melspec with fad_hubert_checkpoint: vocoder path/URL for the FAD; '' = Griffin-Lim
     ada_adapt: bool = True  # adapt the augmentation / D-skip probability p to D's confidence; false keeps aug_init_p
     normalize_features: bool = False  # standardise each feature channel with training-split statistics (FeatureNorm)
@@ -226,7 +226,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-# Keys that reference checkpoints carry in `cfg_yaml` but no code reads (added at run time, spec §1).
+# Keys that reference checkpoints carry in `cfg_yaml` but no code reads (added at run time, reference note 1).
 _LEGACY_KEYS = ('batch_size_per_gpu',)
 
 

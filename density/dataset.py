@@ -1,4 +1,4 @@
-"""Training data (spec §7.1, §7.2, §7.4): feature/audio datasets, z sampling and the tile-padding collate.
+"""Training data (reference notes 23, 24, 27): feature/audio datasets, z sampling and the tile-padding collate.
 
 Items are (x, z): x is a (frames, C) float32 feature matrix (HuBERT layer-6 .pt features, cached log-mels,
 or the log-mel of an audio file computed on the fly) or, for data_type 'wav', a (T,) waveform; z is a
@@ -7,10 +7,10 @@ collate keeps row 0. z is drawn from torch's global RNG (as the reference does),
 DataLoader workers, torch's per-worker seeding) makes items reproducible; the collate's random crop uses
 python's `random`, also seeded per worker by the DataLoader.
 
-Decisions on the reference's quirks (spec §11):
-- z_std is used as a variance, exactly as the reference does (quirk 4), so that the same seed gives the same z.
+Decisions on the reference's quirks (docs/reference.md, differences):
+- z_std is used as a variance, as the reference does (reference note 23), so that the same seed gives the same z.
 - Tiling at most once and only for items longer than seq_len/2, and crop starts in 0..l-seq_len-1 (never
-  l-seq_len), are kept as in the reference (quirks 22, 23): they define the training distribution.
+  l-seq_len), are kept as in the reference (reference note 24): they define the training distribution.
 - HuBERT padding uses zeros unless a silence-vector file is given (`sil_vec_path`); the reference looked for
   the unshipped 'density/runs/hubert_sil_vec.pt' and fell back to zeros.
 - 'wav' items are scaled by 0.99/max|x| (the reference divided by max x, which flips or blows up clips whose
@@ -108,7 +108,7 @@ class FeatureDataset(Dataset):
             raise DatasetError(f"{audio[0]}: data_type hubert_L6 needs .pt feature files, not audio; extract features "
                                "with hubert_feature_reader.py or set data_type=melspec/wav")
         self.data_type, self.c_dim = data_type, c_dim
-        # z_std is the covariance diagonal, i.e. a variance (spec quirk 4), kept for parity
+        # z_std is the covariance diagonal, i.e. a variance (reference note 23), kept for parity
         self.z_dist = DiagonalNormal(torch.full((z_dim,), float(z_mean)), float(z_std) * torch.eye(z_dim))
         self.cache = self._preload() if preload else None
 
@@ -203,7 +203,7 @@ def load_silence_vector(path, c_dim):
 
 
 class Collate:
-    """[(x, z)] -> (feats (B, seq_len, C) float32, lengths (B,) int64, None, z (B, z_dim)) (spec §7.2).
+    """[(x, z)] -> (feats (B, seq_len, C) float32, lengths (B,) int64, None, z (B, z_dim)) (reference note 24).
 
     An item of l frames: l <= seq_len is copied to the front and, only if seq_len - l < l, its first
     seq_len - l frames fill the rest (one tile); otherwise the tail keeps the silence vector. l > seq_len is
@@ -280,7 +280,7 @@ def discover_files(root):
 
 
 def feature_path(audio_path, train_root):
-    """Split-CSV audio path -> cached feature path: train_root/<label>/<name>.pt (spec §7.4)."""
+    """Split-CSV audio path -> cached feature path: train_root/<label>/<name>.pt (reference note 27)."""
     p = Path(audio_path)
     return Path(train_root) / p.parent.name / (p.stem + FEATURE_EXT)
 
@@ -319,7 +319,7 @@ def read_split_csv(csv_path, key, data_type, train_root=None):
 
 
 def build_datasets(cfg):
-    """(train, valid) FeatureDatasets for a TrainConfig (spec §7.1, §7.4)."""
+    """(train, valid) FeatureDatasets for a TrainConfig (reference notes 23, 27)."""
     data_type = _get(cfg, "data_type")
     if _get(cfg, "use_sc09_splits"):
         root = _get(cfg, "train_root") if data_type in ("hubert_L6", "melspec") else None

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
 
-FP16_INIT_SCALE = 512  # GradScaler start value of the reference (spec §8.1)
+FP16_INIT_SCALE = 512  # GradScaler start value of the reference (reference note 28)
 ENGINES = ('torch', 'deepspeed')
 
 

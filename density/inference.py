@@ -1,4 +1,4 @@
-"""Inference wrapper (spec §10) and the loaders behind the torch.hub entries.
+"""Inference wrapper (reference note 40) and the loaders behind the torch.hub entries.
 
 Differences from the reference wrapper: every generation call runs under `torch.inference_mode()` (no
 autograd), audio longer than 16000 samples is centre-cropped instead of returned longer, a best-FAD checkpoint
@@ -30,7 +30,7 @@ HUBERT_URL = RELEASE + "hubert_base_ls960_nofinetune.pt"
 CHECKPOINT_URL_ENV, CHECKPOINT_SHA_ENV = "ASGAN_CHECKPOINT_URL", "ASGAN_CHECKPOINT_SHA256"
 VOCODER_URL_ENV, VOCODER_SHA_ENV = "ASGAN_VOCODER_URL", "ASGAN_VOCODER_SHA256"
 HUBERT_URL_ENV, HUBERT_SHA_ENV = "ASGAN_HUBERT_URL", "ASGAN_HUBERT_SHA256"
-# Architecture of the released HuBERT model: the seed README's training command (spec §1.2).
+# Architecture of the released HuBERT model: the seed README's training command (reference note 3).
 OFFICIAL_OVERRIDES = ["model=rp_w", "rp_w_cfg.w_layers=1", "rp_w_cfg.use_sg3_ff=True", "rp_w_cfg.D_kernel_size=5",
                       "rp_w_cfg.r1_gamma=0.1"]
 

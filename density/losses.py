@@ -1,4 +1,4 @@
-"""GAN losses (spec §5): non-saturating logistic G loss, logistic D loss, R1 penalty."""
+"""GAN losses (reference note 19): non-saturating logistic G loss, logistic D loss, R1 penalty."""
 import torch
 import torch.nn.functional as F
 

@@ -1,10 +1,10 @@
-"""Metrics of ASGAN (spec §9, §5): Fréchet distance, training-time helpers and evaluation metrics.
+"""Metrics of ASGAN (reference notes 20, 35-39): Fréchet distance, training-time helpers and evaluation metrics.
 
 Training-time helpers take torch tensors of frames, (N, C) or (B, L, C) (flattened to (B*L, C)).
 `distance_heuristic` and `drift` return detached 0-dim tensors (logged every step, no host sync);
 everything else returns Python floats or CPU tensors. Evaluation metrics take tensors or numpy arrays.
 
-Reference quirks kept as defaults (spec §11, 26-27), each with an option where a fix is useful:
+Reference quirks kept as defaults (reference notes 37, 39), each with an option where a fix is useful:
 - ApproxKL divides KL(fake || real) by the 200 bins (`reduction="batchmean"`; `"sum"` gives the KL).
 - perc_closest counts neighbour indices > k, so the nearest cross-set neighbour (index k) never counts
   (`exclude_nearest_cross=True`; False counts indices >= k).
@@ -33,7 +33,7 @@ KL_FLOOR = 1e-7  # probability floor before the logs
 IS_SEED = 0  # RandomState seed of the inception-score split
 MIS_SEED, MIS_DRAWS = 123, 10_000  # modified IS: RandomState seed and number of random pairs
 NDB_SEED = 0  # K-means random_state
-NDB_N_INIT = 10  # K-means restarts: scikit-learn's default before 1.4 (quirk 27)
+NDB_N_INIT = 10  # K-means restarts: scikit-learn's default before 1.4 (reference note 37)
 NDB_ALPHA = 0.05  # two-sided significance level of the per-bin two-proportion z-test
 
 
@@ -75,7 +75,7 @@ def feature_statistics(x):
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
-    """||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr sqrtm(S1 S2) as a float (spec 9.1); NaN if no real root."""
+    """||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr sqrtm(S1 S2) as a float (reference note 35); NaN if no real root."""
     mu1, sigma1, mu2, sigma2 = (_float64(v) for v in (mu1, sigma1, mu2, sigma2))
     c = mu1.shape[0]
     if mu1.shape != (c,) or mu2.shape != (c,) or sigma1.shape != (c, c) or sigma2.shape != (c, c):
@@ -101,7 +101,7 @@ def _float64(x):
 
 
 def _sqrtm(a):
-    """scipy sqrtm; its accuracy warnings are dropped (spec 9.1 ignores the error estimate)."""
+    """scipy sqrtm; its accuracy warnings are dropped (the reference ignores the error estimate, reference note 35)."""
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         return linalg.sqrtm(a)
@@ -124,7 +124,7 @@ def fid(gen, train):
 # ---------------------------------------------------------------- training-time helpers (§9.3, §5)
 
 class ApproxKL:
-    """Histogram KL(fake || real) of all feature values, accumulated over batches (spec 9.3).
+    """Histogram KL(fake || real) of all feature values, accumulated over batches (reference note 39).
 
     200 bins with left edges linspace(-1.2, 1.2, 200) and last bin [1.2, 2.2]; values clamped to
     [-1.2, 1.2]. reduction="batchmean" (reference) divides the KL by 200; "sum" returns the KL itself.
@@ -177,7 +177,7 @@ def closest_dist_pair(real, fake, n1=1000, n2=1000, generator=None):
 
 
 def perc_closest(real, fake, k=100, n=500, exclude_nearest_cross=True, generator=None):
-    """Share of cross-set points among each point's k nearest neighbours (spec 9.3), subsets of <= n.
+    """Share of cross-set points among each point's k nearest neighbours (reference note 39), subsets of <= n.
 
     For each real: pool its k nearest reals (itself included) and k nearest fakes, take the k smallest of
     the 2k distances and count those at pooled index > k (reference; index >= k if
@@ -202,7 +202,7 @@ def perc_closest(real, fake, k=100, n=500, exclude_nearest_cross=True, generator
 
 
 def distance_heuristic(real_frames, fake_frames, n=75, generator=None):
-    """(m_ff - m_rr)^2 + (m_rf - m_rr)^2 of mean cosine distances over <= n shared random rows (spec §5)."""
+    """(m_ff - m_rr)^2 + (m_rf - m_rr)^2 of mean cosine distances over <= n shared random rows (reference note 20)."""
     real, fake = _frames(real_frames, "real_frames"), _frames(fake_frames, "fake_frames")
     if real.shape != fake.shape:
         raise ValueError(f"distance_heuristic: real {tuple(real.shape)} and fake {tuple(fake.shape)} "
@@ -216,7 +216,7 @@ def distance_heuristic(real_frames, fake_frames, n=75, generator=None):
 
 
 def drift(real, fake):
-    """(mean_drift, var_drift): MSE of per-feature means and of unbiased stds, fake vs real (spec §5)."""
+    """(mean_drift, var_drift): MSE of per-feature means and of unbiased stds, fake vs real (reference note 20)."""
     real, fake = _frames(real, "real").float(), _frames(fake, "fake").float()
     with torch.autocast(real.device.type, enabled=False):
         mean_drift = F.mse_loss(fake.mean(0), real.mean(0))
@@ -260,7 +260,7 @@ def am_score(train_probs, gen_probs):
 
 
 def ndb(real, gen, k=50, proportion=True, kmeans=None, n_init=NDB_N_INIT):
-    """Number of statistically different bins (spec 9.2): NDB/K if proportion, else the count.
+    """Number of statistically different bins (reference note 37): NDB/K if proportion, else the count.
 
     K-means (k clusters, random_state 0, n_init pinned, see module doc) is fitted on real unless a fitted
     `kmeans` (anything with `n_clusters` and `predict`) is given, whose n_clusters then replaces k.
@@ -291,8 +291,9 @@ def linear_separability(logits, latents, svm_random_state=0, trim=0.5):
 
     logits (N, K) of a classifier on generated samples, latents (N, d) that produced them. A linear SVC
     (probability estimates, random_state svm_random_state) is fitted on the kept latents with labels
-    argmax(softmax(logits)); needs scikit-learn < 1.11, where SVC's `probability` is removed. The spec
-    leaves the default trim open; 0.5 keeps the more confident half, as in StyleGAN's linear separability.
+    argmax(softmax(logits)); needs scikit-learn < 1.11, where SVC's `probability` is removed. The reference
+    leaves the trim to the caller (reference note 38); 0.5 keeps the more confident half, as in StyleGAN's
+    linear separability.
     """
     from sklearn.metrics import mutual_info_score  # imported here: only evaluation needs scikit-learn
     from sklearn.svm import SVC

@@ -1,8 +1,9 @@
 """ASGAN generator (StyleGAN-style, anti-aliased, modulated 1-D convolutions) and discriminator.
 
-Spec §2-§4. Tensors crossing the public API are frame-major (B, L, C); conv stacks are channel-major
-(B, C, L). State-dict keys and parameter order equal the reference's (`RP_W`, `RP_ConvDiscriminator`),
-so official checkpoints load with `strict=True`. All run-time gains are Python floats, not buffers.
+docs/reference.md, reference notes 5-18. Tensors crossing the public API are frame-major (B, L, C); conv
+stacks are channel-major (B, C, L). State-dict keys and parameter order equal the reference's (`RP_W`,
+`RP_ConvDiscriminator`), so official checkpoints load with `strict=True`. All run-time gains are Python
+floats, not buffers.
 """
 import math
 import warnings
@@ -34,41 +35,88 @@ def conv1d_same(x, weight, bias=None, stride=1):
     return F.conv1d(F.pad(x, (left, right)), weight, bias, stride=stride)
 
 
-class FullyConnected(nn.Module):
-    """y = x (g_w W)^T + g_b b. Equalized lr stores W at unit scale and applies g_w at run time."""
+class _ScaledLayer(nn.Module):
+    """A weight (out, in, ...) and an optional bias (out,), scaled at run time by Python-float gains.
 
-    def __init__(self, in_features, out_features, bias=True, weight_gain=1.0, bias_gain=1.0):
+    equalized_lr: weight gain lr_multiplier/√fan_in, bias gain lr_multiplier (fan_in: inputs per output,
+    in·k unless given); otherwise both gains are 1. Construction draws torch's default weight init
+    (kaiming-uniform, a=√5) and, with bias_init='torch', the default bias U(±1/√in), as nn.Linear does.
+    `init_parameters()` then draws the layer's own weight init (`weight_init`):
+      'auto'   N(0, 1/lr_multiplier²) under equalized lr, else the default kept;
+      'zeros', 'xavier' (uniform), or a float std: N(0, std²).
+    Owners call `init_parameters()` after building the sibling layers whose default draws come first: that
+    order of draws fixes which model a seed builds.
+    """
+
+    def __init__(self, weight_shape, *, bias, bias_init, equalized_lr, lr_multiplier, fan_in, weight_init):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.weight_gain, self.bias_gain = weight_gain, bias_gain
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch default; callers override
+        self.weight = nn.Parameter(torch.empty(weight_shape))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if not bias:
+            self.bias = None
+        elif bias_init == 'torch':
+            bound = 1 / math.sqrt(self.weight[0].numel())
+            self.bias = nn.Parameter(torch.empty(weight_shape[0]).uniform_(-bound, bound))
+        else:
+            self.bias = nn.Parameter(torch.empty(weight_shape[0]).copy_(torch.as_tensor(bias_init)))
+        fan_in = self.weight[0].numel() if fan_in is None else fan_in
+        self.equalized_lr, self.lr_multiplier, self.weight_init = equalized_lr, lr_multiplier, weight_init
+        self.weight_gain = lr_multiplier / math.sqrt(fan_in) if equalized_lr else 1.0
+        self.bias_gain = lr_multiplier if equalized_lr else 1.0
+
+    @torch.no_grad()
+    def init_parameters(self):
+        """Draw the weight init named by `weight_init` (in place); returns self."""
+        if self.weight_init == 'zeros':
+            self.weight.zero_()
+        elif self.weight_init == 'xavier':
+            nn.init.xavier_uniform_(self.weight)
+        elif self.weight_init == 'auto':
+            if self.equalized_lr:
+                self.weight.normal_(0.0, 1.0 / self.lr_multiplier)
+        else:
+            self.weight.normal_(0.0, float(self.weight_init))
+        return self
+
+    def scaled_weight(self):
+        return self.weight if self.weight_gain == 1 else self.weight * self.weight_gain
+
+    def scaled_bias(self):
+        if self.bias is None or self.bias_gain == 1:
+            return self.bias
+        return self.bias * self.bias_gain
+
+
+class FullyConnected(_ScaledLayer):
+    """y = x·(g_w·W)ᵀ + g_b·b: (..., in_features) -> (..., out_features); W (out, in), b (out,)."""
+
+    def __init__(self, in_features, out_features, *, bias=True, bias_init=0.0, equalized_lr=True,
+                 lr_multiplier=1.0, fan_in=None, weight_init='auto'):
+        super().__init__((out_features, in_features), bias=bias, bias_init=bias_init, equalized_lr=equalized_lr,
+                         lr_multiplier=lr_multiplier, fan_in=fan_in, weight_init=weight_init)
 
     def forward(self, x):
-        b = None if self.bias is None else self.bias * self.bias_gain
-        return F.linear(x, self.weight * self.weight_gain, b)
+        return F.linear(x, self.scaled_weight(), self.scaled_bias())
 
 
-class Conv(nn.Module):
-    """1-D conv weights (C_out, C_in, k) + optional bias with run-time gains; called by its owner."""
+class Conv(_ScaledLayer):
+    """1-D convolution, weight (C_out, C_in, k), bias (C_out,) initialised to zero (or none)."""
 
-    def __init__(self, c_in, c_out, k, bias=True, weight_gain=1.0):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(c_out, c_in, k))
-        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
-        self.weight_gain = weight_gain
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+    def __init__(self, c_in, c_out, kernel_size, *, bias=True, equalized_lr=True, lr_multiplier=1.0, fan_in=None,
+                 weight_init='auto'):
+        super().__init__((c_out, c_in, kernel_size), bias=bias, bias_init=0.0, equalized_lr=equalized_lr,
+                         lr_multiplier=lr_multiplier, fan_in=fan_in, weight_init=weight_init)
 
     def forward(self, x, stride=1, padding=None):
         """x (B, C_in, L) -> (B, C_out, L/stride); 'same' padding unless `padding` is given."""
-        w = self.weight * self.weight_gain
+        w, b = self.scaled_weight(), self.scaled_bias()
         if padding is None:
-            return conv1d_same(x, w, self.bias, stride)
-        return F.conv1d(x, w, self.bias, stride=stride, padding=padding)
+            return conv1d_same(x, w, b, stride)
+        return F.conv1d(x, w, b, stride=stride, padding=padding)
 
 
 # ---------------------------------------------------------------------------------------------
-# Resampler (spec §3)
+# Resampler (reference note 14)
 
 def design_lowpass(factor: int, fc, taps_per_factor: int = 8, beta: float = 2.5) -> torch.Tensor:
     """Kaiser-windowed sinc with 8·factor+1 taps; fc 'critical' means cutoff pi/factor.
@@ -127,26 +175,28 @@ class Resampler(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Generator (spec §2)
+# Generator (reference notes 5-13)
 
 class MappingNetwork(nn.Module):
-    """z (B, z_dim) -> w (B, w_dim): w_layers+1 linear layers, leaky ReLU between (keys fcs.0, fcs.2, ...)."""
+    """z (B, z_dim) -> w (B, w_dim): n_layers linear layers, leaky ReLU between (keys fcs.0, fcs.2, ...).
 
-    def __init__(self, z_dim, w_dim, n_layers, lr_mult=0.01, lrelu_coeff=0.1, equalized_lr=True):
+    Equalized lr: every layer W ~ N(0, 1/lr_multiplier²), b = 0, gains lr_multiplier/√fan_in and
+    lr_multiplier. Plain: torch's default init, then (from the second layer on if z_dim != w_dim) b = 0 and
+    W += I (reference note 5).
+    """
+
+    def __init__(self, *, z_dim, w_dim, n_layers, lr_multiplier=0.01, lrelu_coeff=0.1, equalized_lr=True):
         super().__init__()
         mods = []
         dims = [z_dim] + [w_dim] * n_layers
+        first_identity = 1 if z_dim != w_dim else 0
         for i in range(n_layers):
-            if equalized_lr:
-                fc = FullyConnected(dims[i], dims[i + 1], weight_gain=lr_mult / math.sqrt(dims[i]), bias_gain=lr_mult)
-                nn.init.normal_(fc.weight, 0.0, 1.0 / lr_mult)
-                nn.init.zeros_(fc.bias)
-            else:
-                fc = nn.Linear(dims[i], dims[i + 1])
-                if i >= (1 if z_dim != w_dim else 0):  # reference: identity added, first layer kept if z_dim != w_dim
-                    with torch.no_grad():
-                        fc.bias.zero_()
-                        fc.weight.add_(torch.eye(dims[i + 1], dims[i]))
+            fc = FullyConnected(dims[i], dims[i + 1], bias_init=0.0 if equalized_lr else 'torch',
+                                equalized_lr=equalized_lr, lr_multiplier=lr_multiplier).init_parameters()
+            if not equalized_lr and i >= first_identity:
+                with torch.no_grad():
+                    fc.bias.zero_()
+                    fc.weight.add_(torch.eye(dims[i + 1], dims[i]))
             mods += [fc, nn.LeakyReLU(lrelu_coeff) if i < n_layers - 1 else nn.Identity()]
         self.fcs = nn.Sequential(*mods)
 
@@ -155,36 +205,32 @@ class MappingNetwork(nn.Module):
 
 
 class FourierFeatures(nn.Module):
-    """1-D sine features with a per-sample phase from w: (B, w_dim), n -> (B, n, C) (spec §2.2)."""
+    """1-D sine features with a per-sample phase from w: (B, w_dim), n -> (B, n, C) (reference note 6)."""
 
-    def __init__(self, w_dim, channels, init_B_std=0.1, equalized_lr=True):
+    def __init__(self, *, w_dim, channels, init_B_std=0.1, equalized_lr=True):
         super().__init__()
         B = init_B_std * torch.randn(channels)
         self.register_buffer('B', B[B.abs().argsort()])
-        self.affine = FullyConnected(w_dim, 1, weight_gain=1 / math.sqrt(w_dim) if equalized_lr else 1.0)
-        self.mlp = FullyConnected(channels, channels, bias=False,
-                                  weight_gain=1 / math.sqrt(channels) if equalized_lr else 1.0)
-        with torch.no_grad():
-            if equalized_lr:
-                self.affine.weight.zero_()
-                self.mlp.weight.normal_()
-            else:
-                self.affine.weight.normal_(0.0, 0.02)
-                nn.init.xavier_uniform_(self.mlp.weight)
+        self.affine = FullyConnected(w_dim, 1, equalized_lr=equalized_lr,
+                                     weight_init='zeros' if equalized_lr else 0.02)
+        self.mlp = FullyConnected(channels, channels, bias=False, equalized_lr=equalized_lr,
+                                  weight_init='auto' if equalized_lr else 'xavier')
+        self.affine.init_parameters()
+        self.mlp.init_parameters()
 
     def forward(self, w, n):
-        t = torch.linspace(0, 1, n, dtype=w.dtype, device=w.device)  # (n,), both ends included
-        phase = self.affine(w)  # (B, 1)
-        gamma = torch.sin(2 * math.pi * (self.B[None, None, :] * t[None, :, None] + phase[:, :, None]))
+        t = torch.linspace(0, 1, n, dtype=w.dtype, device=w.device)  # [n], both ends included
+        phase = self.affine(w)  # [B, 1]
+        gamma = torch.sin(2 * math.pi * (self.B[None, None, :] * t[None, :, None] + phase[:, :, None]))  # [B, n, C]
         return self.mlp(gamma)
 
 
 class SynthesisInput(nn.Module):
-    """StyleGAN3-style input: band-limited sines rotated/translated by w, (B, w_dim) -> (B, L0, C) (spec §2.3)."""
+    """StyleGAN3-style input: band-limited sines turned/shifted by w, (B, w_dim) -> (B, L0, C) (reference note 7)."""
 
     bandwidth = 2.0
 
-    def __init__(self, w_dim, channels, length, equalized_lr=True):
+    def __init__(self, *, w_dim, channels, length, equalized_lr=True):
         super().__init__()
         self.length = int(length)
         self.sampling_rate = self.length / 2
@@ -195,18 +241,16 @@ class SynthesisInput(nn.Module):
         self.register_buffer('transform', torch.eye(3))
         self.register_buffer('freqs', f[order])
         self.register_buffer('phases', torch.rand(channels)[order] - 0.5)
-        self.affine = FullyConnected(w_dim, 4, weight_gain=1 / math.sqrt(w_dim) if equalized_lr else 1.0)
-        self.mlp = FullyConnected(channels, channels, bias=False,
-                                  weight_gain=1 / math.sqrt(channels) if equalized_lr else 1.0)
-        with torch.no_grad():
-            self.affine.weight.zero_()
-            self.affine.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
-            if equalized_lr:
-                self.mlp.weight.normal_()
+        # affine(w) starts as (1, 0, 0, 0): no rotation, no translation
+        self.affine = FullyConnected(w_dim, 4, bias_init=[1.0, 0.0, 0.0, 0.0], equalized_lr=equalized_lr,
+                                     weight_init='zeros')
+        self.mlp = FullyConnected(channels, channels, bias=False, equalized_lr=equalized_lr)
+        self.affine.init_parameters()
+        self.mlp.init_parameters()
 
     def forward(self, w, n=None):
-        """n is ignored: the output always has L0 frames (reference behaviour)."""
-        t = self.affine(w)  # (B, 4): rotation (t0, t1) and translation (t2, t3)
+        """n is ignored: the output always has L0 frames (reference note 13)."""
+        t = self.affine(w)  # [B, 4]: rotation (t0, t1) and translation (t2, t3)
         t = t / t[:, :2].norm(dim=1, keepdim=True)
         Bsz = w.shape[0]
         eye = torch.eye(3, device=w.device, dtype=w.dtype).expand(Bsz, 3, 3)
@@ -214,59 +258,61 @@ class SynthesisInput(nn.Module):
         R[:, 0, 0], R[:, 0, 1], R[:, 1, 0], R[:, 1, 1] = t[:, 0], -t[:, 1], t[:, 1], t[:, 0]
         T = eye.clone()
         T[:, 0, 2], T[:, 1, 2] = -t[:, 2], -t[:, 3]
-        M = R @ T @ self.transform.to(w.dtype)[None]
-        phases = self.phases[None] + (self.freqs[None] @ M[:, :2, 2:]).squeeze(2)  # (B, C)
-        freqs = self.freqs[None] @ M[:, :2, :2]  # (B, C, 2)
+        M = R @ T @ self.transform.to(w.dtype)[None]  # [B, 3, 3]
+        phases = self.phases[None] + (self.freqs[None] @ M[:, :2, 2:]).squeeze(2)  # [B, C]
+        freqs = self.freqs[None] @ M[:, :2, :2]  # [B, C, 2]
         amplitude = (1 - (freqs.norm(dim=2) - self.bandwidth) / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
         j = torch.arange(self.length, device=w.device, dtype=w.dtype)
-        x = ((2 * j + 1) / self.length - 1) * (0.5 * self.length / self.sampling_rate)  # align_corners=False grid
-        feat = torch.sin(2 * math.pi * (x[None, :, None] * freqs[:, None, :, 0] + phases[:, None, :]))
+        x = ((2 * j + 1) / self.length - 1) * (0.5 * self.length / self.sampling_rate)  # [L0] align_corners=False grid
+        feat = torch.sin(2 * math.pi * (x[None, :, None] * freqs[:, None, :, 0] + phases[:, None, :]))  # [B, L0, C]
         return self.mlp(feat * amplitude[:, None, :])
 
 
 class SynthesisLayer(nn.Module):
-    """Modulated conv -> bias -> up-sample -> lrelu·√2 -> down-sample (spec §2.6), (B, C_in, L) -> (B, C_out, L')."""
+    """Modulated conv -> bias -> up-sample -> lrelu·√2 -> down-sample, (B, C_in, L) -> (B, C_out, L·up/down).
 
-    def __init__(self, c_in, c_out, kernel_size, w_dim, up_factor, down_factor, up_fc, down_fc,
+    Reference notes 10-12. The head is one with normalize=False, activation=False, up = down = 1.
+    """
+
+    def __init__(self, *, c_in, c_out, kernel_size, w_dim, up_factor, down_factor, up_cutoff, down_cutoff,
                  lrelu_coeff=0.1, equalized_lr=True, normalize=True, activation=True):
         super().__init__()
         self.c_in, self.c_out, self.kernel_size = c_in, c_out, kernel_size
         self.equalized_lr, self.normalize, self.activation = equalized_lr, normalize, activation
         self.lrelu_coeff = lrelu_coeff
-        self.affine = FullyConnected(w_dim, c_in, weight_gain=1 / math.sqrt(w_dim) if equalized_lr else 1.0)
-        self.conv = Conv(c_in, c_out, kernel_size)
-        with torch.no_grad():
-            self.affine.bias.fill_(1.0)
-            if equalized_lr:
-                self.affine.weight.normal_()
-                self.conv.weight.normal_()
-        # Un-normalised head styles are scaled by 1/sqrt(fan_in) in eq-lr mode.
-        self.style_gain = 1 / math.sqrt(c_in * kernel_size) if (equalized_lr and not normalize) else 1.0
+        self.affine = FullyConnected(w_dim, c_in, bias_init=1.0, equalized_lr=equalized_lr)
+        # Under equalized lr the weight is N(0, 1); its gain 1/√(C_in·k) only acts where it is not normalised.
+        self.conv = Conv(c_in, c_out, kernel_size, equalized_lr=equalized_lr)
+        self.affine.init_parameters()
+        self.conv.init_parameters()
         self.register_buffer('norm_ema', torch.tensor(1.0))
-        self.resampler = Resampler(up_factor, down_factor, up_fc, down_fc)
+        self.resampler = Resampler(up_factor, down_factor, up_cutoff, down_cutoff)
 
     def _modulated_conv(self, x, s):
-        """Per-sample conv with weights W·s[b] (demodulated if normalize), computed without forming them.
-
-        conv(x, W ⊙ s_b) · d_b = conv(x ⊙ s_b, W) · d_b, where d_b[o] = (Σ_{i,k} (W[o,i,k] s_b[i])² + ε)^-1/2;
-        the norm EMA enters as one scalar gain. x (B, C_in, L), s (B, C_in) -> (B, C_out, L).
-        """
-        w = self.conv.weight
+        """x [N, I, L], styles s [N, I] -> [N, O, L]: conv with per-sample weights W·s[n] (demodulated if
+        normalize), computed as conv(x·s[n], W)·d[n] without forming the [N, O, I, k] weights."""
+        w = self.conv.weight  # [O, I, k]
         if self.normalize:
-            w_sq = w.square().sum(dim=2)  # (C_out, C_in)
-            w_scale = (w_sq.sum(dim=1) / (self.c_in * self.kernel_size)).rsqrt()  # 1 / RMS per output channel
-            w = w * w_scale[:, None, None]
-            s = s * s.square().mean().rsqrt()
+            w_sq = w.square().sum(dim=2)  # [O, I]
+            w_scale = (w_sq.sum(dim=1) / (self.c_in * self.kernel_size)).rsqrt()  # [O] 1/RMS, no epsilon
+            w = w * w_scale[:, None, None]  # [O, I, k] unit RMS per output channel
+            s = s * s.square().mean().rsqrt()  # [N, I] one RMS over the whole batch
         else:
-            s = s * self.style_gain
-        y = conv1d_same(x * s[:, :, None], w.to(x.dtype))
-        gain = self.norm_ema.rsqrt() if self.equalized_lr else None
+            s = s * self.conv.weight_gain  # [N, I] the conv's equalized-lr gain, moved onto the styles
+        x = x * s[:, :, None]  # [N, I, L] modulate
+        y = conv1d_same(x, w.to(x.dtype))  # [N, O, L]
         if self.normalize:
-            d = (s.square() @ (w_sq * w_scale[:, None].square()).T + DEMOD_EPS).rsqrt()  # (B, C_out)
-            gain = d if gain is None else d * gain
-        return y if gain is None else y * (gain[:, :, None] if gain.ndim else gain).to(y.dtype)
+            w_sq = w_sq * w_scale[:, None].square()  # [O, I] sum over k of the unit-RMS weights squared
+            gain = (s.square() @ w_sq.T + DEMOD_EPS).rsqrt()  # [N, O] demodulation
+            if self.equalized_lr:
+                gain = gain * self.norm_ema.rsqrt()  # [N, O] input normalisation folded in
+            return y * gain[:, :, None].to(y.dtype)  # [N, O, L]
+        if self.equalized_lr:
+            return y * self.norm_ema.rsqrt().to(y.dtype)  # [N, O, L]
+        return y
 
     def forward(self, x, w, update_ema=False):
+        """x [B, C_in, L], w [B, w_dim] -> [B, C_out, L·up/down]; update_ema (training mode) moves norm_ema first."""
         if x.ndim != 3 or x.shape[1] != self.c_in:
             raise ValueError(f'synthesis layer input must be (B, {self.c_in}, L), got {tuple(x.shape)}')
         if self.training:
@@ -278,15 +324,15 @@ class SynthesisLayer(nn.Module):
                               'is not updated. Call .eval() for inference.', stacklevel=3)
         if not self.equalized_lr:
             x = x * self.norm_ema.rsqrt().to(x.dtype)
-        s = self.affine(w)
-        x = self._modulated_conv(x, s) + self.conv.bias.to(x.dtype)[None, :, None]
+        s = self.affine(w)  # [B, C_in]
+        x = self._modulated_conv(x, s) + self.conv.bias.to(x.dtype)[None, :, None]  # [B, C_out, L]
         if self.resampler.up_factor > 1:
-            x = self.resampler.up(x)
+            x = self.resampler.up(x)  # [B, C_out, L·up]
         if self.activation:
             x = F.leaky_relu(x, self.lrelu_coeff)
-        x = x * SQRT2
+        x = x * SQRT2  # also in the head, which has no activation (reference note 12)
         if self.resampler.down_factor > 1:
-            x = self.resampler.down(x)
+            x = self.resampler.down(x)  # [B, C_out, L·up/down]
         return x
 
 
@@ -297,9 +343,9 @@ def cutoff_schedule(n_layers, first_cutoff, last_cutoff, num_critical) -> torch.
 
 
 class Generator(nn.Module):
-    """ASGAN generator "RP_W": z (B, z_dim) -> features (B, seq_len, c_dim).
+    """ASGAN generator "RP_W": z (B, z_dim) -> features (B, seq_len, c_dim) (reference notes 5-14).
 
-    cfg: anything holding the `rp_w_cfg` fields (dataclass, DictConfig, dict) or a whole TrainConfig.
+    cfg: the `rp_w_cfg` fields (dataclass, DictConfig, dict) or a whole TrainConfig.
     """
 
     def __init__(self, cfg):
@@ -309,29 +355,36 @@ class Generator(nn.Module):
         self.z_dim, self.w_dim, self.c_dim = int(cfg.z_dim), int(cfg.w_dim), int(cfg.c_dim)
         self.seq_len = int(cfg.seq_len)
         eq = bool(cfg.equalized_lr)
+        lrelu = float(cfg.lrelu_coeff)
         specs = [(int(c), int(k), float(l)) for c, k, l in cfg.layer_specs]
         self.n_layers = len(specs)
         self.first_len = int(specs[0][2])
         C = int(cfg.ff_channels)
-        self.W = MappingNetwork(self.z_dim, self.w_dim, int(cfg.w_layers) + 1, cfg.w_lr_mult, cfg.lrelu_coeff, eq)
+        self.W = MappingNetwork(z_dim=self.z_dim, w_dim=self.w_dim, n_layers=int(cfg.w_layers) + 1,
+                                lr_multiplier=float(cfg.w_lr_mult), lrelu_coeff=lrelu, equalized_lr=eq)
         if cfg.use_sg3_ff:
-            self.ff = SynthesisInput(self.w_dim, C, self.first_len, eq)
+            self.ff = SynthesisInput(w_dim=self.w_dim, channels=C, length=self.first_len, equalized_lr=eq)
         else:
-            self.ff = FourierFeatures(self.w_dim, C, cfg.init_B_std, eq)
-        self.preconv = Conv(C, C, 1, weight_gain=1 / math.sqrt(C) if eq else 1.0)
-        with torch.no_grad():
-            if eq:
-                self.preconv.weight.normal_()
+            self.ff = FourierFeatures(w_dim=self.w_dim, channels=C, init_B_std=float(cfg.init_B_std), equalized_lr=eq)
+        self.preconv = Conv(C, C, 1, equalized_lr=eq).init_parameters()
         self.cutoffs = cutoff_schedule(self.n_layers, cfg.first_cutoff, cfg.last_cutoff, cfg.num_critical)
         layers, c_in, prev_len = [], C, specs[0][2]
         for i, (c_out, k, length) in enumerate(specs):
-            up = 2 if length == prev_len else 4  # keep length (x2, /2) or double it (x4, /2)
-            layers.append(SynthesisLayer(c_in, c_out, k, self.w_dim, up, 2, self.cutoffs[i], self.cutoffs[i + 1],
-                                         cfg.lrelu_coeff, eq, normalize=True, activation=True))
+            up = 2 if length == prev_len else 4  # keep the length (x2, /2) or double it (x4, /2)
+            layers.append(SynthesisLayer(
+                c_in=c_in, c_out=c_out, kernel_size=k, w_dim=self.w_dim, up_factor=up, down_factor=2,
+                up_cutoff=self.cutoffs[i], down_cutoff=self.cutoffs[i + 1], lrelu_coeff=lrelu, equalized_lr=eq))
             c_in, prev_len = c_out, length
         self.layers = nn.ModuleList(layers)
-        self.head = SynthesisLayer(c_in, self.c_dim, int(cfg.head_spec[1]), self.w_dim, 1, 1, 0.5, 0.5,
-                                   cfg.lrelu_coeff, eq, normalize=False, activation=False)
+        # up = down = 1: the head's two 9-tap filters (cutoff 0.5) are built but never used
+        self.head = SynthesisLayer(c_in=c_in, c_out=self.c_dim, kernel_size=int(cfg.head_spec[1]), w_dim=self.w_dim,
+                                   up_factor=1, down_factor=1, up_cutoff=0.5, down_cutoff=0.5, lrelu_coeff=lrelu,
+                                   equalized_lr=eq, normalize=False, activation=False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        """Build from a TrainConfig (or its rp_w_cfg)."""
+        return cls(rp_w_section(cfg))
 
     def _synthesise(self, ws, n_seed, update_ema):
         """ws: list of n_layers+2 tensors (B, w_dim) for ff, each layer and the head."""
@@ -350,7 +403,7 @@ class Generator(nn.Module):
 
         That is the value training's running mean tends to. Untrained generators need it for meaningful
         outputs: with norm_ema = 1 the un-normalised resampling filters shrink the signal 2-4x per layer
-        (reference quirk 10), so a fresh G outputs ~1e-7. Used by benchmarks and tests.
+        (reference note 14), so a fresh G outputs ~1e-7. Used by benchmarks and tests.
         """
         def set_input_power(layer, args):
             layer.norm_ema.fill_(args[0].float().square().mean())
@@ -365,7 +418,7 @@ class Generator(nn.Module):
                 h.remove()
 
     def forward(self, z, seq_len=None, update_ema=False):
-        """z (B, z_dim) -> (B, L, c_dim); seq_len is ignored (the reference always starts from L0 frames)."""
+        """z (B, z_dim) -> (B, L, c_dim); seq_len is ignored (always L0 input frames, reference note 13)."""
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f'z must be (B, {self.z_dim}), got {tuple(z.shape)}')
         w = self.W(z)
@@ -389,36 +442,33 @@ class Generator(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Discriminator (spec §4)
+# Discriminator (reference notes 15-18)
 
 class DiscriminatorBlock(nn.Module):
-    """Residual block: (B, c_in, l) -> (B, c_out, ceil(l/down)) (spec §4.2)."""
+    """Residual block: (B, c_in, l) -> (B, c_out, ceil(l/down)) (reference note 16)."""
 
-    def __init__(self, c_in, c_out, kernel_size, down, lrelu_coeff=0.1, equalized_lr=True):
+    def __init__(self, *, c_in, c_out, kernel_size, down, lrelu_coeff=0.1, equalized_lr=True):
         super().__init__()
         self.down, self.kernel_size, self.lrelu_coeff = down, kernel_size, lrelu_coeff
-        g = (lambda fan_in: 1 / math.sqrt(fan_in)) if equalized_lr else (lambda fan_in: 1.0)
-        self.conv0 = Conv(c_in, c_in, kernel_size, weight_gain=g(c_in * kernel_size))
-        self.conv1 = Conv(c_in, c_out, kernel_size, weight_gain=g(c_in * kernel_size))
-        self.skip = Conv(c_in, c_out, 1, bias=False, weight_gain=g(c_in))
-        if equalized_lr:
-            with torch.no_grad():
-                for conv in (self.conv0, self.conv1, self.skip):
-                    conv.weight.normal_()
+        self.conv0 = Conv(c_in, c_in, kernel_size, equalized_lr=equalized_lr)
+        self.conv1 = Conv(c_in, c_out, kernel_size, equalized_lr=equalized_lr)
+        self.skip = Conv(c_in, c_out, 1, bias=False, equalized_lr=equalized_lr)
+        for conv in (self.conv0, self.conv1, self.skip):
+            conv.init_parameters()
         self.resampler = Resampler(1, down)
         if down > 1:
-            self.lpf = Resampler(1, 1)  # cutoff pi: a near-identity filter (reference quirk 12)
+            self.lpf = Resampler(1, 1)  # cutoff pi: a near-identity filter (reference note 14)
 
     def forward(self, x):
-        s = self.resampler.down(x) if self.down > 1 else x
-        s = SQRT2 * self.skip(s)
-        h = F.leaky_relu(self.conv0(x).clamp(-CLAMP, CLAMP), self.lrelu_coeff)
+        s = self.resampler.down(x) if self.down > 1 else x  # [B, c_in, l/down]
+        s = SQRT2 * self.skip(s)  # [B, c_out, l/down]
+        h = F.leaky_relu(self.conv0(x).clamp(-CLAMP, CLAMP), self.lrelu_coeff)  # [B, c_in, l]
         if self.down > 1:
             h = Resampler.lpf(h, self.lpf.down_lpf_filter)
             h = self.conv1(h, stride=self.down, padding=self.kernel_size // 2)
         else:
             h = self.conv1(h)
-        h = F.leaky_relu(SQRT2 * h.clamp(-CLAMP, CLAMP), self.lrelu_coeff)
+        h = F.leaky_relu(SQRT2 * h.clamp(-CLAMP, CLAMP), self.lrelu_coeff)  # [B, c_out, l/down]
         return s + h
 
 
@@ -437,55 +487,59 @@ def minibatch_std(x, group_size=MBSTD_GROUP):
 
 
 class DiscriminatorHead(nn.Module):
-    """Minibatch-std, conv, fully connected, logit: (B, d_dim, l) -> (B, 1) (spec §4.4)."""
+    """Minibatch-std, conv, fully connected, logit: (B, d_dim, length) -> (B, 1) (reference note 18)."""
 
-    def __init__(self, d_dim, length, kernel_size, lrelu_coeff=0.1, equalized_lr=True):
+    def __init__(self, *, d_dim, length, kernel_size, lrelu_coeff=0.1, equalized_lr=True):
         super().__init__()
         self.lrelu_coeff, self.equalized_lr = lrelu_coeff, equalized_lr
-        eq = equalized_lr
-        # The reference's eq-lr conv gain counts d_dim·k inputs, not (d_dim+1)·k (quirk 14).
-        self.conv = Conv(d_dim + 1, d_dim, kernel_size, weight_gain=1 / math.sqrt(d_dim * kernel_size) if eq else 1.0)
-        self.fc = FullyConnected(d_dim * length, d_dim, weight_gain=1 / math.sqrt(d_dim * length) if eq else 1.0)
-        self.out = FullyConnected(d_dim, 1, weight_gain=1 / math.sqrt(d_dim) if eq else 1.0)
-        with torch.no_grad():
-            for m in (self.conv, self.fc, self.out):
-                m.bias.zero_()
-                if eq:
-                    m.weight.normal_()
-        self.act_gain = SQRT2 if eq else 1.0
+        # fan_in d_dim·k: the reference's gain leaves out the minibatch-std channel (reference note 18)
+        self.conv = Conv(d_dim + 1, d_dim, kernel_size, equalized_lr=equalized_lr, fan_in=d_dim * kernel_size)
+        self.fc = FullyConnected(d_dim * length, d_dim, equalized_lr=equalized_lr)
+        self.out = FullyConnected(d_dim, 1, equalized_lr=equalized_lr)
+        for m in (self.conv, self.fc, self.out):
+            m.init_parameters()
+        self.act_gain = SQRT2 if equalized_lr else 1.0
 
     def forward(self, x):
-        y = minibatch_std(x)
-        y = self.act_gain * F.leaky_relu(self.conv(y).clamp(-CLAMP, CLAMP), self.lrelu_coeff)
-        y = self.act_gain * F.leaky_relu(self.fc(y.flatten(1)), self.lrelu_coeff)
+        y = minibatch_std(x)  # [B, d_dim+1, length]
+        y = self.act_gain * F.leaky_relu(self.conv(y).clamp(-CLAMP, CLAMP), self.lrelu_coeff)  # [B, d_dim, length]
+        y = self.act_gain * F.leaky_relu(self.fc(y.flatten(1)), self.lrelu_coeff)  # [B, d_dim]
         return self.out(y)
 
 
 class Discriminator(nn.Module):
-    """ASGAN discriminator "RP_ConvDiscriminator": (B, seq_len, c_dim) -> logits (B, 1)."""
+    """ASGAN discriminator "RP_ConvDiscriminator": (B, seq_len, c_dim) -> logits (B, 1) (reference notes 15-18).
 
-    def __init__(self, c_dim, d_dim, seq_len, lrelu_coeff=0.1, kernel_size=3, block_repeats=(3, 3, 3, 3),
-                 equalized_lr=True):
+    cfg: the `rp_w_cfg` fields, as for Generator (D_head_dim, D_kernel_size, D_block_repeats, seq_len,
+    lrelu_coeff, equalized_lr); c_dim: the input feature size, default cfg.c_dim.
+    """
+
+    def __init__(self, cfg, c_dim=None):
         super().__init__()
-        self.c_dim, self.seq_len = int(c_dim), int(seq_len)
-        stations, length = [], self.seq_len
-        for stage, repeats in enumerate(block_repeats):
+        cfg = rp_w_section(cfg)
+        self.cfg = cfg
+        self.c_dim = int(cfg.c_dim if c_dim is None else c_dim)
+        self.seq_len = int(cfg.seq_len)
+        d_dim, kernel_size = int(cfg.D_head_dim), int(cfg.D_kernel_size)
+        lrelu, eq = float(cfg.lrelu_coeff), bool(cfg.equalized_lr)
+        stations, length = [], self.seq_len  # (length, channels) seen by each block, then the head
+        for stage, repeats in enumerate(cfg.D_block_repeats):
             if stage == 0:  # the reference's "first-block fix": only the first station has c_dim channels
-                stations += [(length, c_dim)] + [(length, d_dim)] * (repeats - 1)
+                stations += [(length, self.c_dim)] + [(length, d_dim)] * (repeats - 1)
             else:
                 stations += [(length, d_dim)] * repeats
             length = math.ceil(length / 2)
         self.layers = nn.ModuleList([
-            DiscriminatorBlock(c0, c1, kernel_size, math.ceil(l0 / l1), lrelu_coeff, equalized_lr)
+            DiscriminatorBlock(c_in=c0, c_out=c1, kernel_size=kernel_size, down=math.ceil(l0 / l1),
+                               lrelu_coeff=lrelu, equalized_lr=eq)
             for (l0, c0), (l1, c1) in zip(stations[:-1], stations[1:])])
-        self.head = DiscriminatorHead(d_dim, stations[-1][0], kernel_size, lrelu_coeff, equalized_lr)
+        self.head = DiscriminatorHead(d_dim=d_dim, length=stations[-1][0], kernel_size=kernel_size,
+                                      lrelu_coeff=lrelu, equalized_lr=eq)
 
     @classmethod
     def from_config(cls, cfg):
-        """Build from a TrainConfig: top-level c_dim, the rest from rp_w_cfg."""
-        r = cfg.rp_w_cfg
-        return cls(cfg.c_dim, r.D_head_dim, r.seq_len, r.lrelu_coeff, r.D_kernel_size, list(r.D_block_repeats),
-                   r.equalized_lr)
+        """Build from a TrainConfig: the top-level c_dim (as the reference did), the rest from rp_w_cfg."""
+        return cls(cfg.rp_w_cfg, c_dim=cfg.c_dim)
 
     def forward(self, x):
         if x.ndim != 3 or x.shape[1:] != (self.seq_len, self.c_dim):

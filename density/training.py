@@ -1,5 +1,5 @@
-"""The pieces of ASGAN's training loop (spec §8), each in one place: where training stands (`TrainState`), the
-phase schedule, one D step and one G step, the EMA generator, and the per-step logging.
+"""The pieces of ASGAN's training loop (reference notes 28-33), each in one place: where training stands
+(`TrainState`), the phase schedule, one D step and one G step, the EMA generator, and the per-step logging.
 
     state = TrainState(ada=aug)                                   # or state.load_state_dict(checkpoint, ...)
     phase = next_phase(engine, state)                             # the ADA skip draw, every step
@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only bac
 
 log = logging.getLogger('train_asgan')
 
-NOISE_STD = {'hubert_L6': 0.05, 'wav': 0.05, 'melspec': 0.2}  # ADA noise per data type (spec §6)
+NOISE_STD = {'hubert_L6': 0.05, 'wav': 0.05, 'melspec': 0.2}  # ADA noise per data type (reference note 21)
 NEVER_SKIP_EVERY = 16  # a D phase on a multiple of 16 steps is never turned into a G phase by the ADA skip
 LOSS_SMOOTHING, R1_SMOOTHING = 0.1, 0.2  # EMA factors of the logged smoothed losses
 R1_LOG_MIN = 1e-8  # R1 values at or below this (phases without R1) do not enter the smoothed R1
@@ -92,7 +92,7 @@ class TrainState:
         return True
 
     def record(self, stats, update_ratio):
-        """After a D or G step: d_update_perc, the latest values, the phase counter (spec §8.2)."""
+        """After a D or G step: d_update_perc, the latest values, the phase counter (reference note 29)."""
         stats = dict(stats)
         finite, d_updated = stats.pop('finite'), stats.pop('d_updated', False)
         self.d_update_perc += D_UPDATE_RATE * (float(d_updated) - self.d_update_perc)
@@ -115,7 +115,7 @@ def smoothed(old, new, rate):
     return new if old is None else old + rate * (new - old)
 
 
-# ---------------------------------------------------------------- the phase schedule (spec §6, §8.2)
+# ---------------------------------------------------------------- the phase schedule (reference notes 22, 29)
 
 def next_phase(engine, state):
     """This step's phase. Draws the ADA skip every step (python `random`, rank 0's draw for every rank): a D
@@ -142,7 +142,7 @@ def r1_due(cfg, steps):
 # ---------------------------------------------------------------- one D step, one G step
 
 def d_forward(cfg, engine, G, D, aug, real, z, r1_step):
-    """D phase up to the loss (spec §8.2.2): G(z) without grad, augment, D on both, L_D and (if r1_step) R1.
+    """D phase up to the loss (reference note 30): G(z) without grad, augment, D on both, L_D and (if r1_step) R1.
 
     real (B, L, C), z (B, z_dim) -> (loss_d, r1, d_real (B, 1), d_fake (B, 1)); r1 is 0 without R1.
     """
@@ -159,7 +159,7 @@ def d_forward(cfg, engine, G, D, aug, real, z, r1_step):
 
 
 def g_forward(cfg, engine, G, D, aug, real, z):
-    """G phase up to the loss (spec §8.2.3): G(z), augment, L_G through D with D's parameters frozen
+    """G phase up to the loss (reference note 31): G(z), augment, L_G through D with D's parameters frozen
     (their gradients would be discarded anyway). -> (loss_g, d_fake (B, 1), real_aug, fake_aug (B, L, C))."""
     D.module.requires_grad_(False)
     with engine.autocast():
@@ -241,7 +241,7 @@ def mean_over_ranks(engine, *values):
 # ---------------------------------------------------------------- set-up helpers
 
 def build_optimizers(cfg, g, d):
-    """Adam for G (group 0: ff, preconv, layers, head; group 1: mapping net W) and D (spec §8.1)."""
+    """Adam for G (group 0: ff, preconv, layers, head; group 1: mapping net W) and D (reference note 28)."""
     w_lr = cfg.lr if cfg.rp_w_cfg.equalized_lr else cfg.lr * cfg.rp_w_cfg.w_lr_mult  # eq-lr applies w_lr_mult in W
     main = [p for m in (g.ff, g.preconv, g.layers, g.head) for p in m.parameters()]
     g_opt = torch.optim.Adam([{'params': main, 'lr': cfg.lr}, {'params': list(g.W.parameters()), 'lr': w_lr}],
@@ -268,7 +268,7 @@ def update_ema(g_ema, g, weight):
 # ---------------------------------------------------------------- logging (main rank)
 
 class StepLogger:
-    """Stdout lines and tensorboard training scalars and gradient figures (spec §8.4), after LOG_AFTER steps."""
+    """Stdout lines and tensorboard training scalars and gradient figures, after LOG_AFTER steps."""
 
     def __init__(self, cfg, writer, G, D, device, steps):
         self.cfg, self.writer, self.G, self.D, self.device = cfg, writer, G, D, device

@@ -1,5 +1,5 @@
-"""Validation during training (spec §8.5): the metrics and tensorboard figures of the training G on the validation
-set, the FAD reference statistics, and the HuBERT encoder of the melspec/wav FAD.
+"""Validation during training (reference note 33): the metrics and tensorboard figures of the training G on the
+validation set, the FAD reference statistics, and the HuBERT encoder of the melspec/wav FAD.
 
     encode = fad_encoder(cfg, device)                 # None: FAD on the frames themselves
     real_stats = real_statistics(valid_ds, encode)
@@ -25,12 +25,12 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 EMBED_FRAMES, NEAREST_N, PERC_N = 1000, 1000, 500  # validation: embedding frames, closest_dist_pair, perc_closest
-FAD_LAYER = 6  # HuBERT block whose output the melspec/wav FAD compares (spec §8.5)
+FAD_LAYER = 6  # HuBERT block whose output the melspec/wav FAD compares (reference note 33)
 FAD_CHUNK = 32  # validation items vocoded and HuBERT-encoded per batch for the FAD reference statistics
 
 
 def fad_encoder(cfg, device):
-    """The spec §8.5 FAD features of melspec/wav data, or None (fad_hubert_checkpoint unset: raw frames).
+    """The FAD features (reference note 33) of melspec/wav data, or None (fad_hubert_checkpoint unset: raw frames).
 
     Returns encode: (B, L, C) log-mels (vocoded first) or waveforms (C = 1) -> (B * frames, dim) HuBERT layer-6
     features on the CPU.

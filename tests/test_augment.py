@@ -1,4 +1,4 @@
-"""Augmenter and ADA (spec §6): draw order, mixing semantics, p adaptation and state round trip."""
+"""Augmenter and ADA (reference notes 21, 22): draw order, mixing semantics, p adaptation and state round trip."""
 import random
 
 import pytest
@@ -8,7 +8,7 @@ from density.augment import P_MAX, P_MIN, Augmenter
 
 
 def spec_augment(real, fake, p, noise_std):
-    """Spec §6 written out literally: five torch flags, then noise, scale, swap draw, mixing."""
+    """Reference note 21 written out literally: five torch flags, then noise, scale, swap draw, mixing."""
     B, L, _ = real.shape
     f = torch.rand(5) < p
     if f[0]:

@@ -67,7 +67,7 @@ def test_collate_crop_start_range():
         assert feats[0, :, 0].tolist() == list(range(int(feats[0, 0, 0]), int(feats[0, 0, 0]) + 8))
         assert feats[1, :, 0].tolist() == list(range(8))  # l = seq_len + 1: start is always 0
         assert lengths.tolist() == [8, 8]
-    assert starts == {0, 1}  # U{0 .. l - seq_len - 1}: l - seq_len = 2 is never drawn (reference quirk 23)
+    assert starts == {0, 1}  # U{0 .. l - seq_len - 1}: l - seq_len = 2 is never drawn (reference note 24)
     random.seed(5)
     a = col([_item(30)])[0]
     random.seed(5)

@@ -1,4 +1,4 @@
-"""density.metrics and evaluate.py against independent numpy/scipy computations (spec §9, §5)."""
+"""density.metrics and evaluate.py against independent numpy/scipy computations (reference notes 20, 35-39)."""
 import json
 import logging
 import math

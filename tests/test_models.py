@@ -23,7 +23,7 @@ def reference_modulated_conv(layer, x, w):
         W = W / W.square().mean(dim=(1, 2), keepdim=True).sqrt()
         s = s / s.square().mean().sqrt()
     else:
-        s = s * layer.style_gain
+        s = s * layer.conv.weight_gain
     Wb = W[None] * s[:, None, :, None]
     if layer.normalize:
         Wb = Wb * (Wb.square().sum(dim=(2, 3), keepdim=True) + 1e-8).rsqrt()
@@ -42,7 +42,8 @@ def reference_modulated_conv(layer, x, w):
 @pytest.mark.parametrize('k', [1, 3, 4])
 def test_modulated_conv_equals_per_sample_weights(eq, normalize, k):
     torch.manual_seed(0)
-    layer = SynthesisLayer(12, 10, k, 8, 2, 2, 0.2, 0.25, equalized_lr=eq, normalize=normalize).eval()
+    layer = SynthesisLayer(c_in=12, c_out=10, kernel_size=k, w_dim=8, up_factor=2, down_factor=2, up_cutoff=0.2,
+                           down_cutoff=0.25, equalized_lr=eq, normalize=normalize).eval()
     layer.norm_ema.fill_(1.7)
     x, w = torch.randn(5, 12, 7), torch.randn(5, 8)
     s = layer.affine(w)
@@ -116,3 +117,11 @@ def test_calibrate_norm_ema_gives_unit_power_inputs():
     for h in hooks:
         h.remove()
     torch.testing.assert_close(torch.stack(powers), torch.ones(len(powers)))
+
+
+def test_parameters_have_plain_strides():
+    """Every parameter owns dense row-major storage (DeepSpeed views parameters as bytes to broadcast them)."""
+    cfg = tiny_cfg('rp_w_cfg.use_sg3_ff=True')
+    for model in (Generator.from_config(cfg), Discriminator.from_config(cfg)):
+        for name, p in model.named_parameters():
+            assert p.stride() == torch.empty(p.shape).stride(), name

@@ -20,7 +20,7 @@ def ref(request, fixtures_dir):
 def build(ref):
     g = Generator(ref['rp_w_cfg'])
     g.load_state_dict(ref['g_state_dict'], strict=True)
-    d = Discriminator(**ref['discriminator_args'])
+    d = Discriminator(ref['rp_w_cfg'], c_dim=ref['discriminator_args']['c_dim'])
     d.load_state_dict(ref['d_state_dict'], strict=True)
     return g.eval(), d.eval()
 
@@ -30,12 +30,17 @@ def n_params(m):
 
 
 def test_param_counts_and_buffers(ref):
+    args, r = ref['discriminator_args'], ref['rp_w_cfg']  # the reference's D arguments are rp_w_cfg fields
+    assert (args['d_dim'], args['seq_len'], args['lrelu_coeff'], args['kernel_size'], list(args['block_repeats']),
+            args['equalized_lr']) == (r['D_head_dim'], r['seq_len'], r['lrelu_coeff'], r['D_kernel_size'],
+                                      list(r['D_block_repeats']), r['equalized_lr'])
     g, d = build(ref)
     assert n_params(g) == ref['g_num_params']
     assert n_params(d) == ref['d_num_params']
     torch.testing.assert_close(g.cutoffs, ref['cutoffs'], rtol=0, atol=1e-7)
     # Filters designed here equal the recorded ones (so a fresh model has the reference buffers).
-    fresh_g, fresh_d = Generator(ref['rp_w_cfg']), Discriminator(**ref['discriminator_args'])
+    fresh_g = Generator(ref['rp_w_cfg'])
+    fresh_d = Discriminator(ref['rp_w_cfg'], c_dim=ref['discriminator_args']['c_dim'])
     for fresh, sd in ((fresh_g, ref['g_state_dict']), (fresh_d, ref['d_state_dict'])):
         for k, v in fresh.state_dict().items():
             if k.endswith('lpf_filter') or k.endswith('transform'):

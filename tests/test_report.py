@@ -61,8 +61,8 @@ def test_report_files_and_tables(tmp_path):
     demo = make_demo_dir(tmp_path)
     md = report.build(demo).read_text()
     for needle in ('| ASGAN, trained (EMA G) | 8 | 10.000 | 5.000 |', '| ASGAN at initialisation | 8 | 80.000 | 1.200 |',
-                   '| real test | 3 | 0.000 | 9.000 |', '| noise | 3 | 90.000 | 1.000 |', '| total (wall clock) | 4 s |', 'machine: ',
-                   'Side by side, one CPU thread each: classifier and asgan'):
+                   '| real test | 3 | 0.000 | 9.000 |', '| noise | 3 | 90.000 | 1.000 |', '| total (wall clock) | 4 s |',
+                   'machine: ', 'Side by side, one CPU thread each: classifier and asgan'):
         assert needle in md
     assert (demo / 'report_spectrograms.png').stat().st_size > 1000
     assert (demo / 'report_curves.png').stat().st_size > 1000

@@ -35,7 +35,7 @@ REFERENCE_KEYS = {'g_state_dict', 'd_state_dict', 'g_optim_state_dict', 'd_optim
                   'g_scaler_state_dict', 'd_scaler_state_dict', 'steps', 'epoch', 'cfg_yaml'}
 QUIET = ['validation_interval=1000', 'checkpoint_interval=1000', 'summary_interval=1000', 'stdout_interval=1000',
          'grad_summary_interval=1000']
-# Spec §8.4/§8.5 tensorboard tags (memory/max_*_gb are written on CUDA only).
+# Tensorboard tags the reference logged (memory/max_*_gb are written on CUDA only).
 TRAIN_SCALARS = {'memory/sec_per_batch', 'training/g_loss_smooth', 'training/d_loss_smooth', 'opt/g_lr', 'opt/g_W_lr',
                  'opt/d_lr', 'opt/g_grad_norm', 'opt/d_grad_norm', 'training/mean_drift', 'training/var_drift',
                  'training/dist_loss', 'training/r1_loss', 'training/total_d_loss', 'opt/d_update_perc',
@@ -161,7 +161,7 @@ def test_few_steps_write_events_checkpoints_and_best_fad(tmp_path, capsys):
 
 @pytest.mark.parametrize('equalized_lr', [True, False])
 def test_optimiser_groups_and_learning_rates(tmp_path, equalized_lr):
-    """Spec §8.1: G group 0 = ff, preconv, layers, head; group 1 = W at lr (eq-lr) or lr*w_lr_mult;
+    """Reference note 28: G group 0 = ff, preconv, layers, head; group 1 = W at lr (eq-lr) or lr*w_lr_mult;
     D at lr*d_lr_mult."""
     cfg = parse_config(tiny_args(tmp_path, 'run', f'rp_w_cfg.equalized_lr={equalized_lr}', 'lr=0.01',
                                  'rp_w_cfg.w_lr_mult=0.5', 'd_lr_mult=0.1', 'betas=[0.1,0.9]'))
@@ -190,7 +190,7 @@ def test_optimiser_groups_and_learning_rates(tmp_path, equalized_lr):
 ])
 def test_phase_schedule_skipping_update_ratio_and_r1_cadence(tmp_path, monkeypatch, extra, d_phases, d_updates,
                                                              r1_steps):
-    """Spec §6 / §8.2: the D/G phase of each step, which D phases update D, and which carry R1 (every 4th step)."""
+    """Reference notes 29, 30: the D/G phase per step, which D phases update D, and which carry R1 (every 4th step)."""
     phases, r1, updates = [], [], []
     d_forward, g_forward, optimise = training.d_forward, training.g_forward, training.optimise
 
@@ -218,7 +218,7 @@ def test_phase_schedule_skipping_update_ratio_and_r1_cadence(tmp_path, monkeypat
 
 
 def test_ema_generator_moves_at_checkpoint_intervals_only(tmp_path):
-    """Spec §8.3 (default ema_every=0): at steps 3 and 6, p_ema += 0.1 (p - p_ema); buffers copied from G."""
+    """Reference note 32 (default ema_every=0): at steps 3 and 6, p_ema += 0.1 (p - p_ema); buffers copied from G."""
     args = tiny_args(tmp_path, 'run', 'max_steps=7', 'checkpoint_interval=3', *QUIET[:1])
     train_asgan.main(args)
     cfg = parse_config(args)
@@ -474,7 +474,7 @@ def test_bad_resume_checkpoint_is_a_clear_error(tmp_path, kind):
 
 
 def test_melspec_fad_on_vocoded_hubert_features(tmp_path, monkeypatch):
-    """Spec §8.5 with fad_hubert_checkpoint: the logged FAD compares HuBERT layer-6 features of the Griffin-Lim-vocoded
+    """Reference note 33, fad_hubert_checkpoint set: the FAD compares HuBERT layer-6 features of the Griffin-Lim-vocoded
     generated mels with those of the vocoded validation mels front-padded with -11.4, recomputed here independently
     from the mels G generated during validation (eval mode)."""
     generated, forward = [], Generator.forward

@@ -1,7 +1,7 @@
 """Tiny ASGAN checkpoints and HiFi-GANs for the hub and generate tests (fast on 2 CPU cores).
 
 A freshly initialised generator's output is ~1e-9 (the un-normalised resampling filters shrink the signal
-at every layer, spec quirk 10), so each layer's `norm_ema` is calibrated to the power of its input
+at every layer, reference note 14), so each layer's `norm_ema` is calibrated to the power of its input
 (`Generator.calibrate_norm_ema`), which is what training's running mean converges to. The tiny HiFi-GAN
 has zero biases and a calibrated output gain, so that its waveform depends on its input instead of being
 dominated by the biases.
