@@ -9,7 +9,8 @@ Sample i of a run is row i of a (n, z_dim) standard-normal draw from a CPU gener
 files do not depend on --batch_size or the device (beyond float rounding). Interpolation goes from the latent
 of seed A to that of seed B (the first sample of --seed A and of --seed B): spherical in z (`--space z`),
 linear in w (`--space w`).
-Truncation moves every w toward the mean w of --w_avg_samples random z: w_avg + psi (w - w_avg).
+Truncation moves every w toward the mean w of --w_avg_samples random z: w_avg + psi (w - w_avg). The mean w is
+computed once per checkpoint and cached in a file next to it (density/latent.py).
 """
 import argparse
 import math
@@ -22,10 +23,10 @@ from tqdm import tqdm
 from density import cli
 from density.audio import LOG_FLOOR, SAMPLE_RATE, log_mel, save_wav
 from density.fileio import atomic_path, remove_stale_temporaries
-from density.inference import load_asgan, resolve_device
+from density.download import fetch, resolve
+from density.inference import CHECKPOINT_URL, CHECKPOINT_URL_ENV, load_asgan, resolve_device
+from density.latent import W_AVG_SAMPLES, lerp, slerp, truncate, w_stats
 
-W_AVG_SEED = 12345  # latents for the mean w are drawn from their own fixed stream, apart from --seed
-W_AVG_BATCH = 4096  # mapping-network batch when estimating the mean w
 PNG_COLUMNS = 8
 MEL_FLOOR = math.log(LOG_FLOOR)  # log-mel of silence: bottom of the colour scale
 
@@ -44,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
                    help="truncation psi toward the mean w (1 = off, 0 = always the mean)")
-    p.add_argument("--w_avg_samples", type=int, default=10000, help="random z used to estimate the mean w")
+    p.add_argument("--w_avg_samples", type=int, default=W_AVG_SAMPLES,
+                   help="random z used to estimate the mean w (cached next to the checkpoint)")
     p.add_argument("--interpolate", type=int, nargs=2, metavar=("SEED_A", "SEED_B"),
                    help="write an interpolation between the latents of two seeds instead of --n samples")
     p.add_argument("--space", choices=["z", "w"], default="z", help="interpolation space")
@@ -68,26 +70,6 @@ def parse_args(argv=None):
     return args
 
 
-def slerp(a, b, t):
-    """Spherical interpolation between rows a, b (1, D) at fractions t (S,) -> (S, D)."""
-    a_n, b_n = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
-    omega = torch.acos((a_n * b_n).sum(-1).clamp(-1, 1))  # angle between the two latents
-    if omega.item() < 1e-6:
-        return torch.lerp(a, b, t[:, None])
-    so = torch.sin(omega)
-    return (torch.sin((1 - t) * omega) / so)[:, None] * a + (torch.sin(t * omega) / so)[:, None] * b
-
-
-def mean_w(model, n, progress):
-    """Mean of W(z) over n standard-normal z drawn from a fixed seed -> (1, w_dim)."""
-    g = torch.Generator().manual_seed(W_AVG_SEED)
-    total = torch.zeros(1, model.w_dim, dtype=torch.float64)
-    for start in tqdm(range(0, n, W_AVG_BATCH), desc="mean w", disable=not progress):
-        z = torch.randn(min(W_AVG_BATCH, n - start), model.z_dim, generator=g)
-        total += model.z2w(z).double().sum(0, keepdim=True).cpu()
-    return (total / n).float()
-
-
 def latents(model, args):
     """-> (latents (M, z_dim or w_dim) on the CPU, kind 'z' or 'w', file stems)."""
     if args.interpolate:
@@ -96,19 +78,18 @@ def latents(model, args):
         stems = [f"interp_{args.space}_{args.interpolate[0]}_{args.interpolate[1]}_{k:03d}" for k in range(args.steps)]
         if args.space == "z":
             return slerp(a, b, t), "z", stems
-        wa, wb = model.z2w(a).cpu(), model.z2w(b).cpu()
-        return torch.lerp(wa, wb, t[:, None]), "w", stems
+        return lerp(model.z2w(a).cpu(), model.z2w(b).cpu(), t), "w", stems
     z = torch.randn(args.n, model.z_dim, generator=torch.Generator().manual_seed(args.seed))
     return z, "z", [f"seed{args.seed}_{i:05d}" for i in range(args.n)]
 
 
-def write_png(path, mels, names):
-    """Grid of log-mel images (128, frames) with file names as titles, written atomically."""
+def write_png(path, mels, names, columns=PNG_COLUMNS):
+    """Grid of log-mel images (128, frames) with file names as titles, `columns` a row, written atomically."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(PNG_COLUMNS, len(mels))
+    cols = min(columns, len(mels))
     rows = -(-len(mels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.0 * rows), squeeze=False)
     for ax in axes.flat:
@@ -144,13 +125,16 @@ def generate(args):
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     lat, kind, stems = latents(model, args)
-    w_avg = mean_w(model, args.w_avg_samples, progress) if args.truncation != 1 else None
+    w_avg = None
+    if args.truncation != 1:
+        checkpoint = fetch(args.checkpoint or resolve(None, CHECKPOINT_URL_ENV, CHECKPOINT_URL), progress=progress)
+        w_avg = w_stats(model.g, args.w_avg_samples, checkpoint, progress).w_avg
     mels, names = [], []
     for start in tqdm(range(0, len(lat), args.batch_size), desc="generate", disable=not progress):
         batch = lat[start:start + args.batch_size]
         if w_avg is not None:
             w = model.z2w(batch).cpu() if kind == "z" else batch
-            wavs = model.generate_from_w(torch.lerp(w_avg, w, args.truncation))
+            wavs = model.generate_from_w(truncate(w, w_avg, args.truncation))
         elif kind == "z":
             wavs = model.generate_from_latent(batch)
         else:

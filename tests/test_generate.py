@@ -11,6 +11,7 @@ import torch
 import generate
 from density.audio import log_mel
 from density.inference import load_asgan
+from density.latent import w_stats
 from density.vocoder import save_vocoder
 from tiny_asgan import make_checkpoint, tiny_vocoder
 
@@ -76,7 +77,7 @@ def test_truncation_is_lerp_toward_mean_w(tiny, tmp_path):
     generate.main(tiny + ["--out_dir", str(tmp_path / "t"), "--n", "2", "--seed", "5", "--truncation", "0.5",
                           "--w_avg_samples", "300", "--png_max", "0"])
     model = load_asgan(tiny[1], tiny[3], "cpu", progress=False)
-    w_avg = generate.mean_w(model, 300, progress=False)
+    w_avg = w_stats(model.g, 300).w_avg
     w = model.z2w(torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(5)))
     expected = model.generate_from_w(w_avg + 0.5 * (w - w_avg)).clamp(-1, 1)
     got = read(tmp_path / "t")
