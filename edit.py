@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from density import latent
+from density import cli, latent
 from density.audio import SAMPLE_RATE, fit_length, load_audio, log_mel, save_wav
 from density.classifier import class_order, read_split_csv
 from density.fileio import remove_stale_temporaries, save_torch, write_text
@@ -57,7 +57,7 @@ def _common(p):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("project", help="project wavs into the latent space and resynthesise them")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="wav files (or seed:N)")
@@ -317,13 +317,9 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        summary = run(args)
-    except (OSError, ValueError) as e:  # bad audio (AudioError), checkpoint, CSV, layer index; unwritable output
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(summary, file=sys.stderr)
+    """A user error (bad audio, checkpoint, CSV or layer index; unwritable output) exits with status 2 and one
+    `error: ...` line (density/cli.py)."""
+    print(cli.run(lambda args: run(parse_args(args)), argv), file=sys.stderr)
 
 
 if __name__ == "__main__":

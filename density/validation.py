@@ -86,7 +86,7 @@ def seeded(seed, device):
 
 @torch.no_grad()
 def validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode=None):
-    """Spec §8.5 on the training G (eval mode, fp32): losses, ApproxKL, nearest-neighbour metrics, FAD
+    """Reference note 33 on the training G (eval mode, fp32): losses, ApproxKL, nearest-neighbour metrics, FAD
     (on the frames, or on encode(fake) from fad_encoder). D sees features normalised with `norm` (a
     FeatureNorm), as in training; the metrics compare raw-scale features.
 

@@ -48,6 +48,7 @@ def test_offline_pretrained_download_is_one_error_line_and_debug_shows_the_trace
     ('split_data.py', ['--root_path', 'nowhere'], 'nowhere'),
     ('evaluate.py', ['--gen_feats', 'missing.npy', '--real_feats', 'missing.npy'], 'missing.npy does not exist'),
     ('generate.py', ['--out_dir', 'o'], 'one of the arguments --pretrained --checkpoint is required'),
+    ('edit.py', ['project', 'a.wav', '--checkpoint', 'missing.pt', '--out_dir', 'o'], 'missing.pt'),
 ])
 def test_user_errors_of_every_command(tmp_path, script, args, message):
     assert_one_error_line(command(tmp_path, script, *args), message)
