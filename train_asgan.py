@@ -100,13 +100,21 @@ class Loop:
 
 
 def build(cfg, engine, harness, train_ds):
-    """Models, optimisers, FeatureNorm and TrainState, from scratch or from the checkpoint rank 0 resumes."""
+    """Models, optimisers, FeatureNorm and TrainState: from the checkpoint rank 0 resumes, else from scratch with
+    the weights of init_checkpoint when given."""
     resume = engine.all_gather_object(str(harness.run.resume or '') if harness.run else '')[0]  # rank 0 decides
     g, d = Generator(cfg.rp_w_cfg), Discriminator.from_config(cfg)
     g_ema = copy.deepcopy(g).eval().requires_grad_(False)
     checkpoint = ckpt.load(resume) if resume else None
     if checkpoint is not None:
         ckpt.load_models(checkpoint, resume, g, d, g_ema)
+    elif cfg.init_checkpoint:  # fine-tuning: the weights only; optimisers, step and run are new
+        skipped = ckpt.load_init_weights(cfg.init_checkpoint, parts=list(cfg.init_parts), strict=cfg.init_strict,
+                                         g=g, d=d, g_ema=g_ema)
+        for part, problems in skipped.items():
+            for problem in problems:
+                log.warning('init_checkpoint %s: skipped (fresh init) %s', part, problem)
+        log.info('initialised %s from %s; a new run starts at step 0', '+'.join(skipped), cfg.init_checkpoint)
     if checkpoint is not None and checkpoint.get('feature_norm'):  # the statistics the run started with
         norm = FeatureNorm.from_checkpoint(checkpoint)
     else:

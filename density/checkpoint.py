@@ -99,6 +99,44 @@ def load_models(state, path, g, d, g_ema):
                               f'wrote it ({e})') from e
 
 
+INIT_KEYS = {'G': ('g_state_dict',), 'D': ('d_state_dict',), 'G_ema': ('g_ema_state_dict', 'g_state_dict')}
+
+
+def load_init_weights(path, *, parts, strict, g, d, g_ema):
+    """Weights of the `parts` (INIT_KEYS: 'G', 'D', 'G_ema'; G_ema falls back to the training G) of a checkpoint,
+    ours or a reference/official one, into g, d and g_ema; a G_ema not in `parts` copies the loaded g.
+    strict: a missing, unexpected or differently shaped tensor is a CheckpointError; otherwise it is skipped
+    (keeping its fresh init) and each part's skipped keys are returned -> {part: [messages]}."""
+    state = load(path, required=(), what='a checkpoint with model weights')
+    skipped = {}
+    for part, module in (('G', g), ('D', d), ('G_ema', g_ema)):
+        if part not in parts:
+            continue
+        key = next((k for k in INIT_KEYS[part] if state.get(k)), None)
+        if key is None:
+            raise CheckpointError(f'{path}: holds no {" or ".join(INIT_KEYS[part])} for init_parts {part}; '
+                                  f'remove {part} from init_parts')
+        skipped[part] = _load_matching(module, state[key], strict=strict, what=f'{path} {key}')
+    if 'G_ema' not in parts:
+        g_ema.load_state_dict(g.state_dict())
+    return skipped
+
+
+def _load_matching(module, weights, *, strict, what):
+    """Load the tensors of `weights` that fit `module` -> [message per skipped key]; strict: none may be skipped."""
+    own = module.state_dict()
+    problems = [f'{k}: shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here'
+                for k, v in weights.items() if k in own and v.shape != own[k].shape]
+    problems += [f'{k}: not in the checkpoint' for k in own.keys() - weights.keys()]
+    problems += [f'{k}: not in this model' for k in weights.keys() - own.keys()]
+    if strict and problems:
+        raise CheckpointError(f'{what} does not fit the configured model ({"; ".join(sorted(problems))}); use '
+                              'the rp_w_cfg of the run that wrote it, or init_strict=false to skip these tensors')
+    module.load_state_dict({k: v for k, v in weights.items() if k in own and v.shape == own[k].shape},
+                           strict=False)
+    return sorted(problems)
+
+
 def load_optimizers(state, G, D):
     """Optimiser and loss-scaler states of a training checkpoint into the Trainables G and D."""
     G.load_state_dict(state['g_optim_state_dict'], state.get('g_scaler_state_dict'))

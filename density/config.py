@@ -123,6 +123,9 @@ class TrainConfig:
     ada_adapt: bool = True  # adapt the augmentation / D-skip probability p to D's confidence; false keeps aug_init_p
     normalize_features: bool = False  # standardise each feature channel with training-split statistics (FeatureNorm)
     overwrite: bool = False  # let a run delete the checkpoints in checkpoint_path it would otherwise refuse to touch
+    init_checkpoint: str = ''  # start a new run from these weights (fresh optimisers, step 0); '' = random init
+    init_parts: List[str] = field(default_factory=lambda: ['G', 'D', 'G_ema'])  # which weights init_checkpoint gives
+    init_strict: bool = True  # false: tensors that are missing or differ in shape keep their fresh init (logged)
 
 
 RP_W_Config = RPWConfig
@@ -144,6 +147,7 @@ PRESETS = {
                   'stdout_interval=50', 'grad_summary_interval=250', 'n_epochs=1000', 'max_steps=1500',
                   'use_sc09_splits=true'],
 }
+INIT_PARTS = ('G', 'D', 'G_ema')
 CHOICES = {'engine': ('torch', 'deepspeed'), 'data_type': ('hubert_L6', 'melspec', 'wav'),
            'preset': tuple(PRESETS)}
 _POSITIVE_INTS = ('distributed.n_nodes', 'distributed.n_gpus_per_node', 'c_dim', 'z_dim', 'batch_size', 'n_epochs',
@@ -201,6 +205,9 @@ def _list_errors(cfg):
     head = r.head_spec
     if not (len(head) == 2 and all(_is_int(v) and v >= 1 for v in head)):
         errors.append(('rp_w_cfg.head_spec', head, '[channels >= 1, kernel >= 1]'))
+    parts = list(cfg.init_parts)
+    if not (parts and set(parts) <= set(INIT_PARTS) and len(set(parts)) == len(parts)):
+        errors.append(('init_parts', parts, f'a non-empty list of distinct parts from {list(INIT_PARTS)}'))
     repeats = r.D_block_repeats
     if not (len(repeats) > 0 and all(_is_int(v) and v >= 1 for v in repeats)):
         errors.append(('rp_w_cfg.D_block_repeats', repeats, 'a non-empty list of integers >= 1'))

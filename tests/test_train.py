@@ -590,3 +590,50 @@ def test_logged_d_loss_includes_r1(tmp_path, monkeypatch):
     assert all(s['d_loss'] != s['d_loss_no_r1'] for s in with_r1)
     latest = ckpt.load(tmp_path / 'run' / 'ckpt_00000008.pt')['train_state']['latest']
     assert latest['d_loss'] == d_stats[-1]['d_loss'] and latest['r1'] == d_stats[-1]['r1'].item()
+
+
+def started_loop(monkeypatch):
+    """Make train_asgan.main build everything and stop before the first step -> the list that receives the Loop."""
+    loops = []
+    monkeypatch.setattr(train_asgan, 'train', lambda loop, *_: loops.append(loop))
+    return loops
+
+
+def test_init_checkpoint_fine_tunes_as_a_new_run_from_the_loaded_weights(tmp_path, monkeypatch):
+    train_asgan.main(tiny_args(tmp_path, 'source', 'max_steps=3', *QUIET))
+    source = ckpt.load(tmp_path / 'source' / 'ckpt_00000002.pt')
+    loops = started_loop(monkeypatch)
+    train_asgan.main(tiny_args(tmp_path, 'tuned', f'init_checkpoint={tmp_path}/source/ckpt_00000002.pt', *QUIET))
+    loop = loops[0]
+    assert loop.state.steps == 0 and loop.state.epoch == 0
+    for module, key in ((loop.G.module, 'g_state_dict'), (loop.D.module, 'd_state_dict'),
+                        (loop.g_ema, 'g_ema_state_dict')):
+        assert_identical(ckpt.cpu_state(module), source[key], key)
+    assert not loop.G.optimizer.state and not loop.D.optimizer.state  # fresh Adam moments
+    assert loop.harness.run.run_id != source['run_id']
+    monkeypatch.undo()
+    train_asgan.main(tiny_args(tmp_path, 'tuned2', f'init_checkpoint={tmp_path}/source/ckpt_00000002.pt',
+                               'init_parts=[G]', 'max_steps=2', *QUIET))
+    tuned = ckpt.load(tmp_path / 'tuned2' / 'ckpt_00000001.pt')
+    assert tuned['steps'] == 1 and tuned['run_id'] != source['run_id']
+
+
+def test_init_checkpoint_with_another_head_is_refused_or_skipped_with_init_strict_false(tmp_path, monkeypatch,
+                                                                                        caplog):
+    """A new c_dim: the generator's head and the discriminator's input differ; strict refuses, false skips them."""
+    train_asgan.main(tiny_args(tmp_path, 'source', 'max_steps=1', *QUIET))
+    source = ckpt.load(tmp_path / 'source' / 'ckpt_00000000.pt')
+    init = f'init_checkpoint={tmp_path}/source/ckpt_00000000.pt'
+    other = tmp_path / 'other'
+    make_data(other, c_dim=5)
+    new_head = [f'train_root={other}', 'c_dim=5', 'rp_w_cfg.c_dim=5', 'rp_w_cfg.head_spec=[5,1]']
+    with pytest.raises(ckpt.CheckpointError, match='init_strict=false'):
+        train_asgan.main(tiny_args(tmp_path, 'strict', init, *new_head, *QUIET))
+    loops = started_loop(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger='train_asgan'):
+        train_asgan.main(tiny_args(tmp_path, 'loose', init, 'init_strict=false', *new_head, *QUIET))
+    g = ckpt.cpu_state(loops[0].G.module)
+    skipped = [k for k in source['g_state_dict'] if k in g and g[k].shape != source['g_state_dict'][k].shape]
+    assert skipped and all(f'{k}: shape' in caplog.text for k in skipped)
+    kept = [k for k in g if k not in skipped]
+    assert_identical({k: g[k] for k in kept}, {k: source['g_state_dict'][k] for k in kept}, 'kept G weights')
