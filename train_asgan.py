@@ -33,7 +33,7 @@ from density.engine import make_engine
 from density.models import Discriminator, Generator
 from density.run import Harness, ignore_stop_signals, seed_all
 from density.training import LOG_AFTER, StepLogger, TrainState, build_optimizers, next_phase, update_ema
-from density.validation import fad_encoder, real_statistics, validate
+from density.validation import fad_encoder, real_statistics, sample_latents, sample_vocoder, validate
 
 log = logging.getLogger('train_asgan')
 
@@ -138,12 +138,18 @@ def build(cfg, engine, harness, train_ds):
 def open_logs(cfg, engine, valid_ds, collate):
     """Main rank: -> (tensorboard writer, validation dict or None), the writer closed on exit; (None, None) elsewhere.
 
-    The FAD encoder comes first, so that a bad fad_hubert_checkpoint fails before the logs exist.
+    The vocoder and the FAD encoder come first, so that a bad fad_vocoder or fad_hubert_checkpoint fails before the
+    logs exist.
     """
     if not engine.is_main:
         yield None, None
         return
-    encode = fad_encoder(cfg, engine.device)
+    to_audio = sample_vocoder(cfg, engine.device)
+    encode = fad_encoder(cfg, engine.device, to_audio)
+    audio = (sample_latents(cfg), to_audio) if cfg.audio_samples and to_audio is not None else None
+    if cfg.audio_samples and to_audio is None:
+        log.info('audio_samples=%d: no audio in tensorboard for hubert_L6 features without fad_vocoder (a HiFi-GAN '
+                 'for them)', cfg.audio_samples)
     writer = SummaryWriter(str(Path(cfg.checkpoint_path) / 'logs'))
     try:
         writer.add_text('config', '```\n' + config_to_yaml(cfg) + '\n```')
@@ -152,7 +158,8 @@ def open_logs(cfg, engine, valid_ds, collate):
                             worker_init_fn=ignore_stop_signals)
         validation = None
         if len(loader):
-            validation = {'loader': loader, 'real_stats': real_statistics(valid_ds, encode), 'encode': encode}
+            validation = {'loader': loader, 'real_stats': real_statistics(valid_ds, encode), 'encode': encode,
+                          'audio': audio}
         else:
             log.warning('%d validation items make no full batch of %d: validation is off', len(valid_ds),
                         cfg.batch_size)
@@ -220,7 +227,7 @@ def train_step(loop, real, z, batch_index, pbar, logger):
     if loop.validation is not None and step > 0 and step % cfg.validation_interval == 0:
         fad_value = validate(cfg, loop.G.module, loop.D.module, loop.validation['loader'],
                              loop.validation['real_stats'], loop.writer, step, engine.device, loop.norm,
-                             loop.validation['encode'])
+                             loop.validation['encode'], loop.validation['audio'])
         log.info('step %d: validation FAD %.4f (best %.4f)', step, fad_value, state.best_fad)
         if fad_value < state.best_fad:
             state.best_fad = fad_value

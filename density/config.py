@@ -119,10 +119,11 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many global steps with a final checkpoint; 0 = run n_epochs
     sil_vec_path: str = ''  # (c_dim,) tensor file padding short HuBERT items; '' = zeros (reference fallback)
     fad_hubert_checkpoint: str = ''  # melspec/wav: FAD on this HuBERT's layer 6 (reference note 33); '' = raw frames
-    fad_vocoder: str = ''  # melspec with fad_hubert_checkpoint: vocoder path/URL for the FAD; '' = Griffin-Lim
+    fad_vocoder: str = ''  # vocoder path/URL (melspec, hubert_L6) for the FAD and the audio samples; '' = Griffin-Lim
     ada_adapt: bool = True  # adapt the augmentation / D-skip probability p to D's confidence; false keeps aug_init_p
     normalize_features: bool = False  # standardise each feature channel with training-split statistics (FeatureNorm)
     overwrite: bool = False  # let a run delete the checkpoints in checkpoint_path it would otherwise refuse to touch
+    audio_samples: int = 4  # tensorboard audio of G(z) for this many fixed z at each validation; 0 = off
     init_checkpoint: str = ''  # start a new run from these weights (fresh optimisers, step 0); '' = random init
     init_parts: List[str] = field(default_factory=lambda: ['G', 'D', 'G_ema'])  # which weights init_checkpoint gives
     init_strict: bool = True  # false: tensors that are missing or differ in shape keep their fresh init (logged)
@@ -155,7 +156,8 @@ _POSITIVE_INTS = ('distributed.n_nodes', 'distributed.n_gpus_per_node', 'c_dim',
                   'validation_interval', 'update_ratio', 'max_nonfinite_steps', 'rp_w_cfg.z_dim', 'rp_w_cfg.c_dim',
                   'rp_w_cfg.w_dim', 'rp_w_cfg.w_layers', 'rp_w_cfg.ff_channels', 'rp_w_cfg.seq_len',
                   'rp_w_cfg.apply_r1_every', 'rp_w_cfg.D_head_dim', 'rp_w_cfg.D_kernel_size')
-_COUNTS = ('num_workers', 'ema_every', 'keep_last_checkpoints', 'max_steps', 'n_valid', 'rp_w_cfg.num_critical')
+_COUNTS = ('num_workers', 'ema_every', 'keep_last_checkpoints', 'max_steps', 'n_valid', 'rp_w_cfg.num_critical',
+           'audio_samples')
 # key -> (test, the allowed range in words) for every numeric field; a missing mandatory value is not checked here
 RANGES = {
     **{k: (lambda v: v >= 1, '>= 1') for k in _POSITIVE_INTS},
@@ -370,9 +372,9 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.fad_hubert_checkpoint and cfg.data_type == 'hubert_L6':
         raise ConfigError('fad_hubert_checkpoint is for data_type melspec or wav: hubert_L6 features are already '
                           'HuBERT features and their FAD uses them as they are; remove fad_hubert_checkpoint')
-    if cfg.fad_vocoder and not (cfg.fad_hubert_checkpoint and cfg.data_type == 'melspec'):
-        raise ConfigError('fad_vocoder is used only with data_type=melspec and fad_hubert_checkpoint set; set '
-                          'fad_hubert_checkpoint or remove fad_vocoder')
+    if cfg.fad_vocoder and cfg.data_type == 'wav':
+        raise ConfigError('fad_vocoder is for data_type melspec or hubert_L6 (the FAD and the validation audio); '
+                          'wav data needs none: remove fad_vocoder')
     if cfg.batch_size % min(4, cfg.batch_size):
         raise ConfigError(f'batch_size={cfg.batch_size}: the discriminator groups samples in fours '
                           '(minibatch std); use a multiple of 4')

@@ -1,9 +1,11 @@
 """Validation during training (reference note 33): the metrics and tensorboard figures of the training G on the
 validation set, the FAD reference statistics, and the HuBERT encoder of the melspec/wav FAD.
 
-    encode = fad_encoder(cfg, device)                 # None: FAD on the frames themselves
+    to_audio = sample_vocoder(cfg, device)            # None: no audio (hubert_L6 without fad_vocoder)
+    encode = fad_encoder(cfg, device, to_audio)       # None: FAD on the frames themselves
     real_stats = real_statistics(valid_ds, encode)
-    fad_value = validate(cfg, G.module, D.module, valid_loader, real_stats, writer, steps, device, norm, encode)
+    fad_value = validate(cfg, G.module, D.module, valid_loader, real_stats, writer, steps, device, norm, encode,
+                         audio=(sample_latents(cfg), to_audio))  # audio=None: no audio samples
 """
 import contextlib
 import random
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from density.audio import SAMPLE_RATE
 from density.config import ConfigError
 from density.dataset import MEL_SILENCE
 from density.losses import discriminator_loss, generator_loss
@@ -29,11 +32,28 @@ FAD_LAYER = 6  # HuBERT block whose output the melspec/wav FAD compares (referen
 FAD_CHUNK = 32  # validation items vocoded and HuBERT-encoded per batch for the FAD reference statistics
 
 
-def fad_encoder(cfg, device):
+def sample_vocoder(cfg, device):
+    """What turns generated frames (B, L, C) into waveforms (B, T): fad_vocoder when set, else Griffin-Lim for
+    log-mels and the frames themselves for wav; None for hubert_L6 features without fad_vocoder."""
+    if cfg.fad_vocoder:
+        try:
+            vocoder = load_vocoder(cfg.fad_vocoder, device)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ConfigError(f'fad_vocoder={cfg.fad_vocoder}: {e}') from e
+    elif cfg.data_type == 'melspec':
+        vocoder = GriffinLimVocoder().to(device)
+    elif cfg.data_type == 'wav':
+        return lambda x: x.squeeze(-1)
+    else:
+        return None
+    return lambda x: vocoder(x).squeeze(1)
+
+
+def fad_encoder(cfg, device, to_audio):
     """The FAD features (reference note 33) of melspec/wav data, or None (fad_hubert_checkpoint unset: raw frames).
 
-    Returns encode: (B, L, C) log-mels (vocoded first) or waveforms (C = 1) -> (B * frames, dim) HuBERT layer-6
-    features on the CPU.
+    Returns encode: (B, L, C) log-mels or waveforms (C = 1), made waveforms by `to_audio` (sample_vocoder) ->
+    (B * frames, dim) HuBERT layer-6 features on the CPU.
     """
     if not cfg.fad_hubert_checkpoint:
         return None
@@ -42,18 +62,18 @@ def fad_encoder(cfg, device):
         reader = HubertFeatureReader(cfg.fad_hubert_checkpoint, layer=FAD_LAYER, device=device)
     except (OSError, ValueError) as e:
         raise ConfigError(f'fad_hubert_checkpoint={cfg.fad_hubert_checkpoint}: {e}') from e
-    vocoder = None
-    if cfg.data_type == 'melspec':
-        try:
-            vocoder = load_vocoder(cfg.fad_vocoder, device) if cfg.fad_vocoder else GriffinLimVocoder().to(device)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ConfigError(f'fad_vocoder={cfg.fad_vocoder}: {e}') from e
 
     @torch.no_grad()
     def encode(x):
-        wav = vocoder(x).squeeze(1) if vocoder is not None else x.squeeze(-1)  # (B, T)
-        return reader.get_feats_batched(wav).flatten(0, 1).cpu()
+        return reader.get_feats_batched(to_audio(x)).flatten(0, 1).cpu()
     return encode
+
+
+def sample_latents(cfg):
+    """The fixed z (audio_samples, z_dim) of the validation audio: seeded with cfg.seed, drawn like the dataset's
+    (mean z_mean, variance z_std)."""
+    z = torch.randn(cfg.audio_samples, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    return cfg.z_mean + cfg.z_std ** 0.5 * z
 
 
 def real_statistics(valid_ds, encode=None):
@@ -85,17 +105,30 @@ def seeded(seed, device):
 
 
 @torch.no_grad()
-def validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode=None):
+def validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode=None, audio=None):
     """Reference note 33 on the training G (eval mode, fp32): losses, ApproxKL, nearest-neighbour metrics, FAD
     (on the frames, or on encode(fake) from fad_encoder). D sees features normalised with `norm` (a
-    FeatureNorm), as in training; the metrics compare raw-scale features.
+    FeatureNorm), as in training; the metrics compare raw-scale features. With audio=(z, to_audio)
+    (sample_latents, sample_vocoder): tensorboard audio `audio/sample_k` of G(z), the same z every time.
 
     Seeded with cfg.seed each time: every validation sees the same z and crops, and the training random
     streams are left as they were (so resuming is exact whatever the validation schedule).
     """
     with seeded(cfg.seed, device):
         loader.generator.manual_seed(cfg.seed)
-        return _validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode)
+        fad_value = _validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode)
+    if audio is not None:
+        write_audio(g, *audio, writer=writer, steps=steps, device=device, norm=norm)
+    return fad_value
+
+
+def write_audio(g, z, to_audio, *, writer, steps, device, norm):
+    """Tensorboard audio `audio/sample_k` (16 kHz) of G(z) (eval mode), de-normalised and made waveforms."""
+    g.eval()
+    wavs = to_audio(norm.denormalize(g(z.to(device)))).float().cpu()
+    g.train()
+    for k, wav in enumerate(wavs):
+        writer.add_audio(f'audio/sample_{k}', wav.clamp(-1, 1), steps, sample_rate=SAMPLE_RATE)
 
 
 def _validate(cfg, g, d, loader, real_stats, writer, steps, device, norm, encode):

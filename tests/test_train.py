@@ -1,5 +1,6 @@
 """train_asgan.py on the CPU with a tiny model and tiny data made here: outputs, schedule, exact resume, faults."""
 import copy
+import io
 import itertools
 import logging
 import math
@@ -12,12 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train_asgan
 from density import checkpoint as ckpt
-from density import training
+from density import training, validation
 from density.audio import HOP, log_mel
 from density.augment import P_MIN, Augmenter
 from density.config import ConfigError, config_from_yaml, parse_config
@@ -488,7 +490,7 @@ def test_melspec_fad_on_vocoded_hubert_features(tmp_path, monkeypatch):
     args = tiny_args(tmp_path, 'run', f'train_root={make_mel_data(tmp_path / "mel")}', 'data_type=melspec',
                      'n_valid=16', 'c_dim=128', 'rp_w_cfg.c_dim=128', 'rp_w_cfg.head_spec=[128,1]',
                      'rp_w_cfg.seq_len=16', 'rp_w_cfg.layer_specs=[[16,3,4],[16,3,4],[12,3,8],[8,3,16]]', *QUIET,
-                     'max_steps=3', 'validation_interval=2', f'fad_hubert_checkpoint={TINY_HUBERT}')
+                     'max_steps=3', 'validation_interval=2', f'fad_hubert_checkpoint={TINY_HUBERT}', 'audio_samples=0')
     train_asgan.main(args)
     events = EventAccumulator(str(tmp_path / 'run' / 'logs'))
     events.Reload()
@@ -513,7 +515,8 @@ def test_melspec_fad_on_vocoded_hubert_features(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('extra, message', [
     (['fad_hubert_checkpoint=h.pt'], 'hubert_L6 features are already HuBERT'),
-    (['data_type=melspec', 'fad_vocoder=v.pt'], 'fad_vocoder is used only with data_type=melspec and fad_hubert'),
+    (['data_type=wav', 'fad_vocoder=v.pt'], 'fad_vocoder is for data_type melspec or hubert_L6'),
+    (['fad_vocoder=missing.pt'], 'fad_vocoder=missing.pt: '),
     (['data_type=melspec', 'fad_hubert_checkpoint=missing.pt'], 'fad_hubert_checkpoint=missing.pt: .*not found'),
 ])
 def test_fad_options_outside_their_route_fail_clearly(tmp_path, extra, message):
@@ -637,3 +640,31 @@ def test_init_checkpoint_with_another_head_is_refused_or_skipped_with_init_stric
     assert skipped and all(f'{k}: shape' in caplog.text for k in skipped)
     kept = [k for k in g if k not in skipped]
     assert_identical({k: g[k] for k in kept}, {k: source['g_state_dict'][k] for k in kept}, 'kept G weights')
+
+
+def test_validation_writes_audio_of_the_same_z_griffin_lim_for_mels_and_skips_hubert_without_vocoder(tmp_path,
+                                                                                                    caplog):
+    mel = [f'train_root={make_mel_data(tmp_path / "mel")}', 'data_type=melspec', 'n_valid=8', 'c_dim=128',
+           'rp_w_cfg.c_dim=128', 'rp_w_cfg.head_spec=[128,1]', 'rp_w_cfg.seq_len=16',
+           'rp_w_cfg.layer_specs=[[16,3,4],[16,3,4],[12,3,8],[8,3,16]]', *QUIET, 'max_steps=5',
+           'validation_interval=2', 'checkpoint_interval=2', 'audio_samples=3']
+    args = tiny_args(tmp_path, 'mel_run', *mel)
+    train_asgan.main(args)
+    events = EventAccumulator(str(tmp_path / 'mel_run' / 'logs'), size_guidance={'audio': 0})
+    events.Reload()
+    assert sorted(events.Tags()['audio']) == ['audio/sample_0', 'audio/sample_1', 'audio/sample_2']
+    logged = {e.step: sf.read(io.BytesIO(e.encoded_audio_string))[0] for e in events.Audio('audio/sample_1')}
+    assert sorted(logged) == [2, 4]
+    cfg = parse_config(args)
+    g = Generator(cfg.rp_w_cfg).eval()
+    for step in (2, 4):  # the training G of that step, on the fixed z, through Griffin-Lim
+        g.load_state_dict(ckpt.load(tmp_path / 'mel_run' / f'ckpt_{step:08d}.pt')['g_state_dict'])
+        with torch.no_grad():
+            want = GriffinLimVocoder()(g(validation.sample_latents(cfg)))[1, 0].clamp(-1, 1)
+        assert logged[step] == pytest.approx(want.numpy(), abs=2 / 32767)
+    with caplog.at_level(logging.INFO, logger='train_asgan'):
+        train_asgan.main(tiny_args(tmp_path, 'hubert_run', *QUIET, 'max_steps=3', 'validation_interval=2'))
+    assert caplog.text.count('no audio in tensorboard for hubert_L6') == 1
+    events = EventAccumulator(str(tmp_path / 'hubert_run' / 'logs'))
+    events.Reload()
+    assert events.Tags()['audio'] == [] and [e.step for e in events.Scalars('validation/fad')] == [2]
