@@ -233,6 +233,26 @@ def evaluate_generator(model, classifier, reference, name="generated", n=2048, s
     return row_metrics(name, scores, reference, ls_trim, svm_random_state)
 
 
+def bootstrap(scores, seed):
+    """A resample with replacement of the clips of `scores` (same N), drawn with numpy's default_rng(seed)."""
+    idx = np.random.default_rng(seed).integers(0, len(scores.logits), len(scores.logits))
+    return Scores(scores.feats[idx], scores.logits[idx], None if scores.latents is None else scores.latents[idx])
+
+
+def repeated_row(name, make_scores, reference, repeats=1, ls_trim=0.5, svm_random_state=0):
+    """The row (row_metrics) of make_scores(k) for k = 0 .. repeats - 1; with repeats > 1 each metric is the mean
+    over the repeats, `<metric>_std` their standard deviation (ddof 1) and `repeats` their number."""
+    rows = [row_metrics(name, make_scores(k), reference, ls_trim, svm_random_state) for k in range(repeats)]
+    if repeats == 1:
+        return rows[0]
+    out = dict(rows[0], repeats=repeats)
+    for _, key, _ in COLUMNS[1:]:
+        values = [r[key] for r in rows if r[key] is not None and math.isfinite(r[key])]
+        out[key] = float(np.mean(values)) if values else None
+        out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return out
+
+
 def noise_scores(classifier, n=2048, seed=0, batch_size=64):
     """n white-noise clips (std NOISE_STD, seeded) -> Scores."""
     noise = NOISE_STD * torch.randn(n, 16000, generator=torch.Generator().manual_seed(seed))
@@ -254,10 +274,17 @@ def markdown_table(rows):
     """Rows (dicts from row_metrics) -> Markdown table; '–' where a metric is not defined."""
     lines = ["| set | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for r in rows:
-        cells = ["–" if r.get(key) is None or not math.isfinite(r[key]) else format(r[key], fmt)
-                 for _, key, fmt in COLUMNS]
+        cells = [_cell(r, key, fmt) for _, key, fmt in COLUMNS]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(row, key, fmt):
+    """A metric as `mean ± std` where the row has `<key>_std`, else its value; '–' where it is not defined."""
+    value, std = row.get(key), row.get(f"{key}_std")
+    if value is None or not math.isfinite(value):
+        return "–"
+    return format(value, fmt) + (f" ± {std:{fmt}}" if std is not None and math.isfinite(std) else "")
 
 
 def run_audio(args):
@@ -282,22 +309,29 @@ def run_audio(args):
             model.vocoder.n_iter = args.griffin_lim_iters
     train = cached_scores(classifier, classifier_hash, args.train_csv, "real", cache, **common)
     reference = make_reference(train, args.ndb_k)
+    repeat = dict(reference=reference, repeats=args.repeats, ls_trim=args.ls_trim,
+                  svm_random_state=args.svm_random_state)
+
+    def fixed(scores):  # a fixed set of clips: itself, or with --repeats a bootstrap resample per repeat
+        return lambda k: scores if args.repeats == 1 else bootstrap(scores, args.seed + k)
     if args.wav_dir:
-        target = row_metrics(f"{args.wav_dir}", score_wavs(classifier, load_batches(files, **common),
-                                                           desc="wav_dir"), reference)
+        target = repeated_row(f"{args.wav_dir}", fixed(score_wavs(classifier, load_batches(files, **common),
+                                                                  desc="wav_dir")), **repeat)
     else:
         name = "official ASGAN" if args.pretrained else f"{Path(args.checkpoint).name}"
-        target = evaluate_generator(model, classifier, reference, name, args.n, args.seed, args.batch_size,
-                                    args.save_wavs, args.ls_trim, args.svm_random_state)
-    rows = [target, row_metrics("real train", train, reference)]
+        target = repeated_row(name, lambda k: generate_scores(model, classifier, args.n, args.seed + k,
+                                                              args.batch_size, args.save_wavs if k == 0 else None),
+                              **repeat)
+    rows = [target, repeated_row("real train", fixed(train), **repeat)]
     if args.test_csv:
         for kind, name in (("real", "real test"), ("griffin_lim", "Griffin-Lim of real test")):
             scores = cached_scores(classifier, classifier_hash, args.test_csv, kind, cache,
                                    griffin_lim_iters=args.griffin_lim_iters, **common)
-            rows.append(row_metrics(name, scores, reference))
-    rows.append(row_metrics("white noise", noise_scores(classifier, args.n, args.seed, args.batch_size), reference))
+            rows.append(repeated_row(name, fixed(scores), **repeat))
+    rows.append(repeated_row("white noise", lambda k: noise_scores(classifier, args.n, args.seed + k,
+                                                                   args.batch_size), **repeat))
     return rows, dict(classifier=str(args.classifier), classifier_sha256=classifier_hash,
-                      classes=list(classifier.classes), seed=args.seed)
+                      classes=list(classifier.classes), seed=args.seed, repeats=args.repeats)
 
 def write_json(path, result):
     """Atomic write; non-finite values become null."""
@@ -329,6 +363,9 @@ def parse_args(argv=None):
     a.add_argument("--n", type=int, default=2048, help="generated and noise clips (default 2048)")
     a.add_argument("--batch_size", type=int, default=64)
     a.add_argument("--seed", type=int, default=0, help="seed of the latent and noise draws (default 0)")
+    a.add_argument("--repeats", type=int, default=1,
+                   help="K > 1: every row K times (generator and noise rows with seeds seed .. seed+K-1, fixed clip "
+                        "sets as bootstrap resamples), reported as mean ± std (default 1)")
     a.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     a.add_argument("--resample", action="store_true", help="resample clips that are not at 16 kHz")
     a.add_argument("--save_wavs", help="also write the generated clips to this folder")
@@ -357,8 +394,8 @@ def parse_args(argv=None):
         if not args.classifier or not args.train_csv:
             p.error("audio mode needs --classifier (train one with train_classifier.py, or the published "
                     "resnext.pth) and --train_csv (the real training clips, from split_data.py)")
-        if args.n < 2 or args.batch_size < 1 or args.ndb_k < 0 or args.griffin_lim_iters < 0:
-            p.error("--n must be >= 2, --batch_size >= 1, --ndb_k >= 0, --griffin_lim_iters >= 0")
+        if args.n < 2 or args.batch_size < 1 or args.ndb_k < 0 or args.griffin_lim_iters < 0 or args.repeats < 1:
+            p.error("--n must be >= 2, --batch_size >= 1, --ndb_k >= 0, --griffin_lim_iters >= 0, --repeats >= 1")
         if args.vocoder and not args.checkpoint:
             p.error("--vocoder goes with --checkpoint")
     elif not ((args.gen_feats and args.real_feats) or args.gen_logits):

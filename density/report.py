@@ -116,9 +116,15 @@ def _fmt(v):
     return str(v) if isinstance(v, int) else f'{v:.3f}' if abs(v) < 100 else f'{v:.0f}'
 
 
+def _cell(vals, key):
+    """A metric of an evaluate.py row: `mean ± std` where the row has `<key>_std` (evaluate.py --repeats)."""
+    std = vals.get(f'{key}_std')
+    return _fmt(vals.get(key)) + (f' ± {_fmt(std)}' if std is not None and vals.get(key) is not None else '')
+
+
 def metrics_markdown(rows):
     head = '| | N | ' + ' | '.join(t for _, t in METRICS) + ' |\n|---|---|' + '---|' * len(METRICS) + '\n'
-    return head + ''.join(f'| {name} | {vals.get("n", "–")} | ' + ' | '.join(_fmt(vals.get(k)) for k, _ in METRICS)
+    return head + ''.join(f'| {name} | {vals.get("n", "–")} | ' + ' | '.join(_cell(vals, k) for k, _ in METRICS)
                           + ' |\n' for name, vals in rows)
 
 
@@ -173,7 +179,7 @@ def to_html(rows, wavs, timings, when):
     esc = html.escape
     table = ('<table><tr><th></th><th>N</th>' + ''.join(f'<th>{esc(t)}</th>' for _, t in METRICS) + '</tr>' +
              ''.join(f'<tr><td>{esc(name)}</td><td>{esc(str(vals.get("n", "–")))}</td>' +
-                     ''.join(f'<td>{esc(_fmt(vals.get(k)))}</td>' for k, _ in METRICS) + '</tr>'
+                     ''.join(f'<td>{esc(_cell(vals, k))}</td>' for k, _ in METRICS) + '</tr>'
                      for name, vals in rows) + '</table>')
     samples = ''.join(f'<figure><img src="samples/{esc(w.with_suffix(".png").name)}" alt="{esc(w.stem)}">'
                       f'<audio controls preload="auto" src="samples/{esc(w.name)}"></audio>'

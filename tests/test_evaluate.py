@@ -104,6 +104,27 @@ def test_checkpoint_hubert_with_hifigan_file_is_deterministic_and_cached(corpus,
     assert again == first
 
 
+def test_repeats_give_the_mean_and_std_of_consecutive_seeds_and_bootstrapped_real_rows(corpus, tmp_path, capsys):
+    make_checkpoint(tmp_path / 'g.pt')
+    save_vocoder(tiny_vocoder(), tmp_path / 'voc.pt')
+    args = audio_args(corpus, tmp_path, '--checkpoint', str(tmp_path / 'g.pt'), '--vocoder', str(tmp_path / 'voc.pt'),
+                      '--n', '16', '--seed', '5')
+    rows = evaluate.main(args + ['--repeats', '3', '--json', str(tmp_path / 'out.json')])
+    table = capsys.readouterr().out
+    singles = [evaluate.main(args[:-1] + [str(seed)])[0] for seed in (5, 6, 7)]
+    for key in ('fid', 'inception_score', 'am_score', 'ndb_over_k'):
+        values = [r[key] for r in singles]
+        assert rows[0][key] == pytest.approx(np.mean(values)) and rows[0][f'{key}_std'] == pytest.approx(
+            np.std(values, ddof=1)), key
+    assert len({r['fid'] for r in singles}) == 3  # three different draws
+    by = {r['name']: r for r in rows}
+    assert all(r['repeats'] == 3 and r['fid_std'] > 0 for r in rows)
+    assert by['real train']['fid'] > 0  # bootstrap resamples of the training set, not the set itself
+    saved = json.loads((tmp_path / 'out.json').read_text())
+    assert saved['repeats'] == 3 and saved['rows'][0]['fid_std'] == pytest.approx(rows[0]['fid_std'])
+    assert f"| g.pt | 16 | {rows[0]['fid']:.3f} ± {rows[0]['fid_std']:.3f} |" in table
+
+
 def test_checkpoint_mel_with_griffin_lim(corpus, tmp_path):
     make_checkpoint(tmp_path / 'mel.pt', mel=True)
     rows = evaluate.main(audio_args(corpus, tmp_path, '--checkpoint', str(tmp_path / 'mel.pt'), '--n', '16'))

@@ -71,6 +71,15 @@ def test_report_files_and_tables(tmp_path):
     assert page.count('<audio controls') == 3 and page.count('<img ') == 5
 
 
+def test_report_shows_mean_and_std_of_repeated_metrics(tmp_path):
+    demo = make_demo_dir(tmp_path)
+    rows = json.loads((demo / 'metrics_trained.json').read_text())['rows']
+    rows[0].update(repeats=3, fid_std=0.25, inception_score_std=0.125)  # as evaluate.py --repeats 3 --json
+    (demo / 'metrics_trained.json').write_text(json.dumps({'rows': rows}))
+    assert '| ASGAN, trained (EMA G) | 8 | 10.000 ± 0.250 | 5.000 ± 0.125 | 2.000 |' in report.build(demo).read_text()
+    assert '<td>10.000 ± 0.250</td>' in (demo / 'report.html').read_text()
+
+
 def test_report_html_renders_in_chromium(tmp_path):
     browser = shutil.which('chromium') or shutil.which('chromium-browser')
     if browser is None:
