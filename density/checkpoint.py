@@ -99,12 +99,14 @@ def load_models(state, path, g, d, g_ema):
                               f'wrote it ({e})') from e
 
 
-INIT_KEYS = {'G': ('g_state_dict',), 'D': ('d_state_dict',), 'G_ema': ('g_ema_state_dict', 'g_state_dict')}
+INIT_KEYS = {'G': ('g_state_dict', 'g_ema_state_dict'), 'D': ('d_state_dict',),
+             'G_ema': ('g_ema_state_dict', 'g_state_dict')}  # part -> checkpoint keys, the first one present
 
 
 def load_init_weights(path, *, parts, strict, g, d, g_ema):
-    """Weights of the `parts` (INIT_KEYS: 'G', 'D', 'G_ema'; G_ema falls back to the training G) of a checkpoint,
-    ours or a reference/official one, into g, d and g_ema; a G_ema not in `parts` copies the loaded g.
+    """Weights of the `parts` (INIT_KEYS: 'G', 'D', 'G_ema'; G and G_ema fall back to each other, e.g. for a
+    weights-only official checkpoint) of a checkpoint, ours or a reference/official one, into g, d and g_ema; a
+    G_ema not in `parts` copies the loaded g.
     strict: a missing, unexpected or differently shaped tensor is a CheckpointError; otherwise it is skipped
     (keeping its fresh init) and each part's skipped keys are returned -> {part: [messages]}."""
     state = load(path, required=(), what='a checkpoint with model weights')

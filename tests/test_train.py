@@ -619,6 +619,14 @@ def test_init_checkpoint_fine_tunes_as_a_new_run_from_the_loaded_weights(tmp_pat
                                'init_parts=[G]', 'max_steps=2', *QUIET))
     tuned = ckpt.load(tmp_path / 'tuned2' / 'ckpt_00000001.pt')
     assert tuned['steps'] == 1 and tuned['run_id'] != source['run_id']
+    slim = tmp_path / 'slim.pt'  # weights-only, like the official hub checkpoint: cfg_yaml and the EMA G
+    ckpt.save({'cfg_yaml': source['cfg_yaml'], 'g_ema_state_dict': source['g_ema_state_dict']}, slim)
+    with pytest.raises(ckpt.CheckpointError, match='holds no d_state_dict for init_parts D'):
+        train_asgan.main(tiny_args(tmp_path, 'tuned3', f'init_checkpoint={slim}', *QUIET))
+    loops = started_loop(monkeypatch)
+    train_asgan.main(tiny_args(tmp_path, 'tuned4', f'init_checkpoint={slim}', 'init_parts=[G,G_ema]', *QUIET))
+    for module in (loops[0].G.module, loops[0].g_ema):
+        assert_identical(ckpt.cpu_state(module), source['g_ema_state_dict'], 'G from the EMA G')
 
 
 def test_init_checkpoint_with_another_head_is_refused_or_skipped_with_init_strict_false(tmp_path, monkeypatch,
