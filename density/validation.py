@@ -40,6 +40,10 @@ def sample_vocoder(cfg, device):
             vocoder = load_vocoder(cfg.fad_vocoder, device)
         except (OSError, ValueError, RuntimeError) as e:
             raise ConfigError(f'fad_vocoder={cfg.fad_vocoder}: {e}') from e
+        in_dim = getattr(getattr(vocoder, 'cfg', None), 'in_dim', cfg.c_dim)
+        if in_dim != cfg.c_dim:
+            raise ConfigError(f'fad_vocoder={cfg.fad_vocoder} takes {in_dim}-d frames, the model makes '
+                              f'c_dim={cfg.c_dim}: give a vocoder for these features')
     elif cfg.data_type == 'melspec':
         vocoder = GriffinLimVocoder().to(device)
     elif cfg.data_type == 'wav':

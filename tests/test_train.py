@@ -28,7 +28,7 @@ from density.engine import _free_port, make_engine
 from density.metrics import fad, feature_statistics
 from density.models import Discriminator, Generator
 from density.run import RunError, TrainingAborted
-from density.vocoder import GriffinLimVocoder
+from density.vocoder import GriffinLimVocoder, HifiGAN, HifiGANConfig, save_vocoder
 from hubert_feature_reader import HubertFeatureReader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -676,3 +676,15 @@ def test_validation_writes_audio_of_the_same_z_griffin_lim_for_mels_and_skips_hu
     events = EventAccumulator(str(tmp_path / 'hubert_run' / 'logs'))
     events.Reload()
     assert events.Tags()['audio'] == [] and [e.step for e in events.Scalars('validation/fad')] == [2]
+    vocoder = tmp_path / 'hifigan.pt'  # a HiFi-GAN for the 6-d test features: hubert_L6 samples get audio
+    save_vocoder(HifiGAN(HifiGANConfig(6, [10, 8, 2, 2], [20, 16, 4, 4], upsample_initial_channel=16)), vocoder)
+    with pytest.raises(ConfigError, match='takes 6-d frames, the model makes c_dim=5'):
+        train_asgan.main(tiny_args(tmp_path, 'wrong_run', *QUIET, f'fad_vocoder={vocoder}', 'c_dim=5',
+                                   'rp_w_cfg.c_dim=5', 'rp_w_cfg.head_spec=[5,1]'))
+    train_asgan.main(tiny_args(tmp_path, 'vocoded_run', *QUIET, 'max_steps=3', 'validation_interval=2',
+                               f'fad_vocoder={vocoder}', 'audio_samples=2'))
+    events = EventAccumulator(str(tmp_path / 'vocoded_run' / 'logs'), size_guidance={'audio': 0})
+    events.Reload()
+    assert sorted(events.Tags()['audio']) == ['audio/sample_0', 'audio/sample_1']
+    (sample,) = events.Audio('audio/sample_0')
+    assert sample.step == 2 and len(sf.read(io.BytesIO(sample.encoded_audio_string))[0]) == 8 * 320
