@@ -12,9 +12,9 @@ test clips, white noise), each with its N:
 FID and NDB/K compare classifier features with the training set's, AM compares class distributions with it.
 A generator's --n clips come from row i of a seeded (n, z_dim) CPU draw of z (as generate.py), so results are
 deterministic for --seed; linear separability uses those z. --repeats K reports every metric as mean ± std over
-seeds seed .. seed+K-1 (generator, noise) or K bootstrap resamples (real rows, --wav_dir). --wav_dir scores every .wav/.flac below DIR (16 kHz;
-other rates are an error unless --resample). Real-set scores (train, test, Griffin-Lim) are cached in
---cache_dir under a key of the classifier file's SHA-256 and the CSV's contents.
+seeds seed .. seed+K-1 (generator, noise) or K bootstrap resamples (real rows, --wav_dir). --wav_dir scores every
+.wav/.flac below DIR (16 kHz; other rates are an error unless --resample). Real-set scores (train, test,
+Griffin-Lim) are cached in --cache_dir under a key of the classifier file's SHA-256 and the CSV's contents.
 
 Array mode computes the metrics from saved arrays, each a 2-D array saved as .npy or as a single tensor with
 torch.save (loaded with weights_only=True). Every metric whose inputs are given is computed:
