@@ -143,9 +143,9 @@ PRESETS = {
                   'rp_w_cfg.layer_specs=[[256,5,12],[256,5,24],[128,5,48],[128,5,96]]',
                   'rp_w_cfg.D_head_dim=128', 'rp_w_cfg.D_block_repeats=[1,1,1,1]', 'rp_w_cfg.D_kernel_size=5',
                   'rp_w_cfg.r1_gamma=1', 'lr=2e-3', 'd_lr_mult=1', 'betas=[0,0.99]', 'batch_size=16',
-                  'aug_init_p=0', 'ada_adapt=false', 'ema_every=10', 'fp16=false', 'device=cpu', 'num_workers=0',
+                  'aug_init_p=0.2', 'ada_adapt=false', 'ema_every=10', 'fp16=false', 'device=cpu', 'num_workers=0',
                   'preload=true', 'checkpoint_interval=250', 'validation_interval=250', 'summary_interval=10',
-                  'stdout_interval=50', 'grad_summary_interval=250', 'n_epochs=1000', 'max_steps=1500',
+                  'stdout_interval=50', 'grad_summary_interval=250', 'n_epochs=1000', 'max_steps=2000',
                   'use_sc09_splits=true'],
 }
 INIT_PARTS = ('G', 'D', 'G_ema')
