@@ -1,6 +1,6 @@
 """Projection of held-out real clips into a trained generator's latent space (issue 13), on one CPU thread.
 
-    OMP_NUM_THREADS=1 python bench/latent_demo.py --checkpoint outputs/demo/asgan/ckpt_00001499.pt \
+    OMP_NUM_THREADS=1 python bench/latent_demo.py --checkpoint outputs/demo/asgan/ckpt_00001999.pt \
         --splits outputs/demo/splits --n_test 200 --steps 200
 
 For --n_test clips of sc09-test.csv it reports the mean feature error (l1 on normalised log-mels, or cosine for
