@@ -2,12 +2,21 @@
 
 - `HifiGAN`: the HiFi-GAN V1 generator (Kong et al. 2020) with configs for HuBERT layer-6 features
   (768-d at 50 Hz, 320x up-sampling) and for the mel variant (128 log-mels at 100 Hz, 160x).
+- `ISTFTVocoder`: a Vocos-style vocoder (Siuzdak 2023): ConvNeXt blocks at the frame rate predict an STFT
+  (log-magnitude and phase) that an inverse STFT turns into the waveform; ~20x fewer FLOPs than HiFi-GAN V1.
 - `GriffinLimVocoder`: inverts the log-mel of `density.audio.log_mel` without any training.
-- `load_vocoder`: the official `torch.package` archive or this project's own state-dict checkpoints.
+- `VOCODER_CONFIGS` / `vocoder_config` / `build_vocoder`: named configs and fresh models (for training).
+- `save_vocoder` / `load_vocoder`: this project's tagged files {'format', 'config', 'state_dict'}, the older
+  {'hifigan_cfg', 'state_dict'} files and the official `torch.package` archive.
+
+Every trained vocoder maps frame j of its input to output samples [j*hop, (j+1)*hop), so frame j's centre is
+sample j*hop + hop/2 (sample 80 + 160 j for log-mels: `log_mel` frame j is centred there). Vocoders take raw
+features: a run with `normalize_features` de-normalises before vocoding (`ASGANInference._vocode`).
 """
+import math
 import zipfile
 from dataclasses import asdict, dataclass, field
-from typing import List
+from typing import Dict, List, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -25,6 +34,9 @@ POST_LRELU_SLOPE = 0.01  # the final activation before conv_post uses torch's de
 INIT_STD = 0.01  # HiFi-GAN init of the up-sampling and residual convolutions
 PACKAGE_MARKER = ".data/extern_modules"  # written by every torch.package archive, never by torch.save
 PACKAGE_PICKLE = (".", "hifigan_pkl.pt")  # (package, resource) of the pickled model in the official archive
+MAX_LOG_MAG = math.log(100.0)  # ISTFTVocoder clamps predicted log-magnitudes here (Vocos: exp(.).clip(max=100))
+LN_EPS = 1e-6  # LayerNorm epsilon of the ConvNeXt blocks (Vocos)
+ENVELOPE_MIN = 1e-11  # smallest window-square overlap-add sum the inverse STFT divides by
 
 
 @dataclass
@@ -52,6 +64,32 @@ def hubert_config() -> HifiGANConfig:
 def mel_config() -> HifiGANConfig:
     """log-mel: 128 bands at 100 Hz -> 16 kHz (hop 160)."""
     return HifiGANConfig(audio.N_MELS, [10, 4, 2, 2], [20, 8, 4, 4])
+
+
+def hifigan_small_mel_config() -> HifiGANConfig:
+    """log-mel HiFi-GAN with 128 initial channels (the V2 width; V1 has 512): ~1/16 of the V1 compute."""
+    return HifiGANConfig(audio.N_MELS, [10, 4, 2, 2], [20, 8, 4, 4], upsample_initial_channel=128)
+
+
+@dataclass
+class ISTFTConfig:
+    in_dim: int  # feature dimension of the input frames
+    hop: int  # samples per frame (320 for HuBERT at 50 Hz, 160 for log-mels at 100 Hz)
+    n_fft: int  # STFT size = hann window length; >= 2 hop and n_fft - hop even
+    dim: int = 512  # channels of the ConvNeXt blocks
+    intermediate_dim: int = 1536  # hidden width of each block's pointwise MLP
+    num_layers: int = 8  # ConvNeXt blocks
+    kernel_size: int = 7  # depthwise convolution kernel (odd)
+
+
+def istft_hubert_config() -> ISTFTConfig:
+    """HuBERT layer 6: 768-d frames at 50 Hz -> 16 kHz (hop 320, n_fft 1280 = 4 hops, as Vocos)."""
+    return ISTFTConfig(768, hop=320, n_fft=1280, dim=512, intermediate_dim=1536, num_layers=8)
+
+
+def istft_mel_config() -> ISTFTConfig:
+    """log-mel: 128 bands at 100 Hz -> 16 kHz (hop 160, n_fft 1024: the STFT of `density.audio.log_mel`)."""
+    return ISTFTConfig(audio.N_MELS, hop=audio.HOP, n_fft=audio.N_FFT, dim=512, intermediate_dim=1536, num_layers=8)
 
 
 class ResBlock(nn.Module):
@@ -127,6 +165,90 @@ class HifiGAN(nn.Module):
         return self
 
 
+class ConvNeXtBlock(nn.Module):
+    """1-D ConvNeXt block (Vocos): depthwise conv, LayerNorm, pointwise MLP with GELU, layer scale, residual."""
+
+    def __init__(self, dim, intermediate_dim, kernel_size, layer_scale):
+        super().__init__()
+        self.dwconv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.pwconv1 = nn.Linear(dim, intermediate_dim)
+        self.pwconv2 = nn.Linear(intermediate_dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x):
+        """x (B, dim, L) -> (B, dim, L)."""
+        h = self.dwconv(x).transpose(1, 2)  # [B, L, dim]
+        h = self.pwconv2(F.gelu(self.pwconv1(self.norm(h))))  # [B, L, dim]
+        return x + (self.gamma * h).transpose(1, 2)  # [B, dim, L]
+
+
+class ISTFTVocoder(nn.Module):
+    """Vocos-style vocoder: (B, L, in_dim) frames -> (B, 1, L * hop) waveform (not clipped; `save_wav` clips).
+
+    A kernel-7 convolution embeds the frames, ConvNeXt blocks process them at the frame rate, a linear head
+    predicts per frame n_fft/2+1 log-magnitudes and phases, and an inverse STFT with "same" padding gives the
+    waveform: frame j's hann window is centred on sample j*hop + hop/2, as the frames of `density.audio.log_mel`
+    (with n_fft 1024 and hop 160 the frames are exactly log_mel's). `torch.istft` is not used: center=True
+    would centre frame j on sample j*hop, and center=False fails its window-overlap check at the edges.
+    """
+
+    def __init__(self, cfg: ISTFTConfig):
+        super().__init__()
+        if cfg.n_fft < 2 * cfg.hop or (cfg.n_fft - cfg.hop) % 2 or cfg.kernel_size % 2 == 0:
+            raise ValueError(f"ISTFTConfig n_fft {cfg.n_fft}, hop {cfg.hop}, kernel_size {cfg.kernel_size}: "
+                             "need n_fft >= 2 hop, n_fft - hop even and an odd kernel_size")
+        self.cfg = cfg
+        self.embed = nn.Conv1d(cfg.in_dim, cfg.dim, 7, padding=3)
+        self.norm = nn.LayerNorm(cfg.dim, eps=LN_EPS)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(cfg.dim, cfg.intermediate_dim, cfg.kernel_size,
+                                                  layer_scale=1 / cfg.num_layers) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(cfg.dim, eps=LN_EPS)
+        self.head = nn.Linear(cfg.dim, cfg.n_fft + 2)  # n_fft/2+1 log-magnitudes, then n_fft/2+1 phases
+        self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Conv1d, nn.Linear)):  # Vocos: truncated normal, std 0.02, zero bias
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    def spectrum(self, c):
+        """c (B, L, in_dim) -> complex STFT (B, n_fft/2+1, L)."""
+        if c.dim() != 3 or c.shape[2] != self.cfg.in_dim:
+            raise ValueError(f"vocoder expects (B, L, {self.cfg.in_dim}) frames, got {tuple(c.shape)}")
+        x = self.embed(c.transpose(1, 2))  # [B, dim, L]
+        x = self.norm(x.transpose(1, 2)).transpose(1, 2)  # [B, dim, L]
+        for block in self.blocks:
+            x = block(x)  # [B, dim, L]
+        h = self.head(self.final_norm(x.transpose(1, 2))).transpose(1, 2)  # [B, n_fft + 2, L]
+        log_mag, phase = h.float().chunk(2, dim=1)  # [B, n_fft/2+1, L] each
+        mag = log_mag.clamp(max=MAX_LOG_MAG).exp()  # [B, n_fft/2+1, L]
+        return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))  # [B, n_fft/2+1, L]
+
+    def istft(self, spec):
+        """Inverse STFT with "same" padding: spec (B, n_fft/2+1, L) -> (B, L * hop), frame j centred on sample
+        j*hop + hop/2; overlap-added windowed frames divided by the overlap-added squared window."""
+        B, _, L = spec.shape
+        n_fft, hop = self.cfg.n_fft, self.cfg.hop
+        pad = (n_fft - hop) // 2  # trimmed on each side
+        frames = torch.fft.irfft(spec, n_fft, dim=1) * self.window[:, None]  # [B, n_fft, L]
+        span = (L - 1) * hop + n_fft  # samples covered by the L windows
+        fold = dict(output_size=(1, span), kernel_size=(1, n_fft), stride=(1, hop))
+        wav = F.fold(frames, **fold)[:, 0, 0, pad:pad + L * hop]  # [B, L*hop]
+        window_sq = self.window.square()[None, :, None].expand(1, n_fft, L)  # [1, n_fft, L]
+        envelope = F.fold(window_sq, **fold)[0, 0, 0, pad:pad + L * hop]  # [L*hop]
+        return wav / envelope.clamp(min=ENVELOPE_MIN)  # [B, L*hop]
+
+    def forward(self, c):
+        """c (B, L, in_dim) -> (B, 1, L * hop)."""
+        B, L, _ = c.shape
+        wav = self.istft(self.spectrum(c)).unsqueeze(1)  # [B, 1, L*hop]
+        assert wav.shape == (B, 1, L * self.cfg.hop)
+        return wav
+
+
 class GriffinLimVocoder(nn.Module):
     """Inverts `density.audio.log_mel` frames (B, L, 128) -> (B, 1, L * 160) by fast Griffin-Lim.
 
@@ -172,9 +294,54 @@ class GriffinLimVocoder(nn.Module):
         return wav.unsqueeze(1)
 
 
-def save_vocoder(model: HifiGAN, path):
-    """Atomically save a HifiGAN as this project's plain checkpoint {'hifigan_cfg', 'state_dict'}."""
-    save_torch({"hifigan_cfg": asdict(model.cfg), "state_dict": model.state_dict()}, path)
+FORMATS = {"hifigan": (HifiGAN, HifiGANConfig), "istft": (ISTFTVocoder, ISTFTConfig)}  # file tag -> classes
+VOCODER_CONFIGS = {  # name -> (format, config function), for training command lines (vocoder=istft_mel)
+    "hifigan_hubert": ("hifigan", hubert_config),
+    "hifigan_mel": ("hifigan", mel_config),
+    "hifigan_mel_small": ("hifigan", hifigan_small_mel_config),
+    "istft_hubert": ("istft", istft_hubert_config),
+    "istft_mel": ("istft", istft_mel_config),
+}
+
+
+def vocoder_config(name) -> Tuple[str, Union[HifiGANConfig, ISTFTConfig]]:
+    """A name of VOCODER_CONFIGS -> (format, a fresh config), e.g. vocoder_config('istft_mel')."""
+    if name not in VOCODER_CONFIGS:
+        raise ValueError(f"unknown vocoder config '{name}'; choose one of {', '.join(VOCODER_CONFIGS)}")
+    fmt, make = VOCODER_CONFIGS[name]
+    return fmt, make()
+
+
+def build_vocoder(fmt, config: Union[Dict, HifiGANConfig, ISTFTConfig]) -> nn.Module:
+    """A freshly initialised vocoder in training mode (HiFi-GAN with weight norm on) from a format ('hifigan' or
+    'istft') and its config (dataclass or dict), e.g. build_vocoder(*vocoder_config('istft_mel'))."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown vocoder format '{fmt}'; expected one of {', '.join(FORMATS)}")
+    cls, cfg_cls = FORMATS[fmt]
+    if isinstance(config, dict):
+        try:
+            config = cfg_cls(**config)
+        except TypeError as e:
+            raise ValueError(f"not a {cfg_cls.__name__}: {e}") from e
+    if not isinstance(config, cfg_cls):
+        raise ValueError(f"format '{fmt}' needs a {cfg_cls.__name__} or a dict of its fields, got "
+                         f"{type(config).__name__}")
+    return cls(config)
+
+
+def vocoder_format(model) -> str:
+    """'hifigan' or 'istft': the file tag of a HifiGAN / ISTFTVocoder."""
+    for fmt, (cls, _) in FORMATS.items():
+        if type(model) is cls:
+            return fmt
+    raise ValueError(f"cannot save a {type(model).__name__}; save_vocoder takes a HifiGAN or an ISTFTVocoder")
+
+
+def save_vocoder(model: nn.Module, path):
+    """Atomically save a HifiGAN or ISTFTVocoder as {'format': 'hifigan' | 'istft', 'config': dict of its config,
+    'state_dict': ...} (a HiFi-GAN may still carry weight norm: `load_vocoder` folds it)."""
+    save_torch({"format": vocoder_format(model), "config": asdict(model.cfg), "state_dict": model.state_dict()},
+               path)
 
 
 def _is_package(path) -> bool:
@@ -184,16 +351,43 @@ def _is_package(path) -> bool:
         return any(name.endswith(PACKAGE_MARKER) for name in archive.namelist())
 
 
+def _from_checkpoint(ckpt, path) -> nn.Module:
+    """A loaded vocoder dict (tagged, or the older {'hifigan_cfg', 'state_dict'}) -> model, weight norm folded."""
+    if isinstance(ckpt, dict) and {"format", "config", "state_dict"} <= ckpt.keys():
+        fmt, config = ckpt["format"], ckpt["config"]
+    elif isinstance(ckpt, dict) and {"hifigan_cfg", "state_dict"} <= ckpt.keys():
+        fmt, config = "hifigan", ckpt["hifigan_cfg"]
+    else:
+        raise ValueError(f"{path}: a vocoder checkpoint must be a dict with 'format', 'config' and 'state_dict' "
+                         "(or the older 'hifigan_cfg' and 'state_dict'; see density.vocoder.save_vocoder) or a "
+                         "torch.package archive")
+    if fmt not in FORMATS:
+        raise ValueError(f"{path}: unknown vocoder format {fmt!r}; this code reads {', '.join(FORMATS)} "
+                         "(a file from a newer version? update this code)")
+    cls = FORMATS[fmt][0]
+    state = ckpt["state_dict"]
+    try:
+        model = build_vocoder(fmt, config)
+        if cls is HifiGAN and not any(".parametrizations." in k for k in state):
+            model.remove_weight_norm()
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: its config and state_dict do not describe one {cls.__name__} ({e}); "
+                         "re-save the model with density.vocoder.save_vocoder") from e
+    return model.remove_weight_norm() if cls is HifiGAN else model
+
+
 def load_vocoder(path_or_url, device="cpu", sha256=None, model_dir=None, progress=True) -> nn.Module:
     """Load a vocoder in eval mode on `device` from a local path or a URL (downloaded into the hub cache).
 
-    Two formats:
+    Formats:
     - a `torch.package` archive holding a pickled module at ('.', 'hifigan_pkl.pt'), like the official
       HuBERT HiFi-GAN `g_02365000_package.pth`. **Opening it runs Python code stored in the archive**: load
       only the official release or an archive you made yourself; this function is only ever called on the
       official URL or on a path/URL the user names explicitly.
-    - this project's checkpoint {'hifigan_cfg': dict, 'state_dict': ...} (see `save_vocoder`), read with
-      `torch.load(weights_only=True)`; weight norm is folded away.
+    - this project's checkpoint {'format': 'hifigan' | 'istft', 'config': dict, 'state_dict': ...} (see
+      `save_vocoder`) or the older {'hifigan_cfg': dict, 'state_dict': ...}, read with
+      `torch.load(weights_only=True)`; HiFi-GAN weight norm is folded away.
     """
     path = fetch(path_or_url, model_dir, sha256, progress)
     if _is_package(path):
@@ -203,17 +397,5 @@ def load_vocoder(path_or_url, device="cpu", sha256=None, model_dir=None, progres
             raise ValueError(f"{path}: not a usable torch.package vocoder (a model at {PACKAGE_PICKLE}): "
                              f"{type(e).__name__}: {e}") from e
         return model.eval()
-    ckpt = load_torch(path, "vocoder checkpoint")
-    if not isinstance(ckpt, dict) or not {"hifigan_cfg", "state_dict"} <= ckpt.keys():
-        raise ValueError(f"{path}: a vocoder checkpoint must be a dict with 'hifigan_cfg' and 'state_dict' "
-                         "(see density.vocoder.save_vocoder) or a torch.package archive")
-    try:
-        model = HifiGAN(HifiGANConfig(**ckpt["hifigan_cfg"]))
-        if any(".parametrizations." in k for k in ckpt["state_dict"]):
-            model.load_state_dict(ckpt["state_dict"])
-            model.remove_weight_norm()
-        else:
-            model.remove_weight_norm().load_state_dict(ckpt["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: 'hifigan_cfg' and 'state_dict' do not describe one HifiGAN: {e}") from e
+    model = _from_checkpoint(load_torch(path, "vocoder checkpoint"), path)
     return model.to(device).eval()

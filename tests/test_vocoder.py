@@ -1,18 +1,30 @@
-"""Vocoders: HiFi-GAN shapes and weight-norm folding, both checkpoint formats, Griffin-Lim inversion."""
+"""Vocoders: HiFi-GAN and iSTFT shapes and alignment, weight-norm folding, every file format, Griffin-Lim
+inversion, and iSTFT vocoder files through generate.py and the hub entry."""
 import math
 
 import pytest
+import soundfile as sf
 import torch
 from torch.package import PackageExporter
 
+import generate
+import hubconf
 from density import audio
-from density.vocoder import (GriffinLimVocoder, HifiGAN, HifiGANConfig, hubert_config, load_vocoder, mel_config,
-                             save_vocoder)
+from density.inference import N_SAMPLES
+from density.vocoder import (VOCODER_CONFIGS, GriffinLimVocoder, HifiGAN, HifiGANConfig, ISTFTConfig, ISTFTVocoder,
+                             build_vocoder, hubert_config, istft_hubert_config, istft_mel_config, load_vocoder,
+                             mel_config, save_vocoder, vocoder_config)
+from tiny_asgan import FEATURE_DIM, make_checkpoint
 
 
 def tiny_hifigan(in_dim=12):
     torch.manual_seed(0)
     return HifiGAN(HifiGANConfig(in_dim, [10, 8, 2, 2], [20, 16, 4, 4], upsample_initial_channel=16)).eval()
+
+
+def tiny_istft(in_dim=FEATURE_DIM, hop=320, n_fft=1280):
+    torch.manual_seed(3)
+    return ISTFTVocoder(ISTFTConfig(in_dim, hop=hop, n_fft=n_fft, dim=16, intermediate_dim=32, num_layers=2)).eval()
 
 
 def test_full_size_configs_shapes():
@@ -24,6 +36,63 @@ def test_full_size_configs_shapes():
         assert y.shape == (2, 1, 3 * hop)
         assert y.abs().max() <= 1.0
     assert hubert_config().in_dim == 768 and mel_config().in_dim == 128
+
+
+@pytest.mark.parametrize("L", [1, 2, 7, 50])
+def test_istft_configs_shapes(L):
+    for cfg, hop, in_dim in [(istft_hubert_config(), 320, 768), (istft_mel_config(), 160, 128)]:
+        assert (cfg.hop, cfg.in_dim) == (hop, in_dim)
+        model = ISTFTVocoder(cfg).eval()
+        with torch.inference_mode():
+            y = model(torch.randn(2, L, in_dim))
+        assert y.shape == (2, 1, L * hop) and torch.isfinite(y).all() and y.abs().max() > 0
+    with pytest.raises(ValueError, match=r"expects \(B, L, 128\) frames"):
+        model(torch.randn(1, 3, 127))
+
+
+def test_small_hifigan_shapes():
+    _, cfg = vocoder_config("hifigan_mel_small")
+    model = build_vocoder("hifigan", cfg).remove_weight_norm().eval()
+    with torch.inference_mode():
+        assert model(torch.randn(2, 3, 128)).shape == (2, 1, 3 * 160)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in HifiGAN(mel_config()).parameters()) / 8
+
+
+def test_istft_inverts_log_mel_framing_exactly():
+    """The STFT with log_mel's framing (reflect pad 432, n_fft 1024, hop 160, no centring) is inverted sample for
+    sample: frame j of log_mel(wav) is frame j of the vocoder's inverse STFT, and sample t of the output is
+    sample t of wav; with torch.istft's centring the same frames land 80 samples (hop/2) earlier."""
+    model = ISTFTVocoder(ISTFTConfig(audio.N_MELS, hop=audio.HOP, n_fft=audio.N_FFT, dim=8, intermediate_dim=8,
+                                     num_layers=1))
+    wav = torch.randn(2, audio.SAMPLE_RATE)
+    padded = torch.nn.functional.pad(wav, (audio.PAD, audio.PAD), mode="reflect")
+    window = torch.hann_window(audio.N_FFT)
+    spec = torch.stft(padded, audio.N_FFT, audio.HOP, window=window, center=False, return_complex=True)
+    assert spec.shape[-1] == audio.num_mel_frames(wav.shape[-1]) == 100
+    torch.testing.assert_close(model.istft(spec), wav, rtol=0, atol=1e-5)
+    centred = torch.istft(spec, audio.N_FFT, audio.HOP, window=window, center=True, length=99 * audio.HOP)
+    torch.testing.assert_close(centred[:, 1000:15000], wav[:, 1080:15080], rtol=0, atol=1e-5)
+
+
+def test_registry_and_build_vocoder():
+    assert set(VOCODER_CONFIGS) == {"hifigan_hubert", "hifigan_mel", "hifigan_mel_small", "istft_hubert",
+                                    "istft_mel"}
+    assert vocoder_config("hifigan_hubert") == ("hifigan", hubert_config())  # the released V1 shapes
+    assert vocoder_config("istft_mel") == ("istft", istft_mel_config())
+    model = build_vocoder("istft", {"in_dim": 4, "hop": 160, "n_fft": 640, "dim": 8, "intermediate_dim": 8,
+                                    "num_layers": 1})
+    assert isinstance(model, ISTFTVocoder) and model.training
+    assert any(".parametrizations." in k for k in build_vocoder(*vocoder_config("hifigan_mel_small")).state_dict())
+    with pytest.raises(ValueError, match="unknown vocoder config 'istft'; choose one of hifigan_hubert"):
+        vocoder_config("istft")
+    with pytest.raises(ValueError, match="unknown vocoder format 'vocos'; expected one of hifigan, istft"):
+        build_vocoder("vocos", {})
+    with pytest.raises(ValueError, match="not a ISTFTConfig"):
+        build_vocoder("istft", {"in_dim": 4})
+    with pytest.raises(ValueError, match="format 'istft' needs a ISTFTConfig"):
+        build_vocoder("istft", hubert_config())
+    with pytest.raises(ValueError, match="n_fft 300, hop 160"):
+        build_vocoder("istft", ISTFTConfig(4, hop=160, n_fft=300))
 
 
 def test_remove_weight_norm_keeps_outputs():
@@ -52,6 +121,27 @@ def test_own_checkpoint_roundtrip(tmp_path, fold_first):
     with torch.no_grad():
         torch.testing.assert_close(loaded(c), expected, rtol=1e-5, atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["voc.pt"]  # atomic write leaves no temporary behind
+
+
+@pytest.mark.parametrize("fmt", ["hifigan", "istft", "old_hifigan"])
+def test_tagged_and_old_files_roundtrip(tmp_path, fmt):
+    model = tiny_istft() if fmt == "istft" else tiny_hifigan()
+    c = torch.randn(2, 6, 12)
+    with torch.no_grad():
+        expected = model(c)
+    if fmt == "old_hifigan":  # the format written before the tag
+        old_cfg = {"in_dim": 12, "upsample_rates": [10, 8, 2, 2], "upsample_kernel_sizes": [20, 16, 4, 4],
+                   "upsample_initial_channel": 16}
+        torch.save({"hifigan_cfg": old_cfg, "state_dict": model.state_dict()}, tmp_path / "voc.pt")
+    else:
+        save_vocoder(model, tmp_path / "voc.pt")
+        saved = torch.load(tmp_path / "voc.pt", weights_only=True)
+        assert set(saved) == {"format", "config", "state_dict"} and saved["format"] == fmt
+        assert saved["config"]["in_dim"] == 12
+    loaded = load_vocoder(tmp_path / "voc.pt")
+    assert type(loaded) is type(model) and not loaded.training
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(c), expected, rtol=1e-5, atol=1e-6)
 
 
 def make_package(model, path):
@@ -93,6 +183,18 @@ def test_bad_vocoder_files_are_clear_errors(tmp_path):
         load_vocoder(tmp_path / "odd.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_vocoder(tmp_path / "missing.pt")
+    torch.save({"format": "vocos", "config": {}, "state_dict": {}}, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match=r"future\.pt: unknown vocoder format 'vocos'.*update this code"):
+        load_vocoder(tmp_path / "future.pt")
+    cfg = {"in_dim": 12, "hop": 320, "n_fft": 1280, "dim": 16, "intermediate_dim": 32, "num_layers": 3}
+    torch.save({"format": "istft", "config": cfg, "state_dict": tiny_istft().state_dict()}, tmp_path / "layers.pt")
+    with pytest.raises(ValueError, match=r"layers\.pt: its config and state_dict do not describe one ISTFTVocoder"):
+        load_vocoder(tmp_path / "layers.pt")
+    torch.save({"format": "istft", "config": {"in_dim": 12, "bins": 3}, "state_dict": {}}, tmp_path / "keys.pt")
+    with pytest.raises(ValueError, match=r"keys\.pt: .*not a ISTFTConfig.*save_vocoder"):
+        load_vocoder(tmp_path / "keys.pt")
+    with pytest.raises(ValueError, match="cannot save a GriffinLimVocoder"):
+        save_vocoder(GriffinLimVocoder(), tmp_path / "gl.pt")
 
 
 def test_griffin_lim_inverts_log_mel():
@@ -109,3 +211,41 @@ def test_griffin_lim_inverts_log_mel():
     torch.testing.assert_close(gl(target.transpose(1, 2)), out)  # fixed initial phase: deterministic
     with pytest.raises(ValueError, match="at least"):
         gl(target.transpose(1, 2)[:, :3])
+
+
+def read_wavs(folder):
+    return {p.name: torch.from_numpy(sf.read(str(p), dtype="float32")[0]) for p in sorted(folder.glob("*.wav"))}
+
+
+def test_istft_file_through_generate_and_hub(tmp_path):
+    g = make_checkpoint(tmp_path / "ckpt.pt")
+    vocoder = tiny_istft()
+    save_vocoder(vocoder, tmp_path / "istft.pt")
+    generate.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--vocoder", str(tmp_path / "istft.pt"), "--out_dir",
+                   str(tmp_path / "out"), "--n", "2", "--png_max", "0", "--no_progress", "--device", "cpu"])
+    z = torch.randn(2, g.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = audio.fit_length(vocoder(g(z)).squeeze(1), N_SAMPLES)  # (2, 16000), 16 frames * 320 centred
+    assert expected.abs().max() > 1e-3
+    wavs = read_wavs(tmp_path / "out")
+    for i in range(2):
+        torch.testing.assert_close(wavs[f"seed0_{i:05d}.wav"], expected[i].clamp(-1, 1), rtol=0, atol=2 / 32768)
+    model = hubconf.asgan_from_checkpoint(tmp_path / "ckpt.pt", vocoder=tmp_path / "istft.pt", device="cpu")
+    assert isinstance(model.vocoder, ISTFTVocoder)
+    torch.testing.assert_close(model.generate_from_latent(z), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mel_vocoder_gets_denormalised_log_mels(tmp_path):
+    """A checkpoint with `feature_norm` generates normalised log-mels; the vocoder is given them de-normalised."""
+    g = make_checkpoint(tmp_path / "mel.pt", mel=True)
+    ckpt = torch.load(tmp_path / "mel.pt", weights_only=True)
+    mean, std = torch.linspace(-8, -2, 128), torch.linspace(1, 3, 128)
+    ckpt["feature_norm"] = {"mean": mean, "std": std}
+    torch.save(ckpt, tmp_path / "mel.pt")
+    vocoder = tiny_istft(in_dim=audio.N_MELS, hop=audio.HOP, n_fft=audio.N_FFT)
+    save_vocoder(vocoder, tmp_path / "istft_mel.pt")
+    model = hubconf.asgan_from_checkpoint(tmp_path / "mel.pt", vocoder=tmp_path / "istft_mel.pt", device="cpu")
+    z = torch.randn(2, g.z_dim)
+    with torch.no_grad():
+        expected = audio.fit_length(vocoder(g(z) * std + mean).squeeze(1), N_SAMPLES)
+    torch.testing.assert_close(model.generate_from_latent(z), expected, rtol=1e-4, atol=1e-5)
