@@ -232,7 +232,7 @@ class ISTFTVocoder(nn.Module):
     def istft(self, spec):
         """Inverse STFT with "same" padding: spec (B, n_fft/2+1, L) -> (B, L * hop), frame j centred on sample
         j*hop + hop/2; overlap-added windowed frames divided by the overlap-added squared window."""
-        B, _, L = spec.shape
+        L = spec.shape[-1]
         n_fft, hop = self.cfg.n_fft, self.cfg.hop
         pad = (n_fft - hop) // 2  # trimmed on each side
         frames = torch.fft.irfft(spec, n_fft, dim=1) * self.window[:, None]  # [B, n_fft, L]
