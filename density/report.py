@@ -61,15 +61,24 @@ def _show_mel(ax, mel, title):
     ax.axis('off')
 
 
+def spectrogram_figure(rows):
+    """A figure of log-mel images, one row of the figure per list of (title, log-mel (128, frames))."""
+    n = max(len(row) for row in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.8 * n, 1.8 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis('off')
+    for r, row in enumerate(rows):
+        for k, (title, mel) in enumerate(row):
+            _show_mel(axes[r, k], mel, title)
+    fig.tight_layout()
+    return fig
+
+
 def spectrogram_grid(real, fake, path):
     """Two rows of log-mels (128, frames): real clips above, generated below."""
     n = min(GRID, len(real), len(fake))
-    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 3.6), squeeze=False)
-    for k in range(n):
-        _show_mel(axes[0, k], real[k][1], f'real: {real[k][0]}')
-        _show_mel(axes[1, k], fake[k][1], f'generated {k}')
-    fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(spectrogram_figure([[(f'real: {real[k][0]}', real[k][1]) for k in range(n)],
+                                    [(f'generated {k}', fake[k][1]) for k in range(n)]]), path)
 
 
 def sample_png(mel, path):
