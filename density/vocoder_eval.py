@@ -114,11 +114,14 @@ def evaluate_vocoders(test_csv, classifier_path, vocoders, *, n=0, feature_root=
     return rows
 
 
+def cells(row):
+    """A row's values as the strings of the table's COLUMNS ('–' where it has none)."""
+    return [format(row[k], f) if row.get(k) is not None else '–' for _, k, f in COLUMNS]
+
+
 def markdown(rows):
     head = '| | ' + ' | '.join(t for t, _, _ in COLUMNS) + ' |\n|---|' + '---|' * len(COLUMNS) + '\n'
-    return head + ''.join(
-        f'| {row["name"]} | ' + ' | '.join(format(row[k], f) if row.get(k) is not None else '–'
-                                           for _, k, f in COLUMNS) + ' |\n' for row in rows)
+    return head + ''.join(f'| {row["name"]} | ' + ' | '.join(cells(row)) + ' |\n' for row in rows)
 
 
 def parse_vocoder(text):

@@ -29,7 +29,7 @@ N_SCALES = 3
 MEL_WEIGHT = 45.0  # HiFi-GAN's weights of the generator loss terms
 FM_WEIGHT = 2.0
 STFT_SIZES = (512, 1024, 2048)  # multi-resolution STFT distance (a metric, not a training loss)
-STFT_FLOOR = 1e-5  # magnitudes are clamped here before the log
+STFT_FLOOR_DB = -80.0  # STFT magnitudes are floored this far below a full-scale sine's peak (n_fft / 4)
 SILENCE = {'melspec': math.log(LOG_FLOOR), 'hubert_L6': 0.0}  # feature value of padded (silent) frames
 
 
@@ -154,15 +154,19 @@ def mr_stft_distance(fake, real, sizes=STFT_SIZES):
     """Multi-resolution STFT distance per clip of (B, T) waveforms -> {'mr_stft', 'sc', 'log_mag'} of (B,) tensors.
 
     At each FFT size (hop size / 4, Hann window): spectral convergence ||R| - |F||_F / ||R||_F plus the mean
-    |log |R| - log |F|| (magnitudes floored at 1e-5); `mr_stft` = sc + log_mag, each averaged over the sizes.
+    |log |R| - log |F||; `mr_stft` = sc + log_mag, each averaged over the sizes. Magnitudes are floored at
+    STFT_FLOOR_DB (-80 dB) relative to the peak magnitude of a full-scale sine, n_fft / 4: differences further
+    down are inaudible, and an absolute floor such as 1e-5 would let the digital silence of the digits corpus (70 %
+    of its samples) dominate the log term, scoring noise at -100 dB instead of the speech.
     """
     fake, real = fake.reshape(fake.shape[0], -1), real.reshape(real.shape[0], -1)
     sc, log_mag = 0, 0
     for n_fft in sizes:
         f, r = stft_magnitude(fake, n_fft), stft_magnitude(real, n_fft)
+        floor = n_fft / 4 * 10 ** (STFT_FLOOR_DB / 20)
         sc = sc + torch.linalg.vector_norm(r - f, dim=(1, 2)) / torch.linalg.vector_norm(r, dim=(1, 2)).clamp_min(
-            STFT_FLOOR)
-        log_mag = log_mag + (r.clamp_min(STFT_FLOOR).log() - f.clamp_min(STFT_FLOOR).log()).abs().mean((1, 2))
+            floor)
+        log_mag = log_mag + (r.clamp_min(floor).log() - f.clamp_min(floor).log()).abs().mean((1, 2))
     sc, log_mag = sc / len(sizes), log_mag / len(sizes)
     return {'mr_stft': sc + log_mag, 'sc': sc, 'log_mag': log_mag}
 
