@@ -209,14 +209,14 @@ def train(cfg, fmt, config, engine, harness, sampler, train_ds, valid_ds, steps_
     G, D = (engine.wrap(m, torch.optim.AdamW(m.parameters(), cfg.lr, betas=tuple(cfg.betas),
                                              weight_decay=cfg.weight_decay)) for m in (g, d))
     g_sched, d_sched = (torch.optim.lr_scheduler.ExponentialLR(t.optimizer, cfg.lr_decay) for t in (G, D))
-    steps, epoch, first, best, seconds, rng = 0, 0, 0, {'mel_l1': math.inf}, 0.0, None
+    steps, epoch, first, best, seconds, cpu_seconds, rng = 0, 0, 0, {'mel_l1': math.inf}, 0.0, 0.0, None
     if state is not None:
         G.load_state_dict(state['g_optim_state_dict'], state.get('g_scaler_state_dict'))
         D.load_state_dict(state['d_optim_state_dict'], state.get('d_scaler_state_dict'))
         g_sched.load_state_dict(state['g_sched_state_dict'])
         d_sched.load_state_dict(state['d_sched_state_dict'])
         steps, epoch, first, best = state['steps'] + 1, state['epoch'], state['batch_index'], state['best']
-        seconds = state.get('train_seconds', 0.0)
+        seconds, cpu_seconds = state.get('train_seconds', 0.0), state.get('train_cpu_seconds', 0.0)
         if engine.rank < len(state['rng_state']):
             rng = state['rng_state'][engine.rank]
         else:  # a rank the writing run did not have
@@ -238,13 +238,15 @@ def train(cfg, fmt, config, engine, harness, sampler, train_ds, valid_ds, steps_
                 'd_optim_state_dict': d_optim, 'g_scaler_state_dict': g_scaler, 'd_scaler_state_dict': d_scaler,
                 'g_sched_state_dict': g_sched.state_dict(), 'd_sched_state_dict': d_sched.state_dict(),
                 'steps': steps, 'epoch': epoch, 'batch_index': i + 1, 'best': best, 'rng_state': rng_states,
-                'train_seconds': seconds + time.perf_counter() - t0, 'cfg_yaml': OmegaConf.to_yaml(cfg),
+                'train_seconds': seconds + time.perf_counter() - t0,
+                'train_cpu_seconds': cpu_seconds + time.process_time() - c0, 'cfg_yaml': OmegaConf.to_yaml(cfg),
                 'vocoder': identity, 'run_id': harness.run.run_id if harness.run else None}
 
     writer = SummaryWriter(str(folder / 'logs')) if engine.is_main else None
     if writer is not None:
         writer.add_text('config', '```\n' + OmegaConf.to_yaml(cfg) + '\n```')
-    t0, clock, stop, final = time.perf_counter(), [time.perf_counter(), steps], False, steps >= cfg.max_steps
+    t0, c0, clock = time.perf_counter(), time.process_time(), [time.perf_counter(), steps]
+    stop, final = False, steps >= cfg.max_steps
     # ------------------------------------------------------------------ training loop
     try:
         with harness.stop_signals():

@@ -12,7 +12,8 @@ log-mel difference), `accuracy` of the digit classifier on the reconstructions (
 `nll`, its mean negative log-likelihood of the true label (finer-grained than an accuracy near 1), and the
 synthesis seconds. The first rows are the clips themselves (the classifier's own accuracy) and, for log-mels,
 Griffin-Lim (density.vocoder.GriffinLimVocoder, --griffin_lim_iters iterations). A vocoder file written by
-train_vocoder.py also reports the steps and training seconds of the newest checkpoint in its folder.
+train_vocoder.py also reports the steps and training minutes (wall clock, and the process's CPU time) of the
+newest checkpoint in its folder.
 Prints a markdown table; --json writes {'rows': [...]}.
 """
 import argparse
@@ -38,7 +39,7 @@ from density.vocoder import GriffinLimVocoder, load_vocoder
 GRIFFIN_LIM_ITERS = 32  # generate.py's listening default (evaluate.py scores with 8)
 COLUMNS = (('N', 'n', 'd'), ('MR-STFT ↓', 'mr_stft', '.3f'), ('log-mel L1 ↓', 'mel_l1', '.3f'),
            ('accuracy ↑', 'accuracy', '.4f'), ('NLL ↓', 'nll', '.4f'), ('steps', 'steps', 'd'),
-           ('training min', 'train_minutes', '.1f'),
+           ('training min (CPU min)', 'train_minutes', '.1f'),
            ('synthesis s', 'seconds', '.1f'))
 
 
@@ -49,7 +50,8 @@ def training_info(vocoder_path):
     if not periodic:
         return {}
     state = ckpt.load(periodic[-1], ('steps', 'vocoder'), 'a train_vocoder.py checkpoint')
-    return {'steps': state['steps'] + 1, 'train_minutes': state.get('train_seconds', float('nan')) / 60}
+    return {'steps': state['steps'] + 1, 'train_minutes': state.get('train_seconds', float('nan')) / 60,
+            'train_cpu_minutes': state.get('train_cpu_seconds', float('nan')) / 60}
 
 
 @torch.no_grad()
@@ -115,8 +117,12 @@ def evaluate_vocoders(test_csv, classifier_path, vocoders, *, n=0, feature_root=
 
 
 def cells(row):
-    """A row's values as the strings of the table's COLUMNS ('–' where it has none)."""
-    return [format(row[k], f) if row.get(k) is not None else '–' for _, k, f in COLUMNS]
+    """A row's values as the strings of the table's COLUMNS ('–' where it has none); training minutes are wall
+    clock, with the process's CPU minutes in brackets."""
+    out = [format(row[k], f) if row.get(k) is not None else '–' for _, k, f in COLUMNS]
+    if row.get('train_cpu_minutes') is not None:
+        out[[k for _, k, _ in COLUMNS].index('train_minutes')] += f' ({row["train_cpu_minutes"]:.1f})'
+    return out
 
 
 def markdown(rows):
