@@ -36,8 +36,9 @@ def asgan_hubert_sc09_6(pretrained=True, progress=True, device=None, checkpoint_
 def asgan_from_checkpoint(checkpoint, vocoder=None, device=None, checkpoint_sha256=None, vocoder_sha256=None,
                           model_dir=None, progress=True):
     """Your own training checkpoint (path or URL; `cfg_yaml` + `g_ema_state_dict`, or `g_state_dict` with a
-    warning) -> ASGANInference. vocoder: path/URL of a vocoder (see `hubert_hifigan`), or None for the
-    official HuBERT HiFi-GAN (hubert_L6) / Griffin-Lim (melspec, no download)."""
+    warning) -> ASGANInference. vocoder: path/URL of a vocoder file (`density.vocoder.save_vocoder`: HiFi-GAN or
+    iSTFT; or a torch.package archive, see `hubert_hifigan`), or None for the official HuBERT HiFi-GAN (hubert_L6) /
+    Griffin-Lim (melspec, no download)."""
     return _inf.load_asgan(checkpoint, vocoder, device, checkpoint_sha256, vocoder_sha256, model_dir, progress)
 
 

@@ -50,6 +50,15 @@ def test_istft_configs_shapes(L):
         model(torch.randn(1, 3, 127))
 
 
+def test_istft_trains():
+    """Every parameter gets a finite, non-zero gradient from a loss on the waveform."""
+    model = tiny_istft().train()
+    loss = model(torch.randn(2, 5, FEATURE_DIM)).square().mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0
+               for p in model.parameters())
+
+
 def test_small_hifigan_shapes():
     _, cfg = vocoder_config("hifigan_mel_small")
     model = build_vocoder("hifigan", cfg).remove_weight_norm().eval()
