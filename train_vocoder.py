@@ -26,7 +26,7 @@ rules of train_asgan.py apply, see density/run.py), vocoder_best.pt (the generat
 log-mel L1) and vocoder.pt (the final generator), both in the format of density.vocoder.save_vocoder that
 generate.py --vocoder, evaluate.py --vocoder and hubconf.asgan_from_checkpoint(vocoder=...) load, and logs/
 (tensorboard: losses, learning rate, gradient norms; validation log-mel L1 and multi-resolution STFT distance on
-the first n_valid clips of valid_csv, audio and spectrograms of audio_samples of them). Ctrl-C / SIGTERM finish
+n_valid clips spread over valid_csv, audio and spectrograms of audio_samples of them). Ctrl-C / SIGTERM finish
 the step, write a checkpoint and exit 0. A user error ends with one `error: ...` line and status 2 (--debug shows
 its traceback).
 """
@@ -102,7 +102,7 @@ class VocoderTrainConfig:
     checkpoint_interval: int = 5000  # steps; a final checkpoint is always written
     validation_interval: int = 1000  # steps; validation also runs at the last step
     summary_interval: int = 100  # steps between tensorboard training scalars
-    n_valid: int = 64  # validation clips (the first of valid_csv, whole 1-s clips)
+    n_valid: int = 64  # validation clips (evenly spaced over valid_csv, whole 1-s clips)
     audio_samples: int = 4  # of them with audio and spectrograms in tensorboard
 
 
@@ -151,10 +151,11 @@ def make_datasets(cfg, config, seed):
                   resample=cfg.resample)
     train_paths, _ = read_split_csv(cfg.train_csv)
     valid_paths, _ = read_split_csv(cfg.valid_csv)
-    check_audio_files(tqdm(train_paths + valid_paths[:cfg.n_valid], desc='checking clips', unit='file', leave=False),
+    valid_paths = vt.spaced(valid_paths, cfg.n_valid)
+    check_audio_files(tqdm(train_paths + valid_paths, desc='checking clips', unit='file', leave=False),
                       resample=cfg.resample)
     train = vt.VocoderClips(train_paths, segment_frames=cfg.segment_frames, seed=seed, **common)
-    valid = vt.VocoderClips(valid_paths[:cfg.n_valid], segment_frames=vt.full_clip_frames(config.hop),
+    valid = vt.VocoderClips(valid_paths, segment_frames=vt.full_clip_frames(config.hop),
                             random_crop=False, **common)
     return train, valid
 

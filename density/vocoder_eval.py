@@ -2,7 +2,7 @@
 
     python -m density.vocoder_eval --test_csv <splits>/sc09-test.csv --classifier <run>/classifier_best.pt \\
         --vocoder hifigan_small=runs/voc_hifigan/vocoder_best.pt --vocoder istft=runs/voc_istft/vocoder_best.pt \\
-        [--n 500] [--json scores.json]
+        [--n 500] [--json scores.json]     (--n: that many clips spread over the CSV; default all)
 
 Each clip (whole, cut or end-padded to 1 s as the classifier reads it) gives its features (log-mels computed by
 `density.audio.log_mel`, or read from --feature_root for other features) and every vocoder reconstructs it.
@@ -99,7 +99,7 @@ def evaluate_vocoders(test_csv, classifier_path, vocoders, *, n=0, feature_root=
                          'score them in separate runs')
     (in_dim,), (hop,) = dims, hops
     paths, labels = read_split_csv(test_csv)
-    paths, labels = (paths[:n], labels[:n]) if n else (paths, labels)
+    paths, labels = vt.spaced(paths, n), vt.spaced(labels, n)
     check_audio_files(paths)
     clips = LabelledClips(paths, labels=labels, data_type='melspec' if in_dim == N_MELS else 'hubert_L6', hop=hop,
                           in_dim=in_dim, feature_root=feature_root, segment_frames=vt.full_clip_frames(hop),
@@ -143,7 +143,7 @@ def main(argv=None):
     p.add_argument('--classifier', required=True, help='digit classifier (train_classifier.py classifier_best.pt)')
     p.add_argument('--vocoder', type=parse_vocoder, action='append', default=[], metavar='NAME=PATH',
                    help='a vocoder file to score (repeat for several)')
-    p.add_argument('--n', type=int, default=0, help='the first N clips of the CSV (0: all)')
+    p.add_argument('--n', type=int, default=0, help='N clips evenly spaced over the CSV (0: all)')
     p.add_argument('--feature_root', default=None, help='feature cache (needed for non-log-mel vocoders)')
     p.add_argument('--griffin_lim_iters', type=int, default=GRIFFIN_LIM_ITERS)
     p.add_argument('--batch_size', type=int, default=32)

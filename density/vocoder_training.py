@@ -241,6 +241,14 @@ class VocoderClips(Dataset):
         return feats, wav
 
 
+def spaced(items, n):
+    """n items evenly spaced over a list (a split CSV is sorted by label: its first n would be one word); all of
+    them when n is 0 or at least their number."""
+    if not n or n >= len(items):
+        return list(items)
+    return [items[k * len(items) // n] for k in range(n)]
+
+
 def full_clip_frames(hop, n_samples=16000):
     """Frames of a whole clip of n_samples (validation and evaluation score 1-s clips)."""
     return n_samples // hop

@@ -166,6 +166,7 @@ def test_segments_are_cut_at_the_same_place(splits):
         clips.set_epoch(epoch)
         starts.add(clips.start(1, 100))
     assert len(starts) > 1  # ... and another one in other epochs
+    assert vt.spaced(list(range(10)), 3) == [0, 3, 6] and vt.spaced([1, 2], 0) == vt.spaced([1, 2], 5) == [1, 2]
     padded = vt.VocoderClips(paths, data_type='melspec', hop=160, in_dim=128, segment_frames=120)
     feats, wav = padded[0]
     assert feats.shape == (120, 128) and wav.shape == (19200,) and (feats[100:] == vt.SILENCE['melspec']).all()
