@@ -40,9 +40,9 @@ FULL = dict(speakers=400, per_word=2, test_frac=0.15, classifier=[], asgan=[], n
 # make demo-vocoder: train_vocoder.py settings of each small mel vocoder (README, "Training a vocoder")
 FULL['vocoders'] = {  # the log-mel loss alone, then a short adversarial tail (README, "Training a vocoder")
     'hifigan': ['vocoder=hifigan_mel_small', 'max_steps=650', 'adv_start_step=580', 'lr=1e-3', 'd_width=0.125',
-                'validation_interval=50', 'checkpoint_interval=50', 'n_valid=64'],
+                'validation_interval=100', 'checkpoint_interval=100', 'n_valid=64'],
     'istft': ['vocoder=istft_mel', 'vocoder_config.dim=256', 'vocoder_config.intermediate_dim=768', 'max_steps=1900',
-              'adv_start_step=1750', 'lr=1e-3', 'd_width=0.125', 'validation_interval=50', 'checkpoint_interval=50',
+              'adv_start_step=1750', 'lr=1e-3', 'd_width=0.125', 'validation_interval=100', 'checkpoint_interval=100',
               'n_valid=64']}
 FULL['n_vocoder_eval'] = 0  # every test clip
 VOCODER_NAMES = {'hifigan': 'HiFi-GAN small (mel)', 'istft': 'iSTFT (mel)'}  # rows of the report
