@@ -39,18 +39,20 @@ from density.vocoder import GriffinLimVocoder, load_vocoder
 GRIFFIN_LIM_ITERS = 32  # generate.py's listening default (evaluate.py scores with 8)
 COLUMNS = (('N', 'n', 'd'), ('MR-STFT ↓', 'mr_stft', '.3f'), ('log-mel L1 ↓', 'mel_l1', '.3f'),
            ('accuracy ↑', 'accuracy', '.4f'), ('NLL ↓', 'nll', '.4f'), ('steps', 'steps', 'd'),
-           ('training min (CPU min)', 'train_minutes', '.1f'),
+           ('best at', 'best_step', 'd'), ('training min (CPU min)', 'train_minutes', '.1f'),
            ('synthesis s', 'seconds', '.1f'))
 
 
 def training_info(vocoder_path):
-    """{'steps', 'train_minutes'} of the newest train_vocoder.py checkpoint next to a vocoder file, or {}."""
+    """{'steps', 'best_step' (of vocoder_best.pt), 'train_minutes', 'train_cpu_minutes'} of the newest
+    train_vocoder.py checkpoint next to a vocoder file, or {}."""
     folder = Path(vocoder_path).parent
     periodic = sorted(p for p in folder.glob('ckpt_*.pt') if PERIODIC.fullmatch(p.name))
     if not periodic:
         return {}
     state = ckpt.load(periodic[-1], ('steps', 'vocoder'), 'a train_vocoder.py checkpoint')
-    return {'steps': state['steps'] + 1, 'train_minutes': state.get('train_seconds', float('nan')) / 60,
+    return {'steps': state['steps'] + 1, 'best_step': state.get('best', {}).get('steps'),
+            'train_minutes': state.get('train_seconds', float('nan')) / 60,
             'train_cpu_minutes': state.get('train_cpu_seconds', float('nan')) / 60}
 
 
