@@ -134,12 +134,14 @@ torch.save(state, f"{{sys.argv[1]}}/rank{{os.environ['RANK']}}.pt")
 '''
 
 
-def test_two_gloo_processes_train_one_model(splits, tmp_path):
+@pytest.mark.parametrize('engine', ['torch', 'deepspeed'])
+def test_two_gloo_processes_train_one_model(splits, tmp_path, engine):
     script = tmp_path / 'rank.py'
     script.write_text(RANK_SCRIPT.format(root=str(ROOT)))
     run = tmp_path / 'run'
     done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                           str(script), str(tmp_path), *args(splits, run, 'max_steps=3', 'adv_start_step=1')],
+                           str(script), str(tmp_path), *args(splits, run, 'max_steps=3', 'adv_start_step=1',
+                                                             f'engine={engine}')],
                           cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
