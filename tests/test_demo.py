@@ -49,7 +49,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     demo_stages = {k: v for k, v in after['stages'].items() if not k.startswith('vocoder_')}  # the total is theirs
     lanes = [sum(demo_stages[s] for s in lane) for lane in after['side_by_side']]
     assert after['total'] == pytest.approx(sum(demo_stages.values()) - min(lanes))
-    assert list(after['stages'])[-3:] == ['report', 'vocoder_hifigan', 'vocoder_istft']
+    assert list(after['stages'])[-4:] == ['report', 'vocoder_hifigan', 'vocoder_istft', 'vocoder_metrics']
     md = (out / 'report.md').read_text()
     assert '## Vocoders' in md and '| iSTFT (mel) | 16 |' in md and 'vocoder_istft (make demo-vocoder' in md
     assert '<td>HiFi-GAN small (mel)</td>' in (out / 'report.html').read_text()
