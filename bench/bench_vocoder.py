@@ -10,7 +10,11 @@ Sections (`--sections`):
 - `e2e`: z -> the paper's HuBERT generator (the released architecture) -> istft_hubert -> (B, 16000), batch
   `--e2e_batch`, timed in alternation with the generator alone.
 
+On a CPU that other jobs also load, `--threads 1` can be much faster than torch's default (every operation
+otherwise waits for its second thread to be scheduled), the more so for models of many small operations (iSTFT).
+
     python bench/bench_vocoder.py [--device cpu|cuda] [--batches 1 16] [--vocoders istft_hubert hifigan_hubert]
+                                  [--sections inference e2e] [--threads 1]
 """
 import argparse
 import os
@@ -104,7 +108,10 @@ def main():
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--e2e_batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up round)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     peak = matmul_peak_gflops(args.device)
     print(f"machine: {machine(args.device)}; CPU {cpu_name()}, {os.cpu_count()} logical cores; "
           f"Python {platform.python_version()}, {platform.system()}; measured matmul peak {peak:.1f} GFLOP/s")
