@@ -1,6 +1,7 @@
 """The offline demo: train ASGAN on the built-in spoken-digits corpus and show that it learns.
 
     make demo                         # = python demo.py --out outputs/demo
+    make demo-vocoder                 # = python demo.py --out outputs/demo --vocoders (not part of make demo)
     DEMO_STEPS=3000 make demo         # a longer training run (the preset's fixed length otherwise)
     python demo.py --out outputs/demo_tiny --tiny      # every stage in seconds (what the test runs)
 
@@ -11,6 +12,12 @@ its newest checkpoint). Stages: corpus (density.digits) -> splits (split_data.py
 CPU thread each: [evaluation classifier (train_classifier.py) -> metrics of the initial ASGAN (evaluate.py)] and
 [ASGAN training] -> samples (generate.py) -> metrics of the trained ASGAN -> report (density.report):
 <out>/report.md and <out>/report.html. The side lane's output goes to <out>/logs/<stage>.log.
+
+--vocoders (make demo-vocoder) runs the stages the vocoders need (corpus, splits, features, classifier; skipped when
+done), then trains the small mel vocoders side by side, one CPU thread each, for a fixed number of steps
+(train_vocoder.py: HiFi-GAN small and the iSTFT vocoder), scores them and Griffin-Lim on the test split
+(density.vocoder_eval -> <out>/vocoder_metrics.json) and, once `make demo` has finished, rewrites the report with
+their rows.
 """
 import argparse
 import json
@@ -30,12 +37,29 @@ PYTHON = sys.executable
 SEED = 0
 # The full demo: 8,000 clips (test split >= 1,000 for fair reference rows), the CPU classifier, N = 2048.
 FULL = dict(speakers=400, per_word=2, test_frac=0.15, classifier=[], asgan=[], n_eval=2048, n_samples=16)
+# make demo-vocoder: train_vocoder.py settings of each small mel vocoder (README, "Training a vocoder")
+FULL['vocoders'] = {  # the log-mel loss alone, then a short adversarial tail (README, "Training a vocoder")
+    'hifigan': ['vocoder=hifigan_mel_small', 'max_steps=650', 'adv_start_step=580', 'lr=1e-3', 'd_width=0.125',
+                'validation_interval=100', 'checkpoint_interval=100', 'n_valid=64'],
+    'istft': ['vocoder=istft_mel', 'vocoder_config.dim=256', 'vocoder_config.intermediate_dim=768', 'max_steps=1900',
+              'adv_start_step=1750', 'lr=1e-3', 'd_width=0.125', 'validation_interval=100', 'checkpoint_interval=100',
+              'n_valid=64']}
+FULL['n_vocoder_eval'] = 0  # every test clip
+VOCODER_NAMES = {'hifigan': 'HiFi-GAN small (mel)', 'istft': 'iSTFT (mel)'}  # rows of the report
 # Seconds per stage on purpose: a handful of speakers, a tiny model, a few steps.
 TINY = dict(speakers=12, per_word=1, test_frac=0.2, n_eval=64, n_samples=8,
             classifier=['max_steps=20', 'batch_size=16', 'validation_interval=10', 'checkpoint_interval=10'],
             asgan=['max_steps=6', 'batch_size=8', 'checkpoint_interval=3', 'validation_interval=3',
                    'rp_w_cfg.layer_specs=[[32,3,12],[32,3,24],[16,3,48],[16,3,96]]', 'rp_w_cfg.ff_channels=32',
-                   'rp_w_cfg.w_dim=32', 'z_dim=32', 'rp_w_cfg.z_dim=32', 'rp_w_cfg.D_head_dim=16'])
+                   'rp_w_cfg.w_dim=32', 'z_dim=32', 'rp_w_cfg.z_dim=32', 'rp_w_cfg.D_head_dim=16'],
+            vocoders={'hifigan': ['vocoder=hifigan_mel_small', 'vocoder_config.upsample_initial_channel=16',
+                                  'd_width=0.0625', 'max_steps=2', 'adv_start_step=1', 'segment_frames=8',
+                                  'batch_size=4', 'n_valid=4'],
+                      'istft': ['vocoder=istft_mel', 'vocoder_config.dim=16', 'vocoder_config.intermediate_dim=32',
+                                'd_width=0.0625', 'max_steps=2', 'adv_start_step=1', 'segment_frames=8',
+                                'batch_size=4', 'n_valid=4']},
+            n_vocoder_eval=16)
+DATA_STAGES = ('corpus', 'splits', 'features_train', 'features_valid', 'classifier')  # what the vocoders need
 
 
 class StageFailed(Exception):
@@ -150,6 +174,21 @@ def stages(out, setting, steps):
             [[samples_stage]], [[metrics['trained']]], [[report_stage]]]
 
 
+def vocoder_stages(out, setting):
+    """make demo-vocoder's steps after the data: the vocoders side by side, then their scores."""
+    splits = out / 'splits'
+    common = [f'train_csv={splits / "sc09-train.csv"}', f'valid_csv={splits / "sc09-valid.csv"}',
+              f'feature_root={out / "features"}', f'seed={SEED}', 'resume_checkpoint=auto', 'num_threads=1']
+    train = [(f'vocoder_{name}', [PYTHON, 'train_vocoder.py', *common, f'checkpoint_path={out / f"vocoder_{name}"}',
+                                  *extra]) for name, extra in setting['vocoders'].items()]
+    scores = ('vocoder_metrics', [PYTHON, '-m', 'density.vocoder_eval', '--test_csv', str(splits / 'sc09-test.csv'),
+                                  '--classifier', str(out / 'classifier' / 'classifier_best.pt'),
+                                  '--n', str(setting['n_vocoder_eval']), '--json', str(out / 'vocoder_metrics.json'),
+                                  *[f'--vocoder={VOCODER_NAMES[name]}={out / f"vocoder_{name}" / "vocoder_best.pt"}'
+                                    for name in setting['vocoders']]])
+    return [[[stage] for stage in train], [[scores]]]
+
+
 def total_seconds(plan, stage_seconds):
     """Wall-clock seconds of a plan: steps one after another, a step as long as its longest lane."""
     return sum(max(sum(stage_seconds.get(name, 0.0) for name, _ in lane) for lane in step) for step in plan)
@@ -161,19 +200,28 @@ def main(argv=None):
     p.add_argument('--tiny', action='store_true', help='tiny settings: every stage in seconds (for tests)')
     p.add_argument('--steps', type=int, default=int(os.environ.get('DEMO_STEPS', 0)),
                    help='ASGAN training steps (default: $DEMO_STEPS, else the preset\'s max_steps)')
+    p.add_argument('--vocoders', action='store_true',
+                   help='train and score the small mel vocoders instead of ASGAN (make demo-vocoder)')
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings_path = out / 'timings.json'
     seconds = json.loads(timings_path.read_text())['stages'] if timings_path.exists() else {}
-    plan = stages(out, TINY if args.tiny else FULL, args.steps)
-    names = [name for step in plan for lane in step for name, _ in lane]
+    setting = TINY if args.tiny else FULL
+    demo_plan = stages(out, setting, args.steps)
+    plan, extra = demo_plan, vocoder_stages(out, setting)
+    if args.vocoders:
+        by_name = {name: (name, argv) for step in demo_plan for lane in step for name, argv in lane}
+        report = [step for step in demo_plan if step[0][0][0] == 'report']
+        plan = [[[by_name[name]]] for name in DATA_STAGES] + extra + (
+            report if (out / '.done' / 'metrics_trained').exists() else [])
+    names = [name for step in demo_plan + extra for lane in step for name, _ in lane]
 
-    def save_timings():  # plan order, whatever order the side-by-side stages finished in
+    def save_timings():  # plan order, whatever order the side-by-side stages finished in; the total is make demo's
         ordered = {name: seconds[name] for name in names if name in seconds}
-        side_by_side = [[name for name, _ in lane] for step in plan if len(step) > 1 for lane in step]
+        side_by_side = [[name for name, _ in lane] for step in demo_plan if len(step) > 1 for lane in step]
         write_text(timings_path, json.dumps({'stages': ordered, 'side_by_side': side_by_side,
-                                             'total': total_seconds(plan, seconds)}, indent=2))
+                                             'total': total_seconds(demo_plan, seconds)}, indent=2))
 
     start = time.perf_counter()
     try:
@@ -185,6 +233,10 @@ def main(argv=None):
             save_timings()
     except StageFailed as e:
         raise SystemExit(str(e)) from None
+    if plan[-1][0][0][0] != 'report':
+        print(f'vocoders finished in {time.perf_counter() - start:.0f} s: {out / "vocoder_metrics.json"} (the report '
+              'shows them once `make demo` has run)')
+        return
     print(f'demo finished in {time.perf_counter() - start:.0f} s: {out / "report.md"}, {out / "report.html"}')
 
 

@@ -27,7 +27,6 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -37,7 +36,7 @@ from density import cli
 from density.audio import check_audio_files
 from density.classifier import (CONFIGS, ClipDataset, ResNeXt, checkpoint_dict, class_order,
                                 classifier_input, load_classifier, read_split_csv)
-from density.config import ConfigError, parse_overrides
+from density.config import ConfigError, check_minimums, parse_overrides, require_keys
 from density.fileio import write_text
 from density.inference import resolve_device
 from density.run import Harness, ignore_stop_signals, seed_all
@@ -83,18 +82,12 @@ class ClassifierConfig:
 
 def parse_config(argv):
     cfg = parse_overrides(OmegaConf.structured(ClassifierConfig), argv, 'train_classifier.py')
-    for key in ('train_csv', 'valid_csv', 'checkpoint_path'):
-        try:
-            getattr(cfg, key)
-        except MissingMandatoryValue:
-            raise ConfigError(f"config key '{key}' is mandatory: add {key}=... to the command") from None
+    require_keys(cfg, ('train_csv', 'valid_csv', 'checkpoint_path'))
     if cfg.arch not in CONFIGS:
         raise ConfigError(f"arch={cfg.arch}: choose one of {sorted(CONFIGS)}")
-    for key, low in (('batch_size', 1), ('n_epochs', 1), ('max_steps', 0), ('num_workers', 0), ('num_threads', 0),
-                     ('validation_interval', 1), ('checkpoint_interval', 1), ('keep_last_checkpoints', 0),
-                     ('summary_interval', 1)):
-        if cfg[key] < low:
-            raise ConfigError(f'{key}={cfg[key]}: must be >= {low}')
+    check_minimums(cfg, (('batch_size', 1), ('n_epochs', 1), ('max_steps', 0), ('num_workers', 0), ('num_threads', 0),
+                         ('validation_interval', 1), ('checkpoint_interval', 1), ('keep_last_checkpoints', 0),
+                         ('summary_interval', 1)))
     for key, low, high in (('lr', 0, math.inf), ('weight_decay', 0, math.inf), ('warmup_frac', 0, 1),
                            ('shift_s', 0, 1), ('noise_prob', 0, 1)):
         if not low <= cfg[key] <= high or (key == 'lr' and cfg.lr == 0):

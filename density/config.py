@@ -275,6 +275,20 @@ def parse_overrides(schema: DictConfig, argv: List[str], command: str) -> DictCo
     return _merge(schema, overrides, source='the command line')
 
 
+def require_keys(cfg: DictConfig, keys) -> None:
+    """ConfigError for the first of the mandatory `keys` that is still MISSING (a command's run settings)."""
+    for key in keys:
+        if OmegaConf.is_missing(cfg, key):
+            raise ConfigError(f"config key '{key}' is mandatory: add {key}=... to the command")
+
+
+def check_minimums(cfg: DictConfig, minimums) -> None:
+    """ConfigError for the first (key, low) of `minimums` whose value is below low."""
+    for key, low in minimums:
+        if cfg[key] < low:
+            raise ConfigError(f'{key}={cfg[key]}: must be >= {low}')
+
+
 def default_config() -> DictConfig:
     """The structured default TrainConfig (type-checked DictConfig)."""
     return OmegaConf.structured(TrainConfig)

@@ -203,6 +203,8 @@ class DeepSpeedEngine(_Engine):
 def broadcast_buffers(module):
     """Copy rank 0's buffers (all float32 here) into `module` on every rank, in one collective."""
     buffers = list(module.buffers())
+    if not buffers:  # e.g. a HiFi-GAN generator
+        return
     flat = torch.cat([b.reshape(-1) for b in buffers])
     dist.broadcast(flat, 0)
     for b, part in zip(buffers, flat.split([b.numel() for b in buffers])):

@@ -21,10 +21,16 @@ import torch
 
 from density.audio import LOG_FLOOR, load_audio, log_mel
 from density.fileio import atomic_path, write_text
+from density.vocoder_eval import COLUMNS as VOCODER_COLUMNS
+from density.vocoder_eval import cells, markdown
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
+VOCODER_NOTE = ('Vocoders trained by `make demo-vocoder` (train_vocoder.py, one CPU thread each) and Griffin-Lim, '
+                'each given the log-mels of the test clips (density.vocoder_eval): multi-resolution STFT distance and '
+                'log-mel L1 to the clips, digit-classifier accuracy and NLL of the reconstructions.')
+VOCODER_STAGE = ' (make demo-vocoder: not in the total)'
 MEL_FLOOR = float(torch.log(torch.tensor(LOG_FLOOR)))  # log-mel of silence: bottom of the colour scale
 GRID = 8  # spectrograms per row of the real-vs-generated grid
 CURVES = (('training/d_loss_smooth', 'D loss (smoothed)'), ('training/g_loss_smooth', 'G loss (smoothed)'),
@@ -61,15 +67,24 @@ def _show_mel(ax, mel, title):
     ax.axis('off')
 
 
+def spectrogram_figure(rows):
+    """A figure of log-mel images, one row of the figure per list of (title, log-mel (128, frames))."""
+    n = max(len(row) for row in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.8 * n, 1.8 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis('off')
+    for r, row in enumerate(rows):
+        for k, (title, mel) in enumerate(row):
+            _show_mel(axes[r, k], mel, title)
+    fig.tight_layout()
+    return fig
+
+
 def spectrogram_grid(real, fake, path):
     """Two rows of log-mels (128, frames): real clips above, generated below."""
     n = min(GRID, len(real), len(fake))
-    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 3.6), squeeze=False)
-    for k in range(n):
-        _show_mel(axes[0, k], real[k][1], f'real: {real[k][0]}')
-        _show_mel(axes[1, k], fake[k][1], f'generated {k}')
-    fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(spectrogram_figure([[(f'real: {real[k][0]}', real[k][1]) for k in range(n)],
+                                    [(f'generated {k}', fake[k][1]) for k in range(n)]]), path)
 
 
 def sample_png(mel, path):
@@ -149,12 +164,15 @@ def build(demo_dir):
     spectrogram_grid(real_test_clips(demo_dir, GRID), fake, demo_dir / 'report_spectrograms.png')
     curves_figure(read_scalars(demo_dir / 'asgan' / 'logs'), demo_dir / 'report_curves.png')
     rows = metric_rows(demo_dir)
+    vocoders = vocoder_rows(demo_dir)
     timings = read_timings(demo_dir / 'timings.json')
     when = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
-    timing_md = ''.join(f'| {k} | {v:.0f} s |\n' for k, v in timings['stages'].items())
+    timing_md = ''.join(f'| {k}{VOCODER_STAGE * k.startswith("vocoder_")} | {v:.0f} s |\n'
+                        for k, v in timings['stages'].items())
     md = (f'# ASGAN demo report\n\n{when}; machine: {machine()}.\n\n'
           '## Metrics\n\nDigit-classifier metrics (evaluate.py); each row says its N.\n\n'
           f'{metrics_markdown(rows)}\n'
+          + (f'## Vocoders\n\n{VOCODER_NOTE}\n\n{markdown(vocoders)}\n' if vocoders else '') +
           '## Spectrograms\n\nTop: real test clips. Bottom: generated (EMA generator, seed 0).\n\n'
           '![real vs generated](report_spectrograms.png)\n\n'
           '## Training curves\n\n![curves](report_curves.png)\n\n'
@@ -162,7 +180,7 @@ def build(demo_dir):
           f'\n## Stage timings\n\n{timings["note"]}\n\n| stage | time |\n|---|---|\n{timing_md}'
           f'| total (wall clock) | {timings["total"]:.0f} s |\n')
     write_text(demo_dir / 'report.md', md)
-    write_text(demo_dir / 'report.html', to_html(rows, wavs, timings, when))
+    write_text(demo_dir / 'report.html', to_html(rows, wavs, timings, when, vocoders))
     return demo_dir / 'report.md'
 
 
@@ -175,8 +193,18 @@ def read_timings(path):
     return dict(stages=t['stages'], total=t.get('total', sum(t['stages'].values())), note=note)
 
 
-def to_html(rows, wavs, timings, when):
+def vocoder_rows(demo_dir):
+    """The rows of <demo_dir>/vocoder_metrics.json (make demo-vocoder), or None."""
+    path = Path(demo_dir) / 'vocoder_metrics.json'
+    return json.loads(path.read_text())['rows'] if path.exists() else None
+
+
+def to_html(rows, wavs, timings, when, vocoders=None):
     esc = html.escape
+    vocoder_html = ('<h2>Vocoders</h2><p>' + esc(VOCODER_NOTE) + '</p><table><tr><th></th>' +
+                    ''.join(f'<th>{esc(t)}</th>' for t, _, _ in VOCODER_COLUMNS) + '</tr>' +
+                    ''.join(f'<tr><td>{esc(row["name"])}</td>' + ''.join(f'<td>{esc(c)}</td>' for c in cells(row))
+                            + '</tr>' for row in vocoders) + '</table>') if vocoders else ''
     table = ('<table><tr><th></th><th>N</th>' + ''.join(f'<th>{esc(t)}</th>' for _, t in METRICS) + '</tr>' +
              ''.join(f'<tr><td>{esc(name)}</td><td>{esc(str(vals.get("n", "–")))}</td>' +
                      ''.join(f'<td>{esc(_cell(vals, k))}</td>' for k, _ in METRICS) + '</tr>'
@@ -193,6 +221,7 @@ figure{{display:inline-block;margin:6px}} figure img{{display:block;width:216px}
 </head><body>
 <h1>ASGAN demo report</h1><p>{esc(when)}; machine: {esc(machine())}.</p>
 <h2>Metrics</h2><p>Digit-classifier metrics (evaluate.py); each row says its N.</p>{table}
+{vocoder_html}
 <h2>Spectrograms</h2><p>Top: real test clips. Bottom: generated (EMA generator, seed 0).</p>
 <img src="report_spectrograms.png" alt="real vs generated log-mel spectrograms" style="max-width:100%">
 <h2>Training curves</h2><img src="report_curves.png" alt="training curves" style="max-width:100%">

@@ -36,3 +36,20 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     again = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count('done before, skipped') == len(timings['stages']) - 1  # all but the report, rewritten
+
+    # make demo-vocoder on the same folder: the data stages are skipped, the two vocoders train side by side
+    vocoders = subprocess.run(env_cmd + ['--vocoders'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert vocoders.returncode == 0, vocoders.stdout[-3000:] + vocoders.stderr[-3000:]
+    assert vocoders.stdout.count('done before, skipped') == 5  # corpus, splits, features x 2, classifier
+    rows = json.loads((out / 'vocoder_metrics.json').read_text())['rows']
+    assert [(r['name'], r['n']) for r in rows] == [('real clips', 16), ('Griffin-Lim (32 it.)', 16),
+                                                  ('HiFi-GAN small (mel)', 16), ('iSTFT (mel)', 16)]
+    assert rows[2]['steps'] == rows[3]['steps'] == 2
+    after = json.loads((out / 'timings.json').read_text())
+    demo_stages = {k: v for k, v in after['stages'].items() if not k.startswith('vocoder_')}  # the total is theirs
+    lanes = [sum(demo_stages[s] for s in lane) for lane in after['side_by_side']]
+    assert after['total'] == pytest.approx(sum(demo_stages.values()) - min(lanes))
+    assert list(after['stages'])[-4:] == ['report', 'vocoder_hifigan', 'vocoder_istft', 'vocoder_metrics']
+    md = (out / 'report.md').read_text()
+    assert '## Vocoders' in md and '| iSTFT (mel) | 16 |' in md and 'vocoder_istft (make demo-vocoder' in md
+    assert '<td>HiFi-GAN small (mel)</td>' in (out / 'report.html').read_text()
