@@ -32,7 +32,7 @@ from density.dataset import Collate, DatasetError, FeatureNorm, build_datasets, 
 from density.engine import make_engine
 from density.models import Discriminator, Generator
 from density.run import Harness, ignore_stop_signals, seed_all
-from density.training import LOG_AFTER, StepLogger, TrainState, build_optimizers, next_phase, update_ema
+from density.training import LOG_AFTER, StepLogger, TrainState, build_optimizers, next_phase, set_lrs, update_ema
 from density.validation import fad_encoder, real_statistics, sample_latents, sample_vocoder, validate
 
 log = logging.getLogger('train_asgan')
@@ -210,6 +210,7 @@ def train_step(loop, real, z, batch_index, pbar, logger):
     cfg, engine, state, step = loop.cfg, loop.engine, loop.state, loop.state.steps
     real, z = loop.norm.normalize(real.to(engine.device, non_blocking=True)), z.to(engine.device, non_blocking=True)
     phase = next_phase(engine, state)
+    set_lrs(cfg, step, loop.G.optimizer, loop.D.optimizer)
     grad_norms = {} if engine.is_main and step % cfg.grad_summary_interval == 0 else None
     if phase == 'D':
         stats = training.d_step(cfg, engine, loop.G, loop.D, state.ada, real, z, steps=step, batch_index=batch_index,

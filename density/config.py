@@ -127,6 +127,7 @@ class TrainConfig:
     init_checkpoint: str = ''  # start a new run from these weights (fresh optimisers, step 0); '' = random init
     init_parts: List[str] = field(default_factory=lambda: ['G', 'D', 'G_ema'])  # which weights init_checkpoint gives
     init_strict: bool = True  # false: tensors that are missing or differ in shape keep their fresh init (logged)
+    lr_final_mult: float = 1.0  # cosine lr decay (G and D) to lr x this at max_steps; 1 = constant (reference)
 
 
 RP_W_Config = RPWConfig
@@ -165,6 +166,7 @@ RANGES = {
     'seed': (lambda v: 0 <= v < 2 ** 31, 'in [0, 2**31)'),
     'lr': (lambda v: v > 0, '> 0'),
     'd_lr_mult': (lambda v: v > 0, '> 0'),
+    'lr_final_mult': (lambda v: 0 <= v <= 1, 'in [0, 1] (1 keeps the lr constant)'),
     'z_std': (lambda v: v > 0, '> 0 (it is the variance of each z entry)'),
     'z_mean': (math.isfinite, 'finite'),
     'd_loss_update_max_threshold': (lambda v: not math.isnan(v), 'a number'),
@@ -389,6 +391,9 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.fad_vocoder and cfg.data_type == 'wav':
         raise ConfigError('fad_vocoder is for data_type melspec or hubert_L6 (the FAD and the validation audio); '
                           'wav data needs none: remove fad_vocoder')
+    if cfg.lr_final_mult != 1 and not cfg.max_steps:
+        raise ConfigError(f'lr_final_mult={cfg.lr_final_mult} decays the lr until max_steps: set max_steps=N too '
+                          '(or lr_final_mult=1)')
     if cfg.batch_size % min(4, cfg.batch_size):
         raise ConfigError(f'batch_size={cfg.batch_size}: the discriminator groups samples in fours '
                           '(minibatch std); use a multiple of 4')

@@ -240,14 +240,36 @@ def mean_over_ranks(engine, *values):
 
 # ---------------------------------------------------------------- set-up helpers
 
+def base_lrs(cfg):
+    """-> ([G main, G mapping net W], [D]) learning rates before any decay (reference note 28)."""
+    w_lr = cfg.lr if cfg.rp_w_cfg.equalized_lr else cfg.lr * cfg.rp_w_cfg.w_lr_mult  # eq-lr applies w_lr_mult in W
+    return [cfg.lr, w_lr], [cfg.lr * cfg.d_lr_mult]
+
+
 def build_optimizers(cfg, g, d):
     """Adam for G (group 0: ff, preconv, layers, head; group 1: mapping net W) and D (reference note 28)."""
-    w_lr = cfg.lr if cfg.rp_w_cfg.equalized_lr else cfg.lr * cfg.rp_w_cfg.w_lr_mult  # eq-lr applies w_lr_mult in W
+    (g_lr, w_lr), (d_lr,) = base_lrs(cfg)
     main = [p for m in (g.ff, g.preconv, g.layers, g.head) for p in m.parameters()]
-    g_opt = torch.optim.Adam([{'params': main, 'lr': cfg.lr}, {'params': list(g.W.parameters()), 'lr': w_lr}],
+    g_opt = torch.optim.Adam([{'params': main, 'lr': g_lr}, {'params': list(g.W.parameters()), 'lr': w_lr}],
                              betas=tuple(cfg.betas))
-    d_opt = torch.optim.Adam(d.parameters(), lr=cfg.lr * cfg.d_lr_mult, betas=tuple(cfg.betas))
+    d_opt = torch.optim.Adam(d.parameters(), lr=d_lr, betas=tuple(cfg.betas))
     return g_opt, d_opt
+
+
+def lr_multiplier(cfg, step):
+    """Cosine decay from 1 at step 0 to cfg.lr_final_mult at max_steps (this project's; 1 = constant, reference)."""
+    if cfg.lr_final_mult == 1:
+        return 1.0
+    progress = min(step / cfg.max_steps, 1.0)
+    return cfg.lr_final_mult + (1 - cfg.lr_final_mult) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lrs(cfg, step, *optimizers):
+    """Set the (G, D) optimizers' learning rates for this step: base_lrs(cfg) x lr_multiplier(cfg, step)."""
+    mult = lr_multiplier(cfg, step)
+    for opt, lrs in zip(optimizers, base_lrs(cfg)):
+        for group, lr in zip(opt.param_groups, lrs):
+            group['lr'] = lr * mult
 
 
 def make_augmenter(cfg, norm):

@@ -179,6 +179,27 @@ def test_optimiser_groups_and_learning_rates(tmp_path, equalized_lr):
         assert (group['betas'], group['eps'], group['weight_decay']) == ((0.1, 0.9), 1e-8, 0)
 
 
+def test_lr_final_mult_decays_g_and_d_rates_by_cosine_to_max_steps(tmp_path):
+    """lr_final_mult: every optimiser group follows base lr x (f + (1 - f)(1 + cos(pi step / max_steps)) / 2); the
+    step-11 checkpoint holds the rates that step used, and the tensorboard opt/*_lr scalars follow the schedule."""
+    args = tiny_args(tmp_path, 'run', 'lr=0.01', 'd_lr_mult=0.5', 'lr_final_mult=0.1', 'max_steps=12',
+                     'summary_interval=1', 'checkpoint_interval=1000')
+    train_asgan.main(args)
+    mult = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 11 / 12))
+    state = ckpt.load(tmp_path / 'run' / 'ckpt_00000011.pt')
+    assert [g['lr'] for g in state['g_optim_state_dict']['param_groups']] == pytest.approx([0.01 * mult] * 2)
+    assert state['d_optim_state_dict']['param_groups'][0]['lr'] == pytest.approx(0.005 * mult)
+    events = EventAccumulator(str(tmp_path / 'run' / 'logs'))
+    events.Reload()
+    g_lr = {e.step: e.value for e in events.Scalars('opt/g_lr')}
+    assert g_lr and all(v == pytest.approx(0.01 * training.lr_multiplier(parse_config(args), s), rel=1e-6)
+                        for s, v in g_lr.items())
+    assert g_lr[max(g_lr)] < 0.5 * g_lr[min(g_lr)]
+    with pytest.raises(ConfigError, match='set max_steps'):
+        train_asgan.main(tiny_args(tmp_path, 'other', 'lr_final_mult=0.1'))
+    assert training.lr_multiplier(parse_config(tiny_args(tmp_path, 'x', 'max_steps=5')), 3) == 1.0
+
+
 @pytest.mark.parametrize('extra, d_phases, d_updates, r1_steps', [
     # ADA p = 1: every batch is drawn for skipping, but a D phase on a multiple of 16 steps is kept
     (['aug_init_p=1.0', 'max_steps=34'], [0, 16, 32], [0, 16, 32], [16, 32]),
