@@ -31,7 +31,7 @@ from density.download import fetch
 from density.inference import N_SAMPLES, load_asgan, resolve_device
 from density.models import Generator
 from generate import write_png
-from hubert_feature_reader import _Featurizer
+from hubert_feature_reader import Featurizer
 
 SEED_PREFIX = "seed:"
 RANDOM_G_SEED = 0  # weights of the randomly initialised generator behind the probe's baseline
@@ -112,7 +112,7 @@ class FrontEnd:
         if data_type not in ("melspec",) and not data_type.startswith("hubert_L"):
             raise ValueError(f"data_type '{data_type}' checkpoints have no feature front end; latent tools need a "
                              "melspec or hubert_L<n> checkpoint")
-        self.featurize = _Featurizer(data_type, hubert, model.device)
+        self.featurize = Featurizer(data_type, hubert, model.device)
         self.norm, self.length, self.c_dim = model.feature_norm, model.g.seq_len, model.g.c_dim
 
     @torch.no_grad()

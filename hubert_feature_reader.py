@@ -182,7 +182,7 @@ def _is_done(path):
     return isinstance(t, torch.Tensor) and t.dim() == 2
 
 
-class _Featurizer:
+class Featurizer:
     """Batched (B, T) equal-length 16 kHz clips -> (B, frames, dim) for --type hubert_L<n> or melspec."""
 
     def __init__(self, kind, checkpoint, device):
@@ -292,7 +292,7 @@ def extract_command(argv):
     jobs = find_jobs(args.root, args.csv)  # OSError/ValueError: a bad --root/--csv, colliding names (density/cli.py)
     if not jobs:
         p.error(f"no .wav/.flac files found in {args.root or args.csv}")
-    featurize = _Featurizer(args.type, args.checkpoint, args.device)
+    featurize = Featurizer(args.type, args.checkpoint, args.device)
     written, done, skipped = extract_all(jobs, args.out, featurize, args.batch_size, args.resample)
     lines = [f"{len(jobs)} files: {written} written, {done} already done, {len(skipped)} skipped"]
     lines += [f"skipped {msg}" for msg in skipped]
