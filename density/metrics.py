@@ -45,14 +45,19 @@ def _frames(x, name):
     return x.detach().reshape(-1, x.shape[-1])
 
 
-def _matrix(x, name):
-    """2-D float numpy array (float16 widened to float32) from a tensor or array."""
+def _matrix(x, name, log_probs=False):
+    """2-D float numpy array (float16 widened to float32) from a tensor or array; NaN or inf entries are an error
+    (-inf is allowed in log_probs: a probability of 0)."""
     if torch.is_tensor(x):
         x = x.detach().cpu()
         x = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).numpy()
     x = np.asarray(x)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"{name}: expected a numeric (N, C) array, got dtype {x.dtype} shape {x.shape}")
+    bad = np.flatnonzero(~(np.isfinite(x) | (log_probs & np.isneginf(x))).all(1))
+    if len(bad):
+        raise ValueError(f"{name}: {len(bad)} of {len(x)} rows hold NaN or inf (first: row {bad[0]}); for generated "
+                         "clips the generator or vocoder produced non-finite audio (a diverged checkpoint?)")
     return x.astype(np.float32) if x.dtype == np.float16 else x
 
 
@@ -229,7 +234,7 @@ def drift(real, fake):
 def inception_score(log_probs):
     """exp(mean_i KL(p_i || p_mean)): rows permuted by RandomState(0), p_i from the first half,
     p_mean from the second. log_probs (N, K)."""
-    lp = _matrix(log_probs, "log_probs").astype(np.float64)
+    lp = _matrix(log_probs, "log_probs", log_probs=True).astype(np.float64)
     if lp.shape[0] < 2:
         raise ValueError(f"inception_score needs at least 2 rows, got {lp.shape[0]}")
     lp = lp[np.random.RandomState(IS_SEED).permutation(lp.shape[0])]

@@ -251,10 +251,15 @@ class ISTFTVocoder(nn.Module):
         return wav
 
 
+GRIFFIN_LIM_MAX_LOG_MEL = 20.0  # log-mel ceiling before exp: real audio stays below 3 (full-scale square wave 2.8)
+
+
 class GriffinLimVocoder(nn.Module):
     """Inverts `density.audio.log_mel` frames (B, L, 128) -> (B, 1, L * 160) by fast Griffin-Lim.
 
-    Magnitudes come from the pseudo-inverse of the mel filter bank (negatives clamped to 0); phases from
+    Log-mels above GRIFFIN_LIM_MAX_LOG_MEL are clipped to it: no waveform in [-1, 1] comes near, but a diverged
+    generator's outliers (118 was seen) would overflow float32 and make NaN audio. Magnitudes come from the
+    pseudo-inverse of the mel filter bank (negatives clamped to 0); phases from
     `n_iter` momentum Griffin-Lim iterations (Perraudin et al. 2013) started from a fixed random phase, so the
     output is deterministic. Intelligible but buzzy: a trained HiFi-GAN sounds far better.
     """
@@ -281,7 +286,8 @@ class GriffinLimVocoder(nn.Module):
         length = (L - 1) * audio.HOP  # samples spanned by the L frame centres
         if length <= audio.N_FFT // 2:
             raise ValueError(f"Griffin-Lim needs at least {audio.N_FFT // 2 // audio.HOP + 2} frames, got {L}")
-        mag = (self.mel_pinv @ c.float().exp().transpose(1, 2)).clamp(min=0)  # (B, 513, L)
+        mel = c.float().clamp(max=GRIFFIN_LIM_MAX_LOG_MEL).exp().transpose(1, 2)  # (B, 128, L)
+        mag = (self.mel_pinv @ mel).clamp(min=0)  # (B, 513, L)
         g = torch.Generator().manual_seed(self.seed)
         angles = torch.polar(torch.ones(mag.shape), 2 * torch.pi * torch.rand(mag.shape, generator=g)).to(c.device)
         previous = torch.zeros_like(angles)

@@ -76,6 +76,19 @@ def test_fad_and_fid_match_numpy_statistics():
     assert M.fid(real, real) == pytest.approx(0, abs=1e-4)
 
 
+def test_non_finite_features_are_named_not_passed_to_sqrtm():
+    """A NaN row (a diverged generator's clip) used to reach scipy's sqrtm: 'Internal error in sqrtm: -102'."""
+    gen, train = torch.randn(50, 4), torch.randn(60, 4)
+    gen[7, 2] = float("nan")
+    gen[9, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"gen: 2 of 50 rows hold NaN or inf \(first: row 7\)"):
+        M.fid(gen, train)
+    log_probs = torch.log_softmax(torch.randn(50, 10), 1)
+    log_probs[3] = float("nan")
+    with pytest.raises(ValueError, match=r"log_probs: 1 of 50 rows hold NaN or inf \(first: row 3\)"):
+        M.inception_score(log_probs)
+
+
 def test_fid_of_shifted_gaussian_samples_is_squared_shift():
     g = torch.Generator().manual_seed(1)
     shift = torch.tensor([3.0, 0.0, -4.0])
