@@ -265,7 +265,10 @@ def lr_multiplier(cfg, step):
 
 
 def set_lrs(cfg, step, *optimizers):
-    """Set the (G, D) optimizers' learning rates for this step: base_lrs(cfg) x lr_multiplier(cfg, step)."""
+    """Set the (G, D) optimizers' learning rates for this step: base_lrs(cfg) x lr_multiplier(cfg, step). Without
+    decay it leaves them alone, so a resumed run keeps its checkpoint's rates as the reference does."""
+    if cfg.lr_final_mult == 1:
+        return
     mult = lr_multiplier(cfg, step)
     for opt, lrs in zip(optimizers, base_lrs(cfg)):
         for group, lr in zip(opt.param_groups, lrs):
