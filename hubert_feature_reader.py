@@ -246,7 +246,7 @@ def extract_all(jobs, out, featurize, batch_size=16, resample=False):
         if len(bucket) == batch_size:
             written += flush(bucket)
             bucket.clear()
-        bar.set_postfix(skipped=len(skipped))
+        bar.set_postfix(skipped=len(skipped), refresh=False)  # redrawn at tqdm's own pace, not once per file
     for bucket in buckets.values():
         if bucket:
             written += flush(bucket)
