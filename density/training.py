@@ -246,14 +246,18 @@ def base_lrs(cfg):
     return [cfg.lr, w_lr], [cfg.lr * cfg.d_lr_mult]
 
 
-def build_optimizers(cfg, g, d):
-    """Adam for G (group 0: ff, preconv, layers, head; group 1: mapping net W) and D (reference note 28)."""
-    (g_lr, w_lr), (d_lr,) = base_lrs(cfg)
+def build_g_optimizer(cfg, g):
+    """Adam for G: group 0 ff, preconv, layers, head; group 1 the mapping net W (reference note 28)."""
+    (g_lr, w_lr), _ = base_lrs(cfg)
     main = [p for m in (g.ff, g.preconv, g.layers, g.head) for p in m.parameters()]
-    g_opt = torch.optim.Adam([{'params': main, 'lr': g_lr}, {'params': list(g.W.parameters()), 'lr': w_lr}],
-                             betas=tuple(cfg.betas))
-    d_opt = torch.optim.Adam(d.parameters(), lr=d_lr, betas=tuple(cfg.betas))
-    return g_opt, d_opt
+    return torch.optim.Adam([{'params': main, 'lr': g_lr}, {'params': list(g.W.parameters()), 'lr': w_lr}],
+                            betas=tuple(cfg.betas))
+
+
+def build_optimizers(cfg, g, d):
+    """Adam for G (build_g_optimizer) and D (reference note 28)."""
+    _, (d_lr,) = base_lrs(cfg)
+    return build_g_optimizer(cfg, g), torch.optim.Adam(d.parameters(), lr=d_lr, betas=tuple(cfg.betas))
 
 
 def lr_multiplier(cfg, step):

@@ -1,0 +1,169 @@
+"""Diagnostics for log-mel ASGAN models: can the generator fit real clips, and what does the discriminator look at?
+
+    python diagnose.py fit --features outputs/demo/features preset=mel_small rp_w_cfg.init_B_std=2 lr=1e-2
+    python diagnose.py probe --checkpoint outputs/demo/asgan/ckpt_00001999.pt --features outputs/demo/features
+
+Both take n clips of a feature folder (every *.pt under it, as train_asgan.py's train_root; log-mels only), drawn
+with --seed and cut to the model's seq_len. A clip's *word frames* are those whose mean log-mel is above -8 (silence
+is log 1e-5 = -11.5; spoken frames are above -8).
+
+`fit` trains a generator of the configuration given by the dotted overrides (as for train_asgan.py; its lr and
+betas) by regression instead of a GAN: one fixed z per clip, L1 to the clip on the training scale (standardised if
+normalize_features), batches of --batch_size. At the end it prints the L1 over all n clips next to the *static L1*:
+that of the same clips with the word frames replaced by their mean spectrum. A fit below the static L1 reproduces
+movement inside the word (formant and pitch glides), not only where the word is and its average colour. It writes
+the real and the fitted spectrograms of the first 8 clips to --png.
+
+`probe` prints the discriminator's mean logit (a training checkpoint's d_state_dict) for the clips as they are,
+with their word frames reversed, shuffled, or replaced by their mean spectrum, for n samples of the EMA generator
+(seed --seed), and for those samples with every non-word frame set to exact silence (log 1e-5). A discriminator
+that scores reversed, shuffled and stationary words like real ones gives the generator no reason to make the word
+move; one that scores the silenced samples far above the samples tells them apart by their silence.
+"""
+import argparse
+import math
+import random
+
+import torch
+from tqdm import tqdm
+
+from density import cli
+from density.audio import LOG_FLOOR
+from density.checkpoint import load as load_checkpoint
+from density.config import config_from_yaml, parse_config
+from density.dataset import Collate, FeatureDataset, FeatureNorm, discover_files
+from density.models import Discriminator, Generator
+from density.report import save_figure, spectrogram_figure
+from density.training import build_g_optimizer
+
+WORD_LOG_MEL = -8.0  # a frame whose mean log-mel is above this is part of the word
+SILENCE = math.log(LOG_FLOOR)  # log-mel of digital silence
+PNG_CLIPS = 8
+BATCH = 64  # clips per forward pass when scoring
+
+
+def parse_args(argv=None):
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True)
+    fit = sub.add_parser('fit', help='fit a generator to real clips by L1 regression')
+    probe = sub.add_parser('probe', help="a checkpoint's discriminator logits for edited real and generated clips")
+    for q in (fit, probe):
+        q.add_argument('--features', required=True, help='folder of log-mel .pt files (searched recursively)')
+        q.add_argument('--n', type=int, default=128, help='number of real clips (and generated samples)')
+        q.add_argument('--seed', type=int, default=0, help='seed of the clip draw, z and the batches')
+    fit.add_argument('overrides', nargs='*', help='config overrides key=value, as for train_asgan.py')
+    fit.add_argument('--steps', type=int, default=1500, help='regression steps')
+    fit.add_argument('--batch_size', type=int, default=16)
+    fit.add_argument('--png', default='fit.png', help='real (top) and fitted (bottom) spectrograms')
+    probe.add_argument('--checkpoint', required=True, help='training checkpoint (d_state_dict, g_ema_state_dict)')
+    args = p.parse_args(argv)
+    if args.n < 1 or getattr(args, 'steps', 1) < 1 or getattr(args, 'batch_size', 1) < 1:
+        p.error('--n, --steps and --batch_size must be >= 1')
+    return args
+
+
+def real_clips(features, cfg, n, seed):
+    """n clips of the folder, drawn with seed, cut or padded to seq_len as in training -> (raw (n, L, C), dataset)."""
+    if cfg.data_type != 'melspec':
+        raise ValueError(f"diagnose.py works on log-mel models; this one has data_type={cfg.data_type}")
+    files = discover_files(features)
+    random.Random(seed).shuffle(files)
+    data = FeatureDataset(files, 'melspec', cfg.z_dim, c_dim=cfg.c_dim)
+    if n > len(data):
+        raise ValueError(f"--n {n}: {features} holds only {len(data)} feature files; give --n {len(data)} or less")
+    random.seed(seed)  # the collate's crop offsets
+    return Collate.from_config(cfg)([data[i] for i in range(n)])[0], data
+
+
+def word_frames(x):
+    """raw log-mels (B, L, C) -> (B, L) bool: frames of the word."""
+    return x.mean(-1) > WORD_LOG_MEL
+
+
+def edit_words(x, how, generator=None):
+    """raw log-mels (B, L, C) with each clip's word frames reversed, shuffled or set to their mean ('static')."""
+    out = x.clone()
+    for clip, frames in zip(out, word_frames(x)):
+        idx = frames.nonzero()[:, 0]  # [F] word frame indices
+        if len(idx) == 0:
+            continue
+        if how == 'static':
+            clip[idx] = clip[idx].mean(0)
+        elif how == 'reversed':
+            clip[idx] = clip[idx.flip(0)]
+        else:
+            clip[idx] = clip[idx[torch.randperm(len(idx), generator=generator)]]
+    return out
+
+
+def silence_outside_words(x):
+    """raw log-mels (B, L, C) with every non-word frame set to digital silence."""
+    return torch.where(word_frames(x)[:, :, None], x, torch.full_like(x, SILENCE))
+
+
+def batched(fn, x):
+    with torch.no_grad():
+        return torch.cat([fn(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+
+
+def fit(args):
+    cfg = parse_config(args.overrides)
+    x, data = real_clips(args.features, cfg, args.n, args.seed)
+    norm = FeatureNorm.fit(data) if cfg.normalize_features else FeatureNorm()
+    target = norm.normalize(x)  # [n, L, C] the training scale
+    torch.manual_seed(args.seed)
+    g = Generator(cfg.rp_w_cfg).train()
+    z = torch.randn(args.n, g.z_dim)  # [n, z_dim] one fixed latent per clip
+    opt = build_g_optimizer(cfg, g)
+    bar = tqdm(range(args.steps), desc='fitting', unit='step')
+    for _ in bar:
+        idx = torch.randint(0, args.n, (args.batch_size,))
+        loss = (g(z[idx], update_ema=True) - target[idx]).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(l1=f'{loss.item():.3f}', refresh=False)
+    g.eval()
+    y = batched(g, z)  # [n, L, C]
+    l1 = (y - target).abs().mean().item()
+    static = (norm.normalize(edit_words(x, 'static')) - target).abs().mean().item()
+    print(f"L1 of the fit over {args.n} clips: {l1:.4f}; static L1 (word frames set to their mean spectrum): "
+          f"{static:.4f}; {'below' if l1 < static else 'not below'} it")
+    k = min(PNG_CLIPS, args.n)
+    fitted = norm.denormalize(y[:k])
+    save_figure(spectrogram_figure([[(f'real {i}', x[i].T) for i in range(k)],
+                                    [(f'fit {i}', fitted[i].T) for i in range(k)]]), args.png)
+    print(f"spectrograms: {args.png}")
+    return 0
+
+
+def probe(args):
+    ckpt = load_checkpoint(args.checkpoint, required=('cfg_yaml', 'd_state_dict', 'g_ema_state_dict'))
+    cfg = config_from_yaml(ckpt['cfg_yaml'])
+    x, _ = real_clips(args.features, cfg, args.n, args.seed)
+    norm = FeatureNorm.from_checkpoint(ckpt)
+    d, g = Discriminator.from_config(cfg), Generator(cfg.rp_w_cfg)
+    d.load_state_dict(ckpt['d_state_dict'])
+    g.load_state_dict(ckpt['g_ema_state_dict'])
+    d.eval(), g.eval()
+    shuffle = torch.Generator().manual_seed(args.seed)
+    fake = norm.denormalize(batched(g, torch.randn(args.n, g.z_dim, generator=shuffle)))  # [n, L, C] raw
+    rows = [('real clips', x),
+            ('real, word frames reversed', edit_words(x, 'reversed')),
+            ('real, word frames shuffled', edit_words(x, 'shuffled', shuffle)),
+            ('real, word frames set to their mean', edit_words(x, 'static')),
+            ('generated (EMA G)', fake),
+            ('generated, non-word frames silenced', silence_outside_words(fake))]
+    print(f"mean discriminator logit over {args.n} clips ({args.checkpoint}, step {ckpt.get('steps')}):")
+    for name, clips in rows:
+        print(f"  {name:<40} {batched(d, norm.normalize(clips)).mean().item():8.3f}")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return fit(args) if args.command == 'fit' else probe(args)
+
+
+if __name__ == '__main__':
+    cli.run(main)

@@ -1,0 +1,105 @@
+"""diagnose.py: word-frame edits, the regression fit and the discriminator probe, on tiny models and clips made here."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+
+import diagnose
+from density.config import config_to_yaml
+from density.models import Discriminator, Generator
+from tiny_asgan import TINY_SPECS, tiny_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MEL = ["preset=mel", "z_dim=16", "rp_w_cfg.z_dim=16", "rp_w_cfg.w_dim=16", "rp_w_cfg.ff_channels=16",
+            "rp_w_cfg.seq_len=16", "rp_w_cfg.head_spec=[128,1]", "normalize_features=true",
+            "rp_w_cfg.layer_specs=" + str(TINY_SPECS).replace(" ", "")]
+
+
+def word_clip(start, length, frames=20):
+    """(frames, 128) log-mel: silence, then a word whose bright band climbs one bin per frame."""
+    x = torch.full((frames, 128), diagnose.SILENCE)
+    for t in range(length):
+        x[start + t] = -4.0
+        x[start + t, 10 + 3 * t:14 + 3 * t] = 0.0
+    return x
+
+
+@pytest.fixture
+def features(tmp_path):
+    folder = tmp_path / "features" / "one"
+    folder.mkdir(parents=True)
+    for i in range(12):
+        torch.save(word_clip(start=2 + i % 4, length=6 + i % 3), folder / f"clip{i}.pt")
+    return str(tmp_path / "features")
+
+
+def test_word_edits_move_only_word_frames():
+    x = torch.stack([word_clip(3, 6), word_clip(5, 4)])  # [2, 20, 128]
+    words = diagnose.word_frames(x)
+    assert words[0].nonzero()[:, 0].tolist() == list(range(3, 9))
+    for how in ("static", "reversed", "shuffled"):
+        y = diagnose.edit_words(x, how, torch.Generator().manual_seed(0))
+        assert torch.equal(y[~words], x[~words])  # silence untouched
+        for b in range(2):
+            w = words[b]
+            assert torch.allclose(y[b, w].mean(0), x[b, w].mean(0))  # same frames, other order (or their mean)
+    static = diagnose.edit_words(x, "static")
+    assert torch.allclose(static[0, 3], static[0, 8]) and not torch.allclose(x[0, 3], x[0, 8])
+    assert torch.equal(diagnose.edit_words(x, "reversed")[0, 3:9], x[0, 3:9].flip(0))
+    silenced = diagnose.silence_outside_words(x + 1.0)
+    assert torch.all(silenced[~words] == diagnose.SILENCE) and torch.equal(silenced[words], (x + 1.0)[words])
+
+
+def test_fit_learns_prints_both_l1s_and_writes_png(features, tmp_path, capsys):
+    png = tmp_path / "fit.png"
+
+    def fit(steps):
+        assert diagnose.main(["fit", "--features", features, "--n", "8", "--steps", str(steps), "--batch_size", "4",
+                              "--png", str(png), "lr=1e-2", *TINY_MEL]) == 0
+        out = capsys.readouterr().out
+        return map(float, re.search(r"fit over 8 clips: ([\d.]+); static L1 .*: ([\d.]+);", out).groups())
+
+    start_l1, static_l1 = fit(1)
+    fit_l1, static_again = fit(150)
+    assert static_again == static_l1 and 0 < static_l1 < start_l1
+    assert fit_l1 < 0.5 * start_l1
+    image = matplotlib.image.imread(png)
+    assert image.ndim == 3 and image.shape[1] > 2 * image.shape[0]  # two rows of eight spectrograms
+
+
+def test_probe_scores_six_kinds_of_clip(features, tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(mel=True)
+    g = Generator(cfg.rp_w_cfg)
+    g.calibrate_norm_ema(torch.randn(16, g.z_dim))
+    d = Discriminator.from_config(cfg)
+    torch.save({"cfg_yaml": config_to_yaml(cfg), "d_state_dict": d.state_dict(), "g_ema_state_dict": g.state_dict(),
+                "feature_norm": {"mean": torch.full((128,), -8.0), "std": torch.full((128,), 3.0)}, "steps": 7},
+               tmp_path / "ckpt.pt")
+    assert diagnose.main(["probe", "--checkpoint", str(tmp_path / "ckpt.pt"), "--features", features,
+                          "--n", "8"]) == 0
+    out = capsys.readouterr().out
+    logits = re.findall(r"^  (\S.*?)\s+(-?[\d.]+)$", out, flags=re.M)
+    assert [name for name, _ in logits] == [
+        "real clips", "real, word frames reversed", "real, word frames shuffled",
+        "real, word frames set to their mean", "generated (EMA G)", "generated, non-word frames silenced"]
+    assert "step 7" in out
+    values = [float(v) for _, v in logits]
+    assert len(set(values)) > 1  # the edits change what the discriminator sees
+
+
+def test_bad_input_is_one_line(features, tmp_path):
+    def run(*args):
+        r = subprocess.run([sys.executable, "diagnose.py", *args], cwd=REPO, capture_output=True, text=True)
+        return r.returncode, r.stderr.strip().splitlines()
+
+    code, err = run("fit", "--features", features, "--n", "50", "--steps", "1", *TINY_MEL)
+    assert code == 2 and len(err) == 1 and "--n 50" in err[0] and "only 12 feature files" in err[0]
+    code, err = run("fit", "--features", features, "--steps", "1")  # the HuBERT default
+    assert code == 2 and err == ["error: diagnose.py works on log-mel models; this one has data_type=hubert_L6"]
+    code, err = run("probe", "--checkpoint", str(tmp_path / "missing.pt"), "--features", features)
+    assert code == 2 and len(err) == 1 and "missing.pt" in err[0]
