@@ -145,12 +145,13 @@ def probe(args):
     d, g = Discriminator.from_config(cfg), Generator(cfg.rp_w_cfg)
     d.load_state_dict(ckpt['d_state_dict'])
     g.load_state_dict(ckpt['g_ema_state_dict'])
-    d.eval(), g.eval()
-    shuffle = torch.Generator().manual_seed(args.seed)
-    fake = norm.denormalize(batched(g, torch.randn(args.n, g.z_dim, generator=shuffle)))  # [n, L, C] raw
+    d.eval()
+    g.eval()
+    rng = torch.Generator().manual_seed(args.seed)  # the samples' z, then the shuffle
+    fake = norm.denormalize(batched(g, torch.randn(args.n, g.z_dim, generator=rng)))  # [n, L, C] raw
     rows = [('real clips', x),
             ('real, word frames reversed', edit_words(x, 'reversed')),
-            ('real, word frames shuffled', edit_words(x, 'shuffled', shuffle)),
+            ('real, word frames shuffled', edit_words(x, 'shuffled', rng)),
             ('real, word frames set to their mean', edit_words(x, 'static')),
             ('generated (EMA G)', fake),
             ('generated, non-word frames silenced', silence_outside_words(fake))]
