@@ -9,8 +9,9 @@ is log 1e-5 = -11.5; spoken frames are above -8).
 
 `fit` trains a generator of the configuration given by the dotted overrides (as for train_asgan.py; its lr and
 betas) by regression instead of a GAN: one fixed z per clip, L1 to the clip on the training scale (standardised if
-normalize_features), batches of --batch_size. At the end it prints the L1 over all n clips next to the *static L1*:
-that of the same clips with the word frames replaced by their mean spectrum. A fit below the static L1 reproduces
+normalize_features, with the mean and std of every file in the folder), batches of --batch_size. At the end it
+prints the L1 over all n clips next to the *static L1*: that of the same clips with the word frames replaced by
+their mean spectrum. A fit below the static L1 reproduces
 movement inside the word (formant and pitch glides), not only where the word is and its average colour. It writes
 the real and the fitted spectrograms of the first 8 clips to --png.
 
