@@ -1,7 +1,10 @@
-"""Diagnostics for log-mel ASGAN models: can the generator fit real clips, and what does the discriminator look at?
+"""Diagnostics for log-mel ASGAN models: can the generator fit real clips, what does the discriminator look at, and
+what must a generator get right to be recognised by the evaluation classifier?
 
     python diagnose.py fit --features outputs/demo/features preset=mel_small rp_w_cfg.init_B_std=2 lr=1e-2
     python diagnose.py probe --checkpoint outputs/demo/asgan/ckpt_00001999.pt --features outputs/demo/features
+    python diagnose.py ceiling --classifier outputs/demo/classifier/classifier_best.pt \
+        --train_csv outputs/demo/splits/sc09-train.csv --test_csv outputs/demo/splits/sc09-test.csv
 
 Both take n clips of a feature folder (every *.pt under it, as train_asgan.py's train_root; log-mels only), drawn
 with --seed and cut to the model's seq_len. A clip's *word frames* are those whose mean log-mel is above -8 (silence
@@ -20,22 +23,32 @@ with their word frames reversed, shuffled, or replaced by their mean spectrum, f
 (seed --seed), and for those samples with every non-word frame set to exact silence (log 1e-5). A discriminator
 that scores reversed, shuffled and stationary words like real ones gives the generator no reason to make the word
 move; one that scores the silenced samples far above the samples tells them apart by their silence.
+
+`ceiling` scores n real test clips (drawn with --seed) with evaluate.py's classifier metrics (FID against the training
+split, IS) after Griffin-Lim from their log-mels: as they are, with their word frames set to their mean spectrum (a
+generator that places and colours the word but does not move it), and with time detail reduced to K frames per second
+for each K of --frames (the log-mels averaged over K equal spans, then linearly interpolated back). It shows how much
+temporal detail a generator needs for a given IS.
 """
 import argparse
 import math
 import random
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
+import evaluate
 from density import cli
-from density.audio import LOG_FLOOR
+from density.audio import LOG_FLOOR, SAMPLE_RATE, fit_length, log_mel
+from density.classifier import file_sha256, load_classifier, read_split_csv
 from density.checkpoint import load as load_checkpoint
 from density.config import config_from_yaml, parse_config
 from density.dataset import Collate, FeatureDataset, FeatureNorm, discover_files
 from density.models import Discriminator, Generator
 from density.report import save_figure, spectrogram_figure
 from density.training import build_g_optimizer
+from density.vocoder import GriffinLimVocoder
 
 WORD_LOG_MEL = -8.0  # a frame whose mean log-mel is above this is part of the word
 SILENCE = math.log(LOG_FLOOR)  # log-mel of digital silence
@@ -48,6 +61,7 @@ def parse_args(argv=None):
     sub = p.add_subparsers(dest='command', required=True)
     fit = sub.add_parser('fit', help='fit a generator to real clips by L1 regression')
     probe = sub.add_parser('probe', help="a checkpoint's discriminator logits for edited real and generated clips")
+    ceiling = sub.add_parser('ceiling', help='classifier metrics of real test clips with simplified words')
     for q in (fit, probe):
         q.add_argument('--features', required=True, help='folder of log-mel .pt files (searched recursively)')
         q.add_argument('--n', type=int, default=128, help='number of real clips (and generated samples)')
@@ -57,9 +71,20 @@ def parse_args(argv=None):
     fit.add_argument('--batch_size', type=int, default=16)
     fit.add_argument('--png', default='fit.png', help='real (top) and fitted (bottom) spectrograms')
     probe.add_argument('--checkpoint', required=True, help='training checkpoint (d_state_dict, g_ema_state_dict)')
+    ceiling.add_argument('--classifier', required=True, help="train_classifier.py's classifier_best.pt")
+    ceiling.add_argument('--train_csv', required=True, help='split_data.py CSV of the training clips (FID reference)')
+    ceiling.add_argument('--test_csv', required=True, help='split_data.py CSV of the test clips that are edited')
+    ceiling.add_argument('--n', type=int, default=512, help='number of test clips (default 512)')
+    ceiling.add_argument('--seed', type=int, default=0, help='seed of the clip draw')
+    ceiling.add_argument('--frames', type=int, nargs='+', default=[6, 12, 24],
+                         help='time resolutions to try, in frames per second (default 6 12 24)')
+    ceiling.add_argument('--griffin_lim_iters', type=int, default=evaluate.GRIFFIN_LIM_ITERS)
+    ceiling.add_argument('--cache_dir', default=None, help="evaluate.py's cache of the training split's scores")
     args = p.parse_args(argv)
     if args.n < 1 or getattr(args, 'steps', 1) < 1 or getattr(args, 'batch_size', 1) < 1:
         p.error('--n, --steps and --batch_size must be >= 1')
+    if min(getattr(args, 'frames', [1])) < 1:
+        p.error('--frames must be >= 1')
     return args
 
 
@@ -100,6 +125,12 @@ def edit_words(x, how, generator=None):
 def silence_outside_words(x):
     """raw log-mels (B, L, C) with every non-word frame set to digital silence."""
     return torch.where(word_frames(x)[:, :, None], x, torch.full_like(x, SILENCE))
+
+
+def time_resolution(x, frames):
+    """raw log-mels (B, L, C) averaged over `frames` equal spans of the clip, then linearly interpolated back to L."""
+    coarse = F.interpolate(x.transpose(1, 2), size=frames, mode='area')  # [B, C, frames]
+    return F.interpolate(coarse, size=x.shape[1], mode='linear', align_corners=False).transpose(1, 2)  # [B, L, C]
 
 
 def batched(fn, x):
@@ -162,9 +193,30 @@ def probe(args):
     return 0
 
 
+def ceiling(args):
+    classifier = load_classifier(args.classifier)
+    train = evaluate.cached_scores(classifier, file_sha256(args.classifier), args.train_csv, 'real', args.cache_dir)
+    reference = evaluate.make_reference(train, ndb_k=0)
+    paths, _ = read_split_csv(args.test_csv)
+    random.Random(args.seed).shuffle(paths)
+    if args.n > len(paths):
+        raise ValueError(f"--n {args.n}: {args.test_csv} lists only {len(paths)} clips; give --n {len(paths)} or less")
+    wav = torch.cat(list(evaluate.load_batches(paths[:args.n], BATCH)))  # [n, T]
+    x = log_mel(wav).transpose(1, 2)  # [n, L, C]
+    vocoder = GriffinLimVocoder(n_iter=args.griffin_lim_iters)
+    rows = [('real test clips', x), ('word frames set to their mean', edit_words(x, 'static'))]
+    rows += [(f'{k} frames per second', time_resolution(x, k)) for k in args.frames]
+    print(f"{args.n} test clips through Griffin-Lim ({args.griffin_lim_iters} iterations), scored by {args.classifier}:")
+    for name, clips in rows:
+        audio = batched(lambda c: fit_length(vocoder(c).squeeze(1), SAMPLE_RATE), clips)  # [n, 16000]
+        row = evaluate.row_metrics(name, evaluate.score_wavs(classifier, audio, BATCH, desc=name), reference)
+        print(f"  {name:<32} FID {row['fid']:8.2f}   IS {row['inception_score']:6.2f}")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
-    return fit(args) if args.command == 'fit' else probe(args)
+    return {'fit': fit, 'probe': probe, 'ceiling': ceiling}[args.command](args)
 
 
 if __name__ == '__main__':

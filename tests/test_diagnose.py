@@ -1,4 +1,5 @@
-"""diagnose.py: word-frame edits, the regression fit and the discriminator probe, on tiny models and clips made here."""
+"""diagnose.py: word-frame edits, the regression fit, the discriminator probe and the classifier ceiling, on tiny
+models, clips and a tiny digits corpus made here."""
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import diagnose
 from density.config import config_to_yaml
 from density.models import Discriminator, Generator
 from tiny_asgan import TINY_SPECS, tiny_cfg
+from tiny_digits import make_tiny_digits, train_tiny_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MEL = ["preset=mel", "z_dim=16", "rp_w_cfg.z_dim=16", "rp_w_cfg.w_dim=16", "rp_w_cfg.ff_channels=16",
@@ -52,6 +54,31 @@ def test_word_edits_move_only_word_frames():
     assert torch.equal(diagnose.edit_words(x, "reversed")[0, 3:9], x[0, 3:9].flip(0))
     silenced = diagnose.silence_outside_words(x + 1.0)
     assert torch.all(silenced[~words] == diagnose.SILENCE) and torch.equal(silenced[words], (x + 1.0)[words])
+
+
+def test_time_resolution_keeps_the_average_and_removes_detail():
+    x = torch.stack([word_clip(3, 6), word_clip(5, 4)])  # [2, 20, 128]
+    assert torch.allclose(diagnose.time_resolution(x, 20), x)  # one span per frame: unchanged
+    flat = diagnose.time_resolution(x, 1)
+    assert torch.allclose(flat, x.mean(1, keepdim=True).expand_as(x))  # one span: the clip's mean spectrum
+    coarse = diagnose.time_resolution(x, 5)
+    assert torch.allclose(coarse.mean(1), x.mean(1), atol=0.5)
+    assert (coarse[:, 1:] - coarse[:, :-1]).abs().sum() < (x[:, 1:] - x[:, :-1]).abs().sum()
+
+
+def test_ceiling_scores_real_static_and_coarse_clips(tmp_path, capsys):
+    splits = make_tiny_digits(tmp_path)
+    classifier = train_tiny_classifier(splits, tmp_path / "classifier", steps=20)
+    assert diagnose.main(["ceiling", "--classifier", str(classifier), "--train_csv", str(splits / "sc09-train.csv"),
+                          "--test_csv", str(splits / "sc09-test.csv"), "--n", "12", "--frames", "2", "24",
+                          "--griffin_lim_iters", "2", "--cache_dir", str(tmp_path / "cache")]) == 0
+    rows = re.findall(r"^  (\S.*?)\s+FID\s+([\d.]+)\s+IS\s+([\d.]+)$", capsys.readouterr().out, flags=re.M)
+    assert [name for name, _, _ in rows] == ["real test clips", "word frames set to their mean",
+                                             "2 frames per second", "24 frames per second"]
+    for _, fid, inception in rows:
+        assert float(fid) >= 0 and 1 <= float(inception) <= 10
+    assert len({fid for _, fid, _ in rows}) == 4  # every edit changes what the classifier sees
+    assert list((tmp_path / "cache").glob("sc09-train-real-*.npz"))  # the training split's scores are cached
 
 
 def test_fit_learns_prints_both_l1s_and_writes_png(features, tmp_path, capsys):
@@ -103,3 +130,5 @@ def test_bad_input_is_one_line(features, tmp_path):
     assert code == 2 and err == ["error: diagnose.py works on log-mel models; this one has data_type=hubert_L6"]
     code, err = run("probe", "--checkpoint", str(tmp_path / "missing.pt"), "--features", features)
     assert code == 2 and len(err) == 1 and "missing.pt" in err[0]
+    code, err = run("ceiling", "--classifier", "c.pt", "--train_csv", "a.csv", "--test_csv", "b.csv", "--frames", "0")
+    assert code == 2 and len(err) == 1 and "error: --frames must be >= 1" in err[0]
