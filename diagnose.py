@@ -6,7 +6,7 @@ what must a generator get right to be recognised by the evaluation classifier?
     python diagnose.py ceiling --classifier outputs/demo/classifier/classifier_best.pt \
         --train_csv outputs/demo/splits/sc09-train.csv --test_csv outputs/demo/splits/sc09-test.csv
 
-Both take n clips of a feature folder (every *.pt under it, as train_asgan.py's train_root; log-mels only), drawn
+`fit` and `probe` take n clips of a feature folder (every *.pt under it, as train_asgan.py's train_root; log-mels only), drawn
 with --seed and cut to the model's seq_len. A clip's *word frames* are those whose mean log-mel is above -8 (silence
 is log 1e-5 = -11.5; spoken frames are above -8).
 
@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 import evaluate
 from density import cli
-from density.audio import LOG_FLOOR, SAMPLE_RATE, fit_length, log_mel
+from density.audio import LOG_FLOOR, SAMPLE_RATE, check_audio_files, fit_length, log_mel
 from density.classifier import file_sha256, load_classifier, read_split_csv
 from density.checkpoint import load as load_checkpoint
 from density.config import config_from_yaml, parse_config
@@ -194,14 +194,16 @@ def probe(args):
 
 
 def ceiling(args):
-    classifier = load_classifier(args.classifier)
-    train = evaluate.cached_scores(classifier, file_sha256(args.classifier), args.train_csv, 'real', args.cache_dir)
-    reference = evaluate.make_reference(train, ndb_k=0)
     paths, _ = read_split_csv(args.test_csv)
     random.Random(args.seed).shuffle(paths)
     if args.n > len(paths):
         raise ValueError(f"--n {args.n}: {args.test_csv} lists only {len(paths)} clips; give --n {len(paths)} or less")
-    wav = torch.cat(list(evaluate.load_batches(paths[:args.n], BATCH)))  # [n, T]
+    paths = paths[:args.n]
+    check_audio_files(paths)  # before the slow scoring of the training split
+    classifier = load_classifier(args.classifier)
+    train = evaluate.cached_scores(classifier, file_sha256(args.classifier), args.train_csv, 'real', args.cache_dir)
+    reference = evaluate.make_reference(train, ndb_k=0)
+    wav = torch.cat(list(evaluate.load_batches(paths, BATCH)))  # [n, T]
     x = log_mel(wav).transpose(1, 2)  # [n, L, C]
     vocoder = GriffinLimVocoder(n_iter=args.griffin_lim_iters)
     rows = [('real test clips', x), ('word frames set to their mean', edit_words(x, 'static'))]

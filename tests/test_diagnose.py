@@ -132,3 +132,7 @@ def test_bad_input_is_one_line(features, tmp_path):
     assert code == 2 and len(err) == 1 and "missing.pt" in err[0]
     code, err = run("ceiling", "--classifier", "c.pt", "--train_csv", "a.csv", "--test_csv", "b.csv", "--frames", "0")
     assert code == 2 and len(err) == 1 and "error: --frames must be >= 1" in err[0]
+    bad_csv = tmp_path / "test.csv"
+    bad_csv.write_text(f"path,label\n{tmp_path / 'gone.wav'},one\n")
+    code, err = run("ceiling", "--classifier", "c.pt", "--train_csv", "a.csv", "--test_csv", str(bad_csv), "--n", "1")
+    assert code == 2 and len(err) == 1 and "gone.wav" in err[0]
