@@ -76,7 +76,7 @@ def test_ceiling_scores_real_static_and_coarse_clips(tmp_path, capsys):
     assert [name for name, _, _ in rows] == ["real test clips", "word frames set to their mean",
                                              "2 frames per second", "24 frames per second"]
     for _, fid, inception in rows:
-        assert float(fid) >= 0 and 1 <= float(inception) <= 10
+        assert float(fid) >= 0 and float(inception) >= 1  # split-half IS: KL to the other half's marginal
     assert len({fid for _, fid, _ in rows}) == 4  # every edit changes what the classifier sees
     assert list((tmp_path / "cache").glob("sc09-train-real-*.npz"))  # the training split's scores are cached
 
