@@ -1,24 +1,36 @@
-# `make test` builds .venv from nothing (CPU torch wheel) and runs the test suite; `make demo` trains ASGAN offline
-# on the built-in spoken-digits corpus and writes outputs/demo/report.html (DEMO_STEPS=N changes the length);
-# `make demo-vocoder` trains the small mel vocoders on the same corpus and adds their rows to that report.
+# `make test` builds .venv from nothing (CPU torch wheel, then this project editable with its dev extras) and runs
+# the whole test suite; `make test-fast` leaves out the tests marked slow (the edit loop); `make lint` is ruff.
+# `make demo` trains ASGAN offline on the built-in spoken-digits corpus and writes outputs/demo/report.html
+# (DEMO_STEPS=N changes the length); `make demo-vocoder` trains the small mel vocoders on the same corpus.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo demo-vocoder bench clean
+.PHONY: install test test-fast lint format demo demo-vocoder bench clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt Makefile
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)" setuptools wheel
-	$(BIN)/pip install -q --no-build-isolation -r requirements.txt
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 demo: $(STAMP)
 	$(BIN)/python demo.py --out outputs/demo

@@ -4,6 +4,7 @@
 
 Prints the median clips/s over `repeats` timed calls (after one warm-up call) and the machine it ran on.
 """
+
 import argparse
 import platform
 import sys
@@ -13,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import cpu_name, median_seconds  # noqa: E402
-from hubert_feature_reader import HubertFeatureReader  # noqa: E402
+from density.features.hubert import HubertFeatureReader  # noqa: E402
 
 SAMPLE_RATE = 16000  # 1-s clips
 
@@ -36,13 +37,15 @@ def main():
     reader = HubertFeatureReader(model, layer=6, device=args.device)
     dev = torch.device(args.device)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}")
-    print(f"CPU: {cpu_name()}, {torch.get_num_threads()} torch threads"
-          + (f"; GPU: {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""))
+    print(
+        f"CPU: {cpu_name()}, {torch.get_num_threads()} torch threads"
+        + (f"; GPU: {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else "")
+    )
     print(f"model: HuBERT base config, {n_params / 1e6:.1f} M parameters, layer 6 (blocks 7-12 not run), fp32")
     for bs in args.batch_sizes:
         x = 0.1 * torch.randn(bs, SAMPLE_RATE, device=dev)
         assert reader.get_feats_batched(x).shape == (bs, 50, 768)  # also the warm-up call
-        med = median_seconds(lambda: reader.get_feats_batched(x), dev, warmup=0, repeats=args.repeats)
+        med = median_seconds(lambda x=x: reader.get_feats_batched(x), dev, warmup=0, repeats=args.repeats)
         print(f"batch {bs:3d}: median {med * 1e3:8.1f} ms/call, {bs / med:7.1f} clips/s ({args.repeats} calls)")
 
 

@@ -9,6 +9,7 @@ still on (what folding it saves). The three are timed in alternation, so load ch
 
     python bench/bench_generate.py [--device cpu|cuda] [--batches 1 16] [--models hubert mel mel_gl]
 """
+
 import argparse
 import os
 import platform
@@ -21,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import cpu_name, machine, sync  # noqa: E402
-from density.inference import N_SAMPLES, untrained_asgan  # noqa: E402
-from density.vocoder import GriffinLimVocoder, HifiGAN  # noqa: E402
+from density.inference.asgan import N_SAMPLES, untrained_asgan  # noqa: E402
+from density.vocoders.vocoder import GriffinLimVocoder, HifiGAN  # noqa: E402
 
 AUDIO_S = N_SAMPLES / 16000  # seconds of audio per returned waveform
 
@@ -53,20 +54,28 @@ def bench_model(name, batches, device, repeats):
     model = build(name, device)  # built outside inference mode so that its weights stay ordinary parameters
     g, vocoder, seq_len = model.g, model.vocoder, model.cfg.rp_w_cfg.seq_len
     with_wn = HifiGAN(vocoder.cfg).to(device).eval() if isinstance(vocoder, HifiGAN) else None
-    print(f"\n[{name}] G {sum(p.numel() for p in g.parameters()) / 1e6:.1f} M params, {type(vocoder).__name__} "
-          f"{sum(p.numel() for p in vocoder.parameters()) / 1e6:.1f} M params")
+    print(
+        f"\n[{name}] G {sum(p.numel() for p in g.parameters()) / 1e6:.1f} M params, {type(vocoder).__name__} "
+        f"{sum(p.numel() for p in vocoder.parameters()) / 1e6:.1f} M params"
+    )
     with torch.inference_mode():
         for bs in batches:
             z = torch.randn(bs, model.z_dim)
             c = g(z.to(device), seq_len)
-            fns = [lambda: model.generate_from_latent(z), lambda: g(z.to(device), seq_len), lambda: vocoder(c)]
+            fns = [
+                lambda z=z: model.generate_from_latent(z),
+                lambda z=z: g(z.to(device), seq_len),
+                lambda c=c: vocoder(c),
+            ]
             if with_wn is not None:
-                fns.append(lambda: with_wn(c))
+                fns.append(lambda c=c: with_wn(c))
             t_all, t_g, t_v, *t_wn = interleaved_medians(fns, device, repeats)
-            print(f"batch {bs:3d}: {bs / t_all:8.2f} wav/s  RTF {t_all / (bs * AUDIO_S):.4f}  "
-                  f"{t_all * 1e3:9.1f} ms/batch  vocoder share {100 * t_v / (t_g + t_v):5.1f}%  "
-                  f"(G {t_g * 1e3:.1f} ms, vocoder {t_v * 1e3:.1f} ms"
-                  + (f"; with weight norm {t_wn[0] * 1e3:.1f} ms)" if t_wn else ")"))
+            print(
+                f"batch {bs:3d}: {bs / t_all:8.2f} wav/s  RTF {t_all / (bs * AUDIO_S):.4f}  "
+                f"{t_all * 1e3:9.1f} ms/batch  vocoder share {100 * t_v / (t_g + t_v):5.1f}%  "
+                f"(G {t_g * 1e3:.1f} ms, vocoder {t_v * 1e3:.1f} ms"
+                + (f"; with weight norm {t_wn[0] * 1e3:.1f} ms)" if t_wn else ")")
+            )
 
 
 def main():
@@ -76,8 +85,10 @@ def main():
     p.add_argument("--models", nargs="+", choices=["hubert", "mel", "mel_gl"], default=["hubert", "mel", "mel_gl"])
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
-    print(f"machine: {machine(args.device)}; CPU {cpu_name()}, {os.cpu_count()} logical cores; "
-          f"Python {platform.python_version()}, {platform.system()}")
+    print(
+        f"machine: {machine(args.device)}; CPU {cpu_name()}, {os.cpu_count()} logical cores; "
+        f"Python {platform.python_version()}, {platform.system()}"
+    )
     for name in args.models:
         bench_model(name, args.batches, args.device, args.repeats)
 

@@ -3,6 +3,7 @@
 Prints median samples/s, GFLOP/sample (from layer shapes), the measured 2048x2048 matmul throughput, the
 ratio of the two, and peak memory. Usage: python bench/bench_generator.py [--device cpu|cuda] [--batches 1 16 64]
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -14,23 +15,23 @@ from bench.common import generator_flops, machine, matmul_peak_gflops, median_se
 from density.config import parse_config  # noqa: E402
 from density.models import Generator  # noqa: E402
 
-README_OVERRIDES = ['rp_w_cfg.w_layers=1', 'rp_w_cfg.use_sg3_ff=True', 'rp_w_cfg.D_kernel_size=5']
+README_OVERRIDES = ["rp_w_cfg.w_layers=1", "rp_w_cfg.use_sg3_ff=True", "rp_w_cfg.D_kernel_size=5"]
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--batches', type=int, nargs='+', default=[1, 16, 64])
-    p.add_argument('--repeats', type=int, default=7)
-    p.add_argument('--amp', choices=['fp16', 'bf16'], default=None, help='autocast dtype (default: plain fp32)')
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--amp", choices=["fp16", "bf16"], default=None, help="autocast dtype (default: plain fp32)")
     args = p.parse_args()
     torch.manual_seed(0)
     cfg = parse_config(README_OVERRIDES)
     g = Generator(cfg.rp_w_cfg).to(args.device).eval()
     g.calibrate_norm_ema(torch.randn(64, g.z_dim, device=args.device))  # trained-like activation scales
     gflop = generator_flops(g) / 1e9
-    print(f'machine: {machine(args.device)}; generator: {gflop:.3f} GFLOP/sample')
-    amp = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(args.amp)
+    print(f"machine: {machine(args.device)}; generator: {gflop:.3f} GFLOP/sample")
+    amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
     device_type = torch.device(args.device).type
 
     def generate(z):
@@ -41,15 +42,18 @@ def main():
         z = torch.randn(16, g.z_dim, device=args.device)
         ref = g(z).detach()
         err = ((generate(z).float() - ref).abs().max() / ref.abs().max()).item()
-        print(f'{args.amp} autocast vs fp32: max abs difference / max abs output = {err:.2e}')
+        print(f"{args.amp} autocast vs fp32: max abs difference / max abs output = {err:.2e}")
     for bs in args.batches:
         peak = matmul_peak_gflops(args.device)  # measured next to each run, so load changes affect both alike
         z = torch.randn(bs, g.z_dim, device=args.device)
-        t = median_seconds(lambda: generate(z), args.device, repeats=args.repeats)
+        t = median_seconds(lambda z=z: generate(z), args.device, repeats=args.repeats)
         rate = bs / t
-        print(f'batch {bs:3d}: {rate:8.1f} samples/s  {rate * gflop:7.1f} GFLOP/s  '
-              f'{100 * rate * gflop / peak:5.1f}% of matmul peak ({peak:.0f} GFLOP/s)  peak mem {peak_memory_gb(args.device):.2f} GB')
+        print(
+            f"batch {bs:3d}: {rate:8.1f} samples/s  {rate * gflop:7.1f} GFLOP/s  "
+            f"{100 * rate * gflop / peak:5.1f}% of matmul peak ({peak:.0f} GFLOP/s)  "
+            f"peak mem {peak_memory_gb(args.device):.2f} GB"
+        )
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ otherwise waits for its second thread to be scheduled), the more so for models o
     python bench/bench_vocoder.py [--device cpu|cuda] [--batches 1 16] [--vocoders istft_hubert hifigan_hubert]
                                   [--sections inference e2e] [--threads 1]
 """
+
 import argparse
 import os
 import platform
@@ -28,10 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_generate import interleaved_medians  # noqa: E402
 from bench.common import cpu_name, machine, matmul_peak_gflops  # noqa: E402
-from density.inference import N_SAMPLES, OFFICIAL_OVERRIDES, ASGANInference  # noqa: E402
 from density.config import parse_config  # noqa: E402
+from density.inference.asgan import N_SAMPLES, OFFICIAL_OVERRIDES, ASGANInference  # noqa: E402
 from density.models import Generator  # noqa: E402
-from density.vocoder import VOCODER_CONFIGS, HifiGAN, build_vocoder, vocoder_config  # noqa: E402
+from density.vocoders.vocoder import VOCODER_CONFIGS, HifiGAN, build_vocoder, vocoder_config  # noqa: E402
 
 AUDIO_S = N_SAMPLES / 16000  # seconds of audio per clip
 E2E_BAR = 20  # wav/s end to end that issue 12 asks of the iSTFT HuBERT path on the 2-core CPU
@@ -74,13 +75,17 @@ def bench_inference(args, peak):
             for name, t in zip(models, times):
                 speed[name, bs] = bs / t
                 achieved = gflop[name] * bs * AUDIO_S / t
-                print(f"batch {bs:3d} {name:18s} {bs / t:9.2f} wav/s  RTF {t / (bs * AUDIO_S):.4f}  "
-                      f"{t * 1e3:9.1f} ms/batch  {achieved:6.1f} GFLOP/s = {100 * achieved / peak:5.1f}% of peak")
+                print(
+                    f"batch {bs:3d} {name:18s} {bs / t:9.2f} wav/s  RTF {t / (bs * AUDIO_S):.4f}  "
+                    f"{t * 1e3:9.1f} ms/batch  {achieved:6.1f} GFLOP/s = {100 * achieved / peak:5.1f}% of peak"
+                )
     for bs in args.batches:
         for fast, slow in [("istft_hubert", "hifigan_hubert"), ("istft_mel", "hifigan_mel")]:
             if (fast, bs) in speed and (slow, bs) in speed:
-                print(f"batch {bs:3d}: {fast} is {speed[fast, bs] / speed[slow, bs]:.1f}x the wav/s of {slow}"
-                      + (f" (bar: >= {SPEEDUP_BAR}x at batch 16)" if bs == 16 and fast == "istft_hubert" else ""))
+                print(
+                    f"batch {bs:3d}: {fast} is {speed[fast, bs] / speed[slow, bs]:.1f}x the wav/s of {slow}"
+                    + (f" (bar: >= {SPEEDUP_BAR}x at batch 16)" if bs == 16 and fast == "istft_hubert" else "")
+                )
 
 
 def bench_e2e(args, peak):
@@ -90,11 +95,14 @@ def bench_e2e(args, peak):
     g, seq_len, bs = model.g, cfg.rp_w_cfg.seq_len, args.e2e_batch
     z = torch.randn(bs, model.z_dim)
     with torch.inference_mode():
-        t_all, t_g = interleaved_medians([lambda: model.generate_from_latent(z), lambda: g(z.to(args.device), seq_len)],
-                                         args.device, args.repeats)
-    print(f"\n[e2e] HuBERT generator + istft_hubert, batch {bs}: {bs / t_all:.2f} wav/s (bar: >= {E2E_BAR}), "
-          f"RTF {t_all / (bs * AUDIO_S):.4f}, {t_all * 1e3:.1f} ms/batch; generator alone {bs / t_g:.2f} wav/s "
-          f"({100 * t_g / t_all:.0f}% of the time)")
+        t_all, t_g = interleaved_medians(
+            [lambda: model.generate_from_latent(z), lambda: g(z.to(args.device), seq_len)], args.device, args.repeats
+        )
+    print(
+        f"\n[e2e] HuBERT generator + istft_hubert, batch {bs}: {bs / t_all:.2f} wav/s (bar: >= {E2E_BAR}), "
+        f"RTF {t_all / (bs * AUDIO_S):.4f}, {t_all * 1e3:.1f} ms/batch; generator alone {bs / t_g:.2f} wav/s "
+        f"({100 * t_g / t_all:.0f}% of the time)"
+    )
 
 
 SECTIONS = {"inference": bench_inference, "e2e": bench_e2e}
@@ -113,8 +121,10 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = matmul_peak_gflops(args.device)
-    print(f"machine: {machine(args.device)}; CPU {cpu_name()}, {os.cpu_count()} logical cores; "
-          f"Python {platform.python_version()}, {platform.system()}; measured matmul peak {peak:.1f} GFLOP/s")
+    print(
+        f"machine: {machine(args.device)}; CPU {cpu_name()}, {os.cpu_count()} logical cores; "
+        f"Python {platform.python_version()}, {platform.system()}; measured matmul peak {peak:.1f} GFLOP/s"
+    )
     for name in args.sections:
         SECTIONS[name](args, peak)
 

@@ -1,4 +1,5 @@
 """Shared pieces of the bench scripts: machine peak, FLOP counts from layer shapes, timing, memory."""
+
 import platform
 import resource
 import statistics
@@ -10,11 +11,11 @@ from density.models import Discriminator, Generator
 
 
 def sync(device):
-    if torch.device(device).type == 'cuda':
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
-def median_seconds(fn, device='cpu', warmup=2, repeats=7):
+def median_seconds(fn, device="cpu", warmup=2, repeats=7):
     """Median wall time of fn() over `repeats` runs after `warmup` runs."""
     for _ in range(warmup):
         fn()
@@ -28,17 +29,17 @@ def median_seconds(fn, device='cpu', warmup=2, repeats=7):
     return statistics.median(times)
 
 
-def matmul_peak_gflops(device='cpu', n=2048, dtype=torch.float32):
+def matmul_peak_gflops(device="cpu", n=2048, dtype=torch.float32):
     """Measured throughput of an n×n matmul (GFLOP/s): the machine's practical dense peak."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     t = median_seconds(lambda: a @ b, device, warmup=3, repeats=10)
-    return 2 * n ** 3 / t / 1e9
+    return 2 * n**3 / t / 1e9
 
 
-def peak_memory_gb(device='cpu'):
+def peak_memory_gb(device="cpu"):
     """Peak CUDA allocation, or the process's peak resident set size on the CPU."""
-    if torch.device(device).type == 'cuda':
+    if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated() / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # ru_maxrss is in KiB on Linux
 
@@ -46,23 +47,23 @@ def peak_memory_gb(device='cpu'):
 def cpu_name():
     """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows."""
     try:
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
 
 
-def machine(device='cpu'):
-    if torch.device(device).type == 'cuda':
-        return f'{torch.cuda.get_device_name()} (torch {torch.__version__})'
-    return f'{cpu_name()}, {torch.get_num_threads()} threads (torch {torch.__version__})'
+def machine(device="cpu"):
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def generator_flops(g: Generator) -> float:
     """Forward FLOPs per sample (2 per multiply-add) from the layer shapes: mapping, input, convs, filters."""
-    flops = sum(2 * m.weight.numel() for m in g.W.fcs if hasattr(m, 'weight'))
+    flops = sum(2 * m.weight.numel() for m in g.W.fcs if hasattr(m, "weight"))
     C, L = g.preconv.weight.shape[0], g.first_len
     flops += 2 * 2 * C * C * L  # ff mlp + 1x1 pre-conv
     for layer in list(g.layers) + [g.head]:

@@ -8,6 +8,7 @@ HuBERT) of: the projection into W and into W+ (per-layer w), the mean w's output
 of sc09-train.csv (the best a lookup of a real training clip does). The probe and the example wavs/PNG are
 edit.py invocations (README, "Latent-space tools").
 """
+
 import argparse
 import json
 import sys
@@ -17,8 +18,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import edit  # noqa: E402
-from density import latent  # noqa: E402
+from density.inference import (
+    edit,  # noqa: E402
+    latent,  # noqa: E402
+)
 
 
 def nearest_error(test, train, loss, chunk=256):
@@ -43,15 +46,35 @@ def main(argv=None):
     a = p.parse_args(argv)
     splits = Path(a.splits)
     extra = ["--hubert", a.hubert] if a.hubert else []
-    args = edit.parse_args(["project", "seed:0", "--checkpoint", a.checkpoint, "--out_dir", "unused",
-                            "--steps", str(a.steps), "--device", "cpu", *extra])
+    args = edit.parse_args(
+        [
+            "project",
+            "seed:0",
+            "--checkpoint",
+            a.checkpoint,
+            "--out_dir",
+            "unused",
+            "--steps",
+            str(a.steps),
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
     tools = edit.Tools(args)
     test_paths, _ = edit.labelled_subset(splits / "sc09-test.csv", a.n_test, 0)
     train_paths, _ = edit.labelled_subset(splits / "sc09-train.csv", a.n_train, 0)
     _, test = tools.features(test_paths)
     _, train = tools.features(train_paths)
-    result = {"checkpoint": a.checkpoint, "n_test": len(test), "n_train_searched": len(train), "steps": a.steps,
-              "loss": tools.loss, "error": {}, "seconds": {}}
+    result = {
+        "checkpoint": a.checkpoint,
+        "n_test": len(test),
+        "n_train_searched": len(train),
+        "steps": a.steps,
+        "loss": tools.loss,
+        "error": {},
+        "seconds": {},
+    }
     avg = tools.generate_features(tools.stats.w_avg.expand(len(test), -1))
     result["error"]["mean w"] = latent.feature_loss(avg, test, tools.loss).mean().item()
     result["error"]["nearest training clip"] = nearest_error(test, train, tools.loss).mean().item()

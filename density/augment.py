@@ -8,14 +8,15 @@ run seeded like the reference does not see the same augmentations (the generator
 states, the scale gains are drawn on the CPU whatever the device, and with normalize_features the noise is per
 channel), and no test compares them with the reference's.
 """
+
 import random
 
 import torch
 
-N_FLAGS = 5             # f0 noise, f1 unused, f2 scale, f3 frame swap (no-op), f4 real/fake mixing
-SCALE_STD = 0.05        # f2: per-sample gain 1 + 0.05*eps
-ADA_TARGET = 0.6        # target mean sign(D(real)); the running ratio r_t starts here
-ADA_FAST_RATIO = 0.98   # above this D is almost always sure of the reals: raise p quickly
+N_FLAGS = 5  # f0 noise, f1 unused, f2 scale, f3 frame swap (no-op), f4 real/fake mixing
+SCALE_STD = 0.05  # f2: per-sample gain 1 + 0.05*eps
+ADA_TARGET = 0.6  # target mean sign(D(real)); the running ratio r_t starts here
+ADA_FAST_RATIO = 0.98  # above this D is almost always sure of the reals: raise p quickly
 ADA_FAST_ADJUST = 0.05  # p step when r_t > ADA_FAST_RATIO
 P_MIN, P_MAX = 1e-8, 1 - 1e-8
 
@@ -41,8 +42,9 @@ class Augmenter:
     def __call__(self, real, fake):
         """real, fake: (B, L, C) -> augmented copies; mixed-in fake segments carry no gradient to G."""
         if real.ndim != 3 or real.shape != fake.shape:
-            raise ValueError(f'real and fake must be (B, L, C) of one shape, got {tuple(real.shape)} and '
-                             f'{tuple(fake.shape)}')
+            raise ValueError(
+                f"real and fake must be (B, L, C) of one shape, got {tuple(real.shape)} and {tuple(fake.shape)}"
+            )
         B, L, _ = real.shape
         flags = (torch.rand(N_FLAGS) < self.p).tolist()
         if flags[0]:
@@ -73,9 +75,9 @@ class Augmenter:
         a4 = [random.randint(0, L - n - 1) for n in len2]
         for b in range(B):
             n, s, t, w = len1[b], a1[b], a2[b], r[b][0]
-            real[b, s:s + n] = (1 - w) * real[b, s:s + n] + w * fake_det[b, t:t + n]
+            real[b, s : s + n] = (1 - w) * real[b, s : s + n] + w * fake_det[b, t : t + n]
             n, s, t, w = len2[b], a3[b], a4[b], r[b][1]
-            fake[b, s:s + n] = (1 - w) * real[b, s:s + n] + w * fake_det[b, t:t + n]
+            fake[b, s : s + n] = (1 - w) * real[b, s : s + n] + w * fake_det[b, t : t + n]
         return real, fake
 
     def accumulate(self, d_real, all_sum=None):
@@ -104,9 +106,14 @@ class Augmenter:
         self.n_acc = 0
 
     def state_dict(self):
-        return {'p': self.p, 'r_t': self.r_t, 'n_acc': self.n_acc,
-                'sign_sum': self.acc[0].item(), 'count': self.acc[1].item()}
+        return {
+            "p": self.p,
+            "r_t": self.r_t,
+            "n_acc": self.n_acc,
+            "sign_sum": self.acc[0].item(),
+            "count": self.acc[1].item(),
+        }
 
     def load_state_dict(self, state):
-        self.p, self.r_t, self.n_acc = float(state['p']), float(state['r_t']), int(state['n_acc'])
-        self.acc = torch.tensor([state['sign_sum'], state['count']], dtype=torch.float64)
+        self.p, self.r_t, self.n_acc = float(state["p"]), float(state["r_t"]), int(state["n_acc"])
+        self.acc = torch.tensor([state["sign_sum"], state["count"]], dtype=torch.float64)

@@ -1,26 +1,26 @@
-"""The commands `pip install -e .` installs (pyproject.toml [project.scripts]): each runs a top-level script's
-`main` under the density/cli.py conventions, as `python <script>.py ...` does."""
-import importlib
-import sys
+"""The commands `pip install .` installs (pyproject.toml [project.scripts]): each runs a command module's `main`
+under the density/runtime/cli.py conventions, as `python <script>.py ...` does in a checkout."""
 
-from density import cli
+import importlib
+
+from density.runtime.cli import command
 
 
 def _command(module):
-    def command():
-        result = cli.run(importlib.import_module(module).main)  # e.g. train_classifier's results dict: success
-        sys.exit(result if isinstance(result, int) else 0)
-    command.__doc__ = f'`python {module}.py` as an installed command.'
-    return command
+    def run():
+        command(importlib.import_module(module).main)  # imported when run: each command loads only what it needs
+
+    run.__doc__ = f"`python -m {module}` as an installed command."
+    return run
 
 
-train = _command('train_asgan')
-generate = _command('generate')
-evaluate = _command('evaluate')
-edit = _command('edit')
-classifier = _command('train_classifier')
-train_vocoder = _command('train_vocoder')
-split_data = _command('split_data')
-extract = _command('hubert_feature_reader')
-demo = _command('demo')
-diagnose = _command('diagnose')
+train = _command("density.gan.train")
+generate = _command("density.inference.generate")
+evaluate = _command("density.evaluation.evaluate")
+edit = _command("density.inference.edit")
+classifier = _command("density.evaluation.train_classifier")
+train_vocoder = _command("density.vocoders.train")
+split_data = _command("density.data.splits")
+extract = _command("density.features.extract")
+demo = _command("density.demo.pipeline")
+diagnose = _command("density.gan.diagnose")

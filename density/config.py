@@ -8,11 +8,12 @@ stored in an official checkpoint merges onto these schemas unchanged. Difference
 - `preset=mel` switches to the mel variant (c_dim 128, seq_len 96, the mel layer specs, data_type melspec).
 - Unknown keys are errors that name the closest valid keys.
 """
+
 import difflib
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -22,22 +23,30 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message says which and what to do."""
 
 
-def hubert_layer_specs(seq_len: int = 48) -> List[List[Any]]:
+def hubert_layer_specs(seq_len: int = 48) -> list[list[Any]]:
     """(c_out, kernel, length) of the 14 synthesis layers of the HuBERT variant (reference note 2)."""
-    return ([[1024, 3, seq_len / 8]] * 5 + [[768, 3, seq_len / 4]] * 4
-            + [[512, 3, seq_len / 2]] * 3 + [[512, 3, seq_len]] * 2)
+    return (
+        [[1024, 3, seq_len / 8]] * 5
+        + [[768, 3, seq_len / 4]] * 4
+        + [[512, 3, seq_len / 2]] * 3
+        + [[512, 3, seq_len]] * 2
+    )
 
 
-def mel_layer_specs(seq_len: int = 96) -> List[List[Any]]:
+def mel_layer_specs(seq_len: int = 96) -> list[list[Any]]:
     """(c_out, kernel, length) of the 14 synthesis layers of the mel variant (reference note 2)."""
-    return ([[1024, 5, seq_len / 8]] * 5 + [[512, 5, seq_len / 4]] * 4
-            + [[256, 5, seq_len / 2]] * 3 + [[128, 5, seq_len]] * 2)
+    return (
+        [[1024, 5, seq_len / 8]] * 5
+        + [[512, 5, seq_len / 4]] * 4
+        + [[256, 5, seq_len / 2]] * 3
+        + [[128, 5, seq_len]] * 2
+    )
 
 
 @dataclass
 class DistributedConfig:
-    dist_backend: str = 'nccl'
-    dist_url: str = 'tcp://localhost:54321'
+    dist_backend: str = "nccl"
+    dist_url: str = "tcp://localhost:54321"
     n_nodes: int = 1
     n_gpus_per_node: int = 1
 
@@ -45,6 +54,7 @@ class DistributedConfig:
 @dataclass
 class RPWConfig:
     """Generator and discriminator hyper-parameters (`rp_w_cfg`, reference note 1)."""
+
     z_dim: int = 512
     c_dim: int = 768
     w_lr_mult: float = 0.01
@@ -58,12 +68,12 @@ class RPWConfig:
     first_cutoff: float = 0.125
     last_cutoff: float = 0.45
     num_critical: int = 2
-    layer_specs: List[Any] = field(default_factory=hubert_layer_specs)
-    head_spec: List[Any] = field(default_factory=lambda: [768, 1])
+    layer_specs: list[Any] = field(default_factory=hubert_layer_specs)
+    head_spec: list[Any] = field(default_factory=lambda: [768, 1])
     lrelu_coeff: float = 0.1
     D_head_dim: int = 512
     D_kernel_size: int = 3
-    D_block_repeats: List[int] = field(default_factory=lambda: [3, 3, 3, 3])
+    D_block_repeats: list[int] = field(default_factory=lambda: [3, 3, 3, 3])
     equalized_lr: bool = True
     g_ema_weight: float = 0.1
     use_sg3_ff: bool = False
@@ -72,13 +82,14 @@ class RPWConfig:
 @dataclass
 class TrainConfig:
     """Everything `train_asgan.py` reads (reference note 1), plus this project's additions at the end."""
+
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     rv: bool = True
     c_dim: int = 768
     z_dim: int = 512
     z_mean: float = 0.0
     z_std: float = 1.0
-    device: str = 'cuda'
+    device: str = "cuda"
     preload: bool = False
     seed: int = 1775
     batch_size: int = 24
@@ -94,38 +105,38 @@ class TrainConfig:
     d_loss_update_max_threshold: float = 9999
     d_loss_update_min_threshold: float = -9999
     lr: float = 6e-5
-    betas: List[float] = field(default_factory=lambda: [0.8, 0.99])
+    betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
     grad_clip: float = 1.0
     checkpoint_path: str = MISSING
     train_root: str = MISSING
     n_valid: int = MISSING
-    resume_checkpoint: str = ''  # a checkpoint file, or 'auto': the newest in checkpoint_path (density/run.py)
+    resume_checkpoint: str = ""  # a checkpoint file, or 'auto': the newest in checkpoint_path (density/run.py)
     aug_init_p: float = 0.05
     adapt_d_lr: bool = False
     d_lr_mult: float = 1.0
     rp_w_cfg: RPWConfig = field(default_factory=RPWConfig)
-    model: str = 'rv_w'
-    data_type: str = 'hubert_L6'
+    model: str = "rv_w"
+    data_type: str = "hubert_L6"
     use_sc09_splits: bool = False
-    sc09_valid_csv: str = ''
-    sc09_train_csv: str = ''
+    sc09_valid_csv: str = ""
+    sc09_train_csv: str = ""
     # --- additions of this project (not in the reference) ---
-    preset: str = 'hubert'  # 'hubert' or 'mel': which variant's dimensions and layer specs to start from
-    engine: str = 'torch'  # 'torch' (one process, or DDP under torchrun) or 'deepspeed'
+    preset: str = "hubert"  # 'hubert' or 'mel': which variant's dimensions and layer specs to start from
+    engine: str = "torch"  # 'torch' (one process, or DDP under torchrun) or 'deepspeed'
     bf16: bool = False  # bfloat16 autocast/engine instead of fp16 (no loss scaling); takes precedence over fp16
     ema_every: int = 0  # update the EMA generator every N steps; 0 = at checkpoint intervals (reference)
     keep_last_checkpoints: int = 0  # keep only the newest N periodic checkpoints; 0 = keep all (reference)
     max_nonfinite_steps: int = 20  # abort after this many consecutive non-finite (skipped) steps
     max_steps: int = 0  # stop after this many global steps with a final checkpoint; 0 = run n_epochs
-    sil_vec_path: str = ''  # (c_dim,) tensor file padding short HuBERT items; '' = zeros (reference fallback)
-    fad_hubert_checkpoint: str = ''  # melspec/wav: FAD on this HuBERT's layer 6 (reference note 33); '' = raw frames
-    fad_vocoder: str = ''  # vocoder path/URL (melspec, hubert_L6) for the FAD and the audio samples; '' = Griffin-Lim
+    sil_vec_path: str = ""  # (c_dim,) tensor file padding short HuBERT items; '' = zeros (reference fallback)
+    fad_hubert_checkpoint: str = ""  # melspec/wav: FAD on this HuBERT's layer 6 (reference note 33); '' = raw frames
+    fad_vocoder: str = ""  # vocoder path/URL (melspec, hubert_L6) for the FAD and the audio samples; '' = Griffin-Lim
     ada_adapt: bool = True  # adapt the augmentation / D-skip probability p to D's confidence; false keeps aug_init_p
     normalize_features: bool = False  # standardise each feature channel with training-split statistics (FeatureNorm)
     overwrite: bool = False  # let a run delete the checkpoints in checkpoint_path it would otherwise refuse to touch
     audio_samples: int = 4  # tensorboard audio of G(z) for this many fixed z at each validation; 0 = off
-    init_checkpoint: str = ''  # start a new run from these weights (fresh optimisers, step 0); '' = random init
-    init_parts: List[str] = field(default_factory=lambda: ['G', 'D', 'G_ema'])  # which weights init_checkpoint gives
+    init_checkpoint: str = ""  # start a new run from these weights (fresh optimisers, step 0); '' = random init
+    init_parts: list[str] = field(default_factory=lambda: ["G", "D", "G_ema"])  # which weights init_checkpoint gives
     init_strict: bool = True  # false: tensors that are missing or differ in shape keep their fresh init (logged)
     lr_final_mult: float = 1.0  # cosine lr decay (G and D) to lr x this at max_steps; 1 = constant (reference)
 
@@ -133,53 +144,110 @@ class TrainConfig:
 RP_W_Config = RPWConfig
 
 PRESETS = {
-    'hubert': [],
-    'mel': ['c_dim=128', 'rp_w_cfg.c_dim=128', 'rp_w_cfg.seq_len=96', 'rp_w_cfg.head_spec=[128,1]',
-            'data_type=melspec'],
+    "hubert": [],
+    "mel": [
+        "c_dim=128",
+        "rp_w_cfg.c_dim=128",
+        "rp_w_cfg.seq_len=96",
+        "rp_w_cfg.head_spec=[128,1]",
+        "data_type=melspec",
+    ],
     # The CPU demo (`make demo`): the mel variant at reduced width and depth, standardised log-mels, rates and an
     # EMA cadence found by experiment (README, "The demo preset"). Not a paper configuration.
-    'mel_small': ['model=rp_w', 'c_dim=128', 'rp_w_cfg.c_dim=128', 'rp_w_cfg.seq_len=96', 'rp_w_cfg.head_spec=[128,1]',
-                  'data_type=melspec', 'normalize_features=true', 'z_dim=256', 'rp_w_cfg.z_dim=256',
-                  'rp_w_cfg.w_dim=256', 'rp_w_cfg.ff_channels=256',
-                  'rp_w_cfg.layer_specs=[[256,5,12],[256,5,24],[128,5,48],[128,5,96]]',
-                  'rp_w_cfg.D_head_dim=128', 'rp_w_cfg.D_block_repeats=[1,1,1,1]', 'rp_w_cfg.D_kernel_size=5',
-                  'rp_w_cfg.r1_gamma=1', 'lr=2e-3', 'd_lr_mult=1', 'betas=[0,0.99]', 'batch_size=16',
-                  'aug_init_p=0.2', 'ada_adapt=false', 'ema_every=10', 'fp16=false', 'device=cpu', 'num_workers=0',
-                  'preload=true', 'checkpoint_interval=250', 'validation_interval=250', 'summary_interval=10',
-                  'stdout_interval=50', 'grad_summary_interval=250', 'n_epochs=1000', 'max_steps=2000',
-                  'use_sc09_splits=true'],
+    "mel_small": [
+        "model=rp_w",
+        "c_dim=128",
+        "rp_w_cfg.c_dim=128",
+        "rp_w_cfg.seq_len=96",
+        "rp_w_cfg.head_spec=[128,1]",
+        "data_type=melspec",
+        "normalize_features=true",
+        "z_dim=256",
+        "rp_w_cfg.z_dim=256",
+        "rp_w_cfg.w_dim=256",
+        "rp_w_cfg.ff_channels=256",
+        "rp_w_cfg.layer_specs=[[256,5,12],[256,5,24],[128,5,48],[128,5,96]]",
+        "rp_w_cfg.D_head_dim=128",
+        "rp_w_cfg.D_block_repeats=[1,1,1,1]",
+        "rp_w_cfg.D_kernel_size=5",
+        "rp_w_cfg.r1_gamma=1",
+        "lr=2e-3",
+        "d_lr_mult=1",
+        "betas=[0,0.99]",
+        "batch_size=16",
+        "aug_init_p=0.2",
+        "ada_adapt=false",
+        "ema_every=10",
+        "fp16=false",
+        "device=cpu",
+        "num_workers=0",
+        "preload=true",
+        "checkpoint_interval=250",
+        "validation_interval=250",
+        "summary_interval=10",
+        "stdout_interval=50",
+        "grad_summary_interval=250",
+        "n_epochs=1000",
+        "max_steps=2000",
+        "use_sc09_splits=true",
+    ],
 }
-INIT_PARTS = ('G', 'D', 'G_ema')
-CHOICES = {'engine': ('torch', 'deepspeed'), 'data_type': ('hubert_L6', 'melspec', 'wav'),
-           'preset': tuple(PRESETS)}
-_POSITIVE_INTS = ('distributed.n_nodes', 'distributed.n_gpus_per_node', 'c_dim', 'z_dim', 'batch_size', 'n_epochs',
-                  'summary_interval', 'grad_summary_interval', 'checkpoint_interval', 'stdout_interval',
-                  'validation_interval', 'update_ratio', 'max_nonfinite_steps', 'rp_w_cfg.z_dim', 'rp_w_cfg.c_dim',
-                  'rp_w_cfg.w_dim', 'rp_w_cfg.w_layers', 'rp_w_cfg.ff_channels', 'rp_w_cfg.seq_len',
-                  'rp_w_cfg.apply_r1_every', 'rp_w_cfg.D_head_dim', 'rp_w_cfg.D_kernel_size')
-_COUNTS = ('num_workers', 'ema_every', 'keep_last_checkpoints', 'max_steps', 'n_valid', 'rp_w_cfg.num_critical',
-           'audio_samples')
+INIT_PARTS = ("G", "D", "G_ema")
+CHOICES = {"engine": ("torch", "deepspeed"), "data_type": ("hubert_L6", "melspec", "wav"), "preset": tuple(PRESETS)}
+_POSITIVE_INTS = (
+    "distributed.n_nodes",
+    "distributed.n_gpus_per_node",
+    "c_dim",
+    "z_dim",
+    "batch_size",
+    "n_epochs",
+    "summary_interval",
+    "grad_summary_interval",
+    "checkpoint_interval",
+    "stdout_interval",
+    "validation_interval",
+    "update_ratio",
+    "max_nonfinite_steps",
+    "rp_w_cfg.z_dim",
+    "rp_w_cfg.c_dim",
+    "rp_w_cfg.w_dim",
+    "rp_w_cfg.w_layers",
+    "rp_w_cfg.ff_channels",
+    "rp_w_cfg.seq_len",
+    "rp_w_cfg.apply_r1_every",
+    "rp_w_cfg.D_head_dim",
+    "rp_w_cfg.D_kernel_size",
+)
+_COUNTS = (
+    "num_workers",
+    "ema_every",
+    "keep_last_checkpoints",
+    "max_steps",
+    "n_valid",
+    "rp_w_cfg.num_critical",
+    "audio_samples",
+)
 # key -> (test, the allowed range in words) for every numeric field; a missing mandatory value is not checked here
 RANGES = {
-    **{k: (lambda v: v >= 1, '>= 1') for k in _POSITIVE_INTS},
-    **{k: (lambda v: v >= 0, '>= 0') for k in _COUNTS},
-    'seed': (lambda v: 0 <= v < 2 ** 31, 'in [0, 2**31)'),
-    'lr': (lambda v: v > 0, '> 0'),
-    'd_lr_mult': (lambda v: v > 0, '> 0'),
-    'lr_final_mult': (lambda v: 0 <= v <= 1, 'in [0, 1] (1 keeps the lr constant)'),
-    'z_std': (lambda v: v > 0, '> 0 (it is the variance of each z entry)'),
-    'z_mean': (math.isfinite, 'finite'),
-    'd_loss_update_max_threshold': (lambda v: not math.isnan(v), 'a number'),
-    'd_loss_update_min_threshold': (lambda v: not math.isnan(v), 'a number'),
-    'grad_clip': (lambda v: v >= 0, '>= 0 (0 disables clipping)'),
-    'aug_init_p': (lambda v: 0 <= v <= 1, 'in [0, 1]'),
-    'rp_w_cfg.w_lr_mult': (lambda v: v > 0, '> 0'),
-    'rp_w_cfg.init_B_std': (lambda v: v >= 0, '>= 0'),
-    'rp_w_cfg.r1_gamma': (lambda v: v >= 0, '>= 0'),
-    'rp_w_cfg.first_cutoff': (lambda v: 0 < v <= 0.5, 'in (0, 0.5] (a fraction of the sample rate)'),
-    'rp_w_cfg.last_cutoff': (lambda v: 0 < v <= 0.5, 'in (0, 0.5] (a fraction of the sample rate)'),
-    'rp_w_cfg.lrelu_coeff': (lambda v: 0 <= v < 1, 'in [0, 1)'),
-    'rp_w_cfg.g_ema_weight': (lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    **{k: (lambda v: v >= 1, ">= 1") for k in _POSITIVE_INTS},
+    **{k: (lambda v: v >= 0, ">= 0") for k in _COUNTS},
+    "seed": (lambda v: 0 <= v < 2**31, "in [0, 2**31)"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "d_lr_mult": (lambda v: v > 0, "> 0"),
+    "lr_final_mult": (lambda v: 0 <= v <= 1, "in [0, 1] (1 keeps the lr constant)"),
+    "z_std": (lambda v: v > 0, "> 0 (it is the variance of each z entry)"),
+    "z_mean": (math.isfinite, "finite"),
+    "d_loss_update_max_threshold": (lambda v: not math.isnan(v), "a number"),
+    "d_loss_update_min_threshold": (lambda v: not math.isnan(v), "a number"),
+    "grad_clip": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    "aug_init_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "rp_w_cfg.w_lr_mult": (lambda v: v > 0, "> 0"),
+    "rp_w_cfg.init_B_std": (lambda v: v >= 0, ">= 0"),
+    "rp_w_cfg.r1_gamma": (lambda v: v >= 0, ">= 0"),
+    "rp_w_cfg.first_cutoff": (lambda v: 0 < v <= 0.5, "in (0, 0.5] (a fraction of the sample rate)"),
+    "rp_w_cfg.last_cutoff": (lambda v: 0 < v <= 0.5, "in (0, 0.5] (a fraction of the sample rate)"),
+    "rp_w_cfg.lrelu_coeff": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "rp_w_cfg.g_ema_weight": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 
@@ -196,25 +264,37 @@ def _list_errors(cfg):
     r, errors = cfg.rp_w_cfg, []
     betas = list(cfg.betas)
     if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
-        errors.append(('betas', betas, 'two numbers in [0, 1), e.g. [0.8,0.99]'))
+        errors.append(("betas", betas, "two numbers in [0, 1), e.g. [0.8,0.99]"))
     specs = r.layer_specs
-    if not (isinstance(specs, ListConfig) and len(specs) > 0 and all(
-            isinstance(s, ListConfig) and len(s) == 3 and _is_int(s[0]) and _is_int(s[1]) and s[0] >= 1 and s[1] >= 1
-            and _is_number(s[2]) and s[2] > 0 for s in specs)):
-        errors.append(('rp_w_cfg.layer_specs', specs, 'a non-empty list of [channels >= 1, kernel >= 1, length > 0]'))
+    if not (
+        isinstance(specs, ListConfig)
+        and len(specs) > 0
+        and all(
+            isinstance(s, ListConfig)
+            and len(s) == 3
+            and _is_int(s[0])
+            and _is_int(s[1])
+            and s[0] >= 1
+            and s[1] >= 1
+            and _is_number(s[2])
+            and s[2] > 0
+            for s in specs
+        )
+    ):
+        errors.append(("rp_w_cfg.layer_specs", specs, "a non-empty list of [channels >= 1, kernel >= 1, length > 0]"))
     elif any(b[2] not in (a[2], 2 * a[2]) for a, b in zip(specs[:-1], specs[1:])):
-        errors.append(('rp_w_cfg.layer_specs', specs, 'lengths that stay or double from one layer to the next'))
+        errors.append(("rp_w_cfg.layer_specs", specs, "lengths that stay or double from one layer to the next"))
     elif not r.num_critical < len(specs):
-        errors.append(('rp_w_cfg.num_critical', r.num_critical, f'< the number of layer_specs ({len(specs)})'))
+        errors.append(("rp_w_cfg.num_critical", r.num_critical, f"< the number of layer_specs ({len(specs)})"))
     head = r.head_spec
     if not (len(head) == 2 and all(_is_int(v) and v >= 1 for v in head)):
-        errors.append(('rp_w_cfg.head_spec', head, '[channels >= 1, kernel >= 1]'))
+        errors.append(("rp_w_cfg.head_spec", head, "[channels >= 1, kernel >= 1]"))
     parts = list(cfg.init_parts)
     if not (parts and set(parts) <= set(INIT_PARTS) and len(set(parts)) == len(parts)):
-        errors.append(('init_parts', parts, f'a non-empty list of distinct parts from {list(INIT_PARTS)}'))
+        errors.append(("init_parts", parts, f"a non-empty list of distinct parts from {list(INIT_PARTS)}"))
     repeats = r.D_block_repeats
     if not (len(repeats) > 0 and all(_is_int(v) and v >= 1 for v in repeats)):
-        errors.append(('rp_w_cfg.D_block_repeats', repeats, 'a non-empty list of integers >= 1'))
+        errors.append(("rp_w_cfg.D_block_repeats", repeats, "a non-empty list of integers >= 1"))
     return errors
 
 
@@ -238,43 +318,44 @@ def validate(cfg: DictConfig) -> DictConfig:
 
 
 # Keys that reference checkpoints carry in `cfg_yaml` but no code reads (added at run time, reference note 1).
-_LEGACY_KEYS = ('batch_size_per_gpu',)
+_LEGACY_KEYS = ("batch_size_per_gpu",)
 
 
-def _valid_keys(node, prefix=''):
+def _valid_keys(node, prefix=""):
     """All dotted keys of a config tree, sections included."""
     keys = []
     for k in node.keys():
-        full = f'{prefix}{k}'
+        full = f"{prefix}{k}"
         keys.append(full)
         child = node._get_node(k)
         if isinstance(child, DictConfig):
-            keys += _valid_keys(child, full + '.')
+            keys += _valid_keys(child, full + ".")
     return keys
 
 
-def _check_keys(schema: DictConfig, keys, source: str, command: str = 'train_asgan.py') -> None:
+def _check_keys(schema: DictConfig, keys, source: str, command: str = "train_asgan.py") -> None:
     valid = set(_valid_keys(schema))
     for key in keys:
         if key not in valid:
             close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ''
-            raise ConfigError(f"Unknown config key '{key}' in {source}.{hint} "
-                              f"Run `python {command} --help` for all keys.")
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"Unknown config key '{key}' in {source}.{hint} Run `python {command} --help` for all keys."
+            )
 
 
-def parse_overrides(schema: DictConfig, argv: List[str], command: str) -> DictConfig:
+def parse_overrides(schema: DictConfig, argv: list[str], command: str) -> DictConfig:
     """Merge `key=value` overrides (YAML values) onto a structured `schema` for the script `command`;
     ConfigError names a malformed argument, an unknown key (with the closest valid ones) or a bad value."""
     for arg in argv:
-        if '=' not in arg:
+        if "=" not in arg:
             raise ConfigError(f"Argument '{arg}' is not of the form key=value (e.g. batch_size=16).")
     try:
         overrides = OmegaConf.from_dotlist(argv)
     except OmegaConfBaseException as e:
         raise ConfigError(f"Cannot parse command-line overrides {argv}: {e}") from None
-    _check_keys(schema, [a.split('=', 1)[0] for a in argv], 'the command line', command)
-    return _merge(schema, overrides, source='the command line')
+    _check_keys(schema, [a.split("=", 1)[0] for a in argv], "the command line", command)
+    return _merge(schema, overrides, source="the command line")
 
 
 def require_keys(cfg: DictConfig, keys) -> None:
@@ -288,7 +369,7 @@ def check_minimums(cfg: DictConfig, minimums) -> None:
     """ConfigError for the first (key, low) of `minimums` whose value is below low."""
     for key, low in minimums:
         if cfg[key] < low:
-            raise ConfigError(f'{key}={cfg[key]}: must be >= {low}')
+            raise ConfigError(f"{key}={cfg[key]}: must be >= {low}")
 
 
 def default_config() -> DictConfig:
@@ -300,21 +381,23 @@ def _merge(base: DictConfig, *others, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, *others)
     except OmegaConfBaseException as e:
-        key = getattr(e, 'full_key', None) or ''
-        raise ConfigError(f"Bad value for config key '{key}' in {source}: {e.msg if hasattr(e, 'msg') else e}") from None
+        key = getattr(e, "full_key", None) or ""
+        raise ConfigError(
+            f"Bad value for config key '{key}' in {source}: {e.msg if hasattr(e, 'msg') else e}"
+        ) from None
 
 
-def config_file_argument(argv: List[str]):
+def config_file_argument(argv: list[str]):
     """-> (the file of `--config FILE` / `--config=FILE` or None, the other arguments)."""
     rest, path = [], None
     args = iter(argv)
     for arg in args:
-        if arg == '--config':
+        if arg == "--config":
             path = next(args, None)
             if path is None:
-                raise ConfigError('--config needs a YAML file: --config configs/<name>.yaml')
-        elif arg.startswith('--config='):
-            path = arg.split('=', 1)[1]
+                raise ConfigError("--config needs a YAML file: --config configs/<name>.yaml")
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
         else:
             rest.append(arg)
     return path, rest
@@ -325,16 +408,16 @@ def read_config_file(path: str, schema: DictConfig) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except FileNotFoundError:
-        raise ConfigError(f'--config {path}: no such file') from None
+        raise ConfigError(f"--config {path}: no such file") from None
     except (OSError, OmegaConfBaseException, ValueError) as e:
-        raise ConfigError(f'--config {path}: not a readable YAML file ({e})') from None
+        raise ConfigError(f"--config {path}: not a readable YAML file ({e})") from None
     if not isinstance(loaded, DictConfig):
-        raise ConfigError(f'--config {path}: holds no mapping of config keys')
+        raise ConfigError(f"--config {path}: holds no mapping of config keys")
     _check_keys(schema, _valid_keys(loaded), path)
     return loaded
 
 
-def parse_config(argv: Optional[List[str]] = None) -> DictConfig:
+def parse_config(argv: list[str] | None = None) -> DictConfig:
     """Merge an optional `--config FILE` (YAML), then `key=value` / `section.key=value` overrides (YAML values,
     lists as `[a,b]`) onto the default.
 
@@ -344,31 +427,31 @@ def parse_config(argv: Optional[List[str]] = None) -> DictConfig:
     """
     path, argv = config_file_argument(list(sys.argv[1:] if argv is None else argv))
     for arg in argv:
-        if '=' not in arg:
+        if "=" not in arg:
             raise ConfigError(f"Argument '{arg}' is not of the form key=value (e.g. batch_size=16).")
     schema = default_config()
     try:
         overrides = OmegaConf.from_dotlist(argv)
     except OmegaConfBaseException as e:
         raise ConfigError(f"Cannot parse command-line overrides {argv}: {e}") from None
-    given = [a.split('=', 1)[0] for a in argv]
-    _check_keys(schema, given, 'the command line')
+    given = [a.split("=", 1)[0] for a in argv]
+    _check_keys(schema, given, "the command line")
     from_file = read_config_file(path, schema) if path else OmegaConf.create()
     given += _valid_keys(from_file)
-    preset = overrides.get('preset', from_file.get('preset', 'hubert'))
+    preset = overrides.get("preset", from_file.get("preset", "hubert"))
     if preset not in PRESETS:
         raise ConfigError(f"Unknown preset '{preset}'; choose one of {sorted(PRESETS)}.")
-    cfg = _merge(schema, OmegaConf.from_dotlist(PRESETS[preset]), from_file, source=path or 'the preset')
-    cfg = _merge(cfg, overrides, source='the command line')
-    if preset == 'mel' and 'rp_w_cfg.layer_specs' not in given:
+    cfg = _merge(schema, OmegaConf.from_dotlist(PRESETS[preset]), from_file, source=path or "the preset")
+    cfg = _merge(cfg, overrides, source="the command line")
+    if preset == "mel" and "rp_w_cfg.layer_specs" not in given:
         cfg.rp_w_cfg.layer_specs = mel_layer_specs(cfg.rp_w_cfg.seq_len)
-    elif 'rp_w_cfg.seq_len' in given and 'rp_w_cfg.layer_specs' not in given:
+    elif "rp_w_cfg.seq_len" in given and "rp_w_cfg.layer_specs" not in given:
         cfg.rp_w_cfg.layer_specs = hubert_layer_specs(cfg.rp_w_cfg.seq_len)
     return validate(cfg)
 
 
-MANDATORY = ('checkpoint_path', 'train_root')  # of a training run
-SPLIT_KEYS = ('sc09_train_csv', 'sc09_valid_csv')  # mandatory with use_sc09_splits=true
+MANDATORY = ("checkpoint_path", "train_root")  # of a training run
+SPLIT_KEYS = ("sc09_train_csv", "sc09_valid_csv")  # mandatory with use_sc09_splits=true
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -379,24 +462,33 @@ def check_config(cfg: DictConfig) -> None:
             getattr(cfg, key)
         except MissingMandatoryValue:
             raise ConfigError(f"config key '{key}' is mandatory: add {key}=... to the command") from None
-    if cfg.model != 'rp_w':
-        raise ConfigError(f"model={cfg.model}: only model=rp_w is implemented (the reference default 'rv_w' "
-                          "raises as well); add model=rp_w")
-    for key in ('c_dim', 'z_dim'):
+    if cfg.model != "rp_w":
+        raise ConfigError(
+            f"model={cfg.model}: only model=rp_w is implemented (the reference default 'rv_w' "
+            "raises as well); add model=rp_w"
+        )
+    for key in ("c_dim", "z_dim"):
         if cfg[key] != cfg.rp_w_cfg[key]:
-            raise ConfigError(f'{key}={cfg[key]} must equal rp_w_cfg.{key}={cfg.rp_w_cfg[key]}; set both')
-    if cfg.fad_hubert_checkpoint and cfg.data_type == 'hubert_L6':
-        raise ConfigError('fad_hubert_checkpoint is for data_type melspec or wav: hubert_L6 features are already '
-                          'HuBERT features and their FAD uses them as they are; remove fad_hubert_checkpoint')
-    if cfg.fad_vocoder and cfg.data_type == 'wav':
-        raise ConfigError('fad_vocoder is for data_type melspec or hubert_L6 (the FAD and the validation audio); '
-                          'wav data needs none: remove fad_vocoder')
+            raise ConfigError(f"{key}={cfg[key]} must equal rp_w_cfg.{key}={cfg.rp_w_cfg[key]}; set both")
+    if cfg.fad_hubert_checkpoint and cfg.data_type == "hubert_L6":
+        raise ConfigError(
+            "fad_hubert_checkpoint is for data_type melspec or wav: hubert_L6 features are already "
+            "HuBERT features and their FAD uses them as they are; remove fad_hubert_checkpoint"
+        )
+    if cfg.fad_vocoder and cfg.data_type == "wav":
+        raise ConfigError(
+            "fad_vocoder is for data_type melspec or hubert_L6 (the FAD and the validation audio); "
+            "wav data needs none: remove fad_vocoder"
+        )
     if cfg.lr_final_mult != 1 and not cfg.max_steps:
-        raise ConfigError(f'lr_final_mult={cfg.lr_final_mult} decays the lr until max_steps: set max_steps=N too '
-                          '(or lr_final_mult=1)')
+        raise ConfigError(
+            f"lr_final_mult={cfg.lr_final_mult} decays the lr until max_steps: set max_steps=N too (or lr_final_mult=1)"
+        )
     if cfg.batch_size % min(4, cfg.batch_size):
-        raise ConfigError(f'batch_size={cfg.batch_size}: the discriminator groups samples in fours '
-                          '(minibatch std); use a multiple of 4')
+        raise ConfigError(
+            f"batch_size={cfg.batch_size}: the discriminator groups samples in fours "
+            "(minibatch std); use a multiple of 4"
+        )
 
 
 def config_from_yaml(text: str) -> DictConfig:
@@ -421,9 +513,9 @@ def rp_w_section(cfg) -> Any:
     A dict may be partial: missing fields take the RPWConfig defaults; unknown fields are an error.
     """
     if isinstance(cfg, dict):
-        section = cfg.get('rp_w_cfg', cfg)
-        _check_keys(OmegaConf.structured(RPWConfig), list(section), 'the generator config')
-        return _merge(OmegaConf.structured(RPWConfig), section, source='the generator config')
+        section = cfg.get("rp_w_cfg", cfg)
+        _check_keys(OmegaConf.structured(RPWConfig), list(section), "the generator config")
+        return _merge(OmegaConf.structured(RPWConfig), section, source="the generator config")
     if isinstance(cfg, (DictConfig, ListConfig)):
-        return cfg.rp_w_cfg if 'rp_w_cfg' in cfg else cfg
-    return getattr(cfg, 'rp_w_cfg', cfg)
+        return cfg.rp_w_cfg if "rp_w_cfg" in cfg else cfg
+    return getattr(cfg, "rp_w_cfg", cfg)

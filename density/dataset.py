@@ -19,6 +19,7 @@ Decisions on the reference's quirks (docs/reference.md, differences):
 - preload stores every item as one compact fp16 tensor in a list (frames x C x 2 bytes each: SC09 HuBERT
   train, about 18.6k x 50 x 768 x 2 B = 1.4 GB; log-mels 100 x 128 x 2 B = 25.6 kB per clip) and returns float32.
 """
+
 import csv
 import glob
 import os
@@ -33,7 +34,7 @@ from torch.distributions import MultivariateNormal
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from density.audio import load_audio, log_mel
+from density.audio.signal import load_audio, log_mel
 
 DATA_TYPES = ("hubert_L6", "melspec", "wav")
 FEATURE_EXT = ".pt"
@@ -63,11 +64,14 @@ def load_feature_file(path):
     try:
         x = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise DatasetError(f"{path}: cannot load feature file ({type(e).__name__}: {e}); "
-                           "delete it and re-run the feature extraction") from e
+        raise DatasetError(
+            f"{path}: cannot load feature file ({type(e).__name__}: {e}); delete it and re-run the feature extraction"
+        ) from e
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise DatasetError(f"{path}: expected a float tensor, found {type(x).__name__}; "
-                           "is this a feature file written by hubert_feature_reader.py?")
+        raise DatasetError(
+            f"{path}: expected a float tensor, found {type(x).__name__}; "
+            "is this a feature file written by hubert_feature_reader.py?"
+        )
     if not x.isfinite().all():
         raise DatasetError(f"{path}: holds NaN or infinite values; delete it and re-run the feature extraction")
     return x.float()
@@ -96,8 +100,7 @@ class DiagonalNormal:
 class FeatureDataset(Dataset):
     """Items (x, z) of a list of .pt feature files or audio files (see module doc)."""
 
-    def __init__(self, files, data_type="hubert_L6", z_dim=512, z_mean=0.0, z_std=1.0, c_dim=None,
-                 preload=False):
+    def __init__(self, files, data_type="hubert_L6", z_dim=512, z_mean=0.0, z_std=1.0, c_dim=None, preload=False):
         if data_type not in DATA_TYPES:
             raise DatasetError(f"data_type must be one of {DATA_TYPES}, got '{data_type}'")
         if not z_std > 0:
@@ -105,8 +108,10 @@ class FeatureDataset(Dataset):
         self.files = [str(f) for f in files]
         audio = [f for f in self.files if not f.endswith((FEATURE_EXT, ".pth"))]
         if audio and data_type == "hubert_L6":  # found here, not in a DataLoader worker at the first batch
-            raise DatasetError(f"{audio[0]}: data_type hubert_L6 needs .pt feature files, not audio; extract features "
-                               "with hubert_feature_reader.py or set data_type=melspec/wav")
+            raise DatasetError(
+                f"{audio[0]}: data_type hubert_L6 needs .pt feature files, not audio; extract features "
+                "with hubert_feature_reader.py or set data_type=melspec/wav"
+            )
         self.data_type, self.c_dim = data_type, c_dim
         # z_std is the covariance diagonal, i.e. a variance (reference note 23), kept for parity
         self.z_dist = DiagonalNormal(torch.full((z_dim,), float(z_mean)), float(z_std) * torch.eye(z_dim))
@@ -127,11 +132,15 @@ class FeatureDataset(Dataset):
             x = WAV_PEAK * x / x.abs().max().clamp_min(torch.finfo(x.dtype).tiny)
         want_dim = 1 if self.data_type == "wav" else 2
         if x.dim() != want_dim or x.shape[0] == 0:
-            raise DatasetError(f"{path}: expected a non-empty {'(T,)' if want_dim == 1 else '(frames, C)'} tensor "
-                               f"for data_type {self.data_type}, got shape {tuple(x.shape)}")
+            raise DatasetError(
+                f"{path}: expected a non-empty {'(T,)' if want_dim == 1 else '(frames, C)'} tensor "
+                f"for data_type {self.data_type}, got shape {tuple(x.shape)}"
+            )
         if want_dim == 2 and self.c_dim is not None and x.shape[1] != self.c_dim:
-            raise DatasetError(f"{path}: features have {x.shape[1]} channels but c_dim={self.c_dim}; "
-                               "set c_dim (and rp_w_cfg.c_dim) to match or point train_root at the right cache")
+            raise DatasetError(
+                f"{path}: features have {x.shape[1]} channels but c_dim={self.c_dim}; "
+                "set c_dim (and rp_w_cfg.c_dim) to match or point train_root at the right cache"
+            )
         return x
 
     def _load_fp16(self, i):
@@ -139,8 +148,14 @@ class FeatureDataset(Dataset):
 
     def _preload(self):
         with ThreadPoolExecutor(PRELOAD_THREADS) as pool:
-            return list(tqdm(pool.map(self._load_fp16, range(len(self))), total=len(self),
-                             desc="preloading features", unit="file"))
+            return list(
+                tqdm(
+                    pool.map(self._load_fp16, range(len(self))),
+                    total=len(self),
+                    desc="preloading features",
+                    unit="file",
+                )
+            )
 
     def __getitem__(self, i):
         x = self.cache[i].float() if self.cache is not None else self.load(i)
@@ -238,15 +253,15 @@ class Collate:
             x = x.reshape(-1, 1) if self.data_type == "wav" else x
             if x.dim() != 2 or x.shape[1] != C:
                 raise DatasetError(f"batch item {b}: shape {tuple(x.shape)}, expected (frames, {C})")
-            l = x.shape[0]
-            if l <= L:
-                feats[b, :l] = x
-                if L - l < l:  # tile once, only when the item covers more than half of seq_len
-                    feats[b, l:] = x[:L - l]
+            n = x.shape[0]
+            if n <= L:
+                feats[b, :n] = x
+                if L - n < n:  # tile once, only when the item covers more than half of seq_len
+                    feats[b, n:] = x[: L - n]
             else:
-                start = random.randint(0, l - L - 1)  # inclusive bounds: l - L itself is never drawn
-                feats[b] = x[start:start + L]
-            lengths[b] = min(l, L)
+                start = random.randint(0, n - L - 1)  # inclusive bounds: n - L itself is never drawn
+                feats[b] = x[start : start + L]
+            lengths[b] = min(n, L)
         z = torch.stack([z if self.data_type == "wav" else z[0] for _, z in batch])
         return feats, lengths, None, z
 
@@ -285,24 +300,29 @@ def feature_path(audio_path, train_root):
     return Path(train_root) / p.parent.name / (p.stem + FEATURE_EXT)
 
 
-def read_split_csv(csv_path, key, data_type, train_root=None):
+def split_feature_files(csv_path, key, data_type, train_root=None):
     """File list of a split CSV (column `path`), every file checked. With a train_root, audio paths are mapped into
     that feature cache (always for hubert_L6; for melspec when the cache holds the first row's features)."""
     if not csv_path:
         raise DatasetError(f"use_sc09_splits=true needs {key}=<csv from split_data.py>")
     if not Path(csv_path).is_file():
-        raise DatasetError(f"{key}={csv_path}: no such file; create the splits with "
-                           "`python split_data.py --root_path <speech commands root> --sc09_only true`")
+        raise DatasetError(
+            f"{key}={csv_path}: no such file; create the splits with "
+            "`python split_data.py --root_path <speech commands root> --sc09_only true`"
+        )
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise DatasetError(f"{key}={csv_path}: expected a CSV with a 'path' column (as written by "
-                               f"split_data.py), found columns {reader.fieldnames}")
+            raise DatasetError(
+                f"{key}={csv_path}: expected a CSV with a 'path' column (as written by "
+                f"split_data.py), found columns {reader.fieldnames}"
+            )
         rows = [row["path"] for row in reader]
     if not rows:
         raise DatasetError(f"{key}={csv_path} lists no files")
     cached = data_type == "hubert_L6" or (
-        data_type == "melspec" and train_root is not None and feature_path(rows[0], train_root).is_file())
+        data_type == "melspec" and train_root is not None and feature_path(rows[0], train_root).is_file()
+    )
     files = [feature_path(r, train_root) if cached else Path(r) for r in rows]
     missing = [(r, p) for r, p in zip(rows, files) if not p.is_file()]
     if missing and cached:
@@ -311,10 +331,12 @@ def read_split_csv(csv_path, key, data_type, train_root=None):
         raise DatasetError(
             f"{key}={csv_path}: {len(missing)} of {len(rows)} rows have no cached features, e.g. row '{row}' "
             f"-> expected {feat}. Extract them first: python hubert_feature_reader.py --csv {csv_path} "
-            f"--out {train_root} --type {data_type}{checkpoint}")
+            f"--out {train_root} --type {data_type}{checkpoint}"
+        )
     if missing:
-        raise DatasetError(f"{key}={csv_path}: {len(missing)} of {len(rows)} listed files do not exist, "
-                           f"e.g. {missing[0][0]}")
+        raise DatasetError(
+            f"{key}={csv_path}: {len(missing)} of {len(rows)} listed files do not exist, e.g. {missing[0][0]}"
+        )
     return [str(p) for p in files]
 
 
@@ -323,19 +345,28 @@ def build_datasets(cfg):
     data_type = _get(cfg, "data_type")
     if _get(cfg, "use_sc09_splits"):
         root = _get(cfg, "train_root") if data_type in ("hubert_L6", "melspec") else None
-        train = read_split_csv(_get(cfg, "sc09_train_csv"), "sc09_train_csv", data_type, root)
-        valid = read_split_csv(_get(cfg, "sc09_valid_csv"), "sc09_valid_csv", data_type, root)
+        train = split_feature_files(_get(cfg, "sc09_train_csv"), "sc09_train_csv", data_type, root)
+        valid = split_feature_files(_get(cfg, "sc09_valid_csv"), "sc09_valid_csv", data_type, root)
     else:
         root = _get(cfg, "train_root")
         files = discover_files(root)
         random.Random(_get(cfg, "seed")).shuffle(files)
         n_valid = int(_get(cfg, "n_valid"))
         if not 0 <= n_valid < len(files):
-            raise DatasetError(f"n_valid={n_valid} must be in 0..{len(files) - 1} "
-                               f"({len(files)} files under train_root {root})")
-        train, valid = files[:len(files) - n_valid], files[len(files) - n_valid:]
+            raise DatasetError(
+                f"n_valid={n_valid} must be in 0..{len(files) - 1} ({len(files)} files under train_root {root})"
+            )
+        train, valid = files[: len(files) - n_valid], files[len(files) - n_valid :]
 
     def make(files):
-        return FeatureDataset(files, data_type, _get(cfg, "z_dim"), _get(cfg, "z_mean"), _get(cfg, "z_std"),
-                              _get(cfg, "c_dim"), _get(cfg, "preload"))
+        return FeatureDataset(
+            files,
+            data_type,
+            _get(cfg, "z_dim"),
+            _get(cfg, "z_mean"),
+            _get(cfg, "z_std"),
+            _get(cfg, "c_dim"),
+            _get(cfg, "preload"),
+        )
+
     return make(train), make(valid)

@@ -1,4 +1,5 @@
 """GAN losses (reference note 19): non-saturating logistic G loss, logistic D loss, R1 penalty."""
+
 import torch
 import torch.nn.functional as F
 

@@ -13,6 +13,7 @@ Reference quirks kept as defaults (reference notes 37, 39), each with an option 
   proportion (empty in both sets, possible with a precomputed K-means) has p1 = p2 and is not distinct,
   instead of the reference's division by zero.
 """
+
 import logging
 import math
 import warnings
@@ -40,8 +41,10 @@ NDB_ALPHA = 0.05  # two-sided significance level of the per-bin two-proportion z
 def _frames(x, name):
     """Detached (N, C) view of frames given as (N, C) or (..., C)."""
     if not torch.is_tensor(x) or x.ndim < 2:
-        raise ValueError(f"{name}: expected a tensor of frames (N, C) or (B, L, C), got {type(x).__name__} "
-                         f"of shape {tuple(getattr(x, 'shape', ()))}")
+        raise ValueError(
+            f"{name}: expected a tensor of frames (N, C) or (B, L, C), got {type(x).__name__} "
+            f"of shape {tuple(getattr(x, 'shape', ()))}"
+        )
     return x.detach().reshape(-1, x.shape[-1])
 
 
@@ -56,8 +59,10 @@ def _matrix(x, name, log_probs=False):
         raise ValueError(f"{name}: expected a numeric (N, C) array, got dtype {x.dtype} shape {x.shape}")
     bad = np.flatnonzero(~(np.isfinite(x) | (log_probs & np.isneginf(x))).all(1))
     if len(bad):
-        raise ValueError(f"{name}: {len(bad)} of {len(x)} rows hold NaN or inf (first: row {bad[0]}); for generated "
-                         "clips the generator or vocoder produced non-finite audio (a diverged checkpoint?)")
+        raise ValueError(
+            f"{name}: {len(bad)} of {len(x)} rows hold NaN or inf (first: row {bad[0]}); for generated "
+            "clips the generator or vocoder produced non-finite audio (a diverged checkpoint?)"
+        )
     return x.astype(np.float32) if x.dtype == np.float16 else x
 
 
@@ -70,6 +75,7 @@ def cosine_distances(a, b):
 
 
 # ---------------------------------------------------------------- Fréchet distance (§9.1)
+
 
 def feature_statistics(x):
     """Mean (C,) and unbiased covariance (C, C), both float32, of real features x (N, C)."""
@@ -84,8 +90,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     mu1, sigma1, mu2, sigma2 = (_float64(v) for v in (mu1, sigma1, mu2, sigma2))
     c = mu1.shape[0]
     if mu1.shape != (c,) or mu2.shape != (c,) or sigma1.shape != (c, c) or sigma2.shape != (c, c):
-        raise ValueError(f"frechet_distance: shape mismatch mu1 {mu1.shape} sigma1 {sigma1.shape} "
-                         f"mu2 {mu2.shape} sigma2 {sigma2.shape}")
+        raise ValueError(
+            f"frechet_distance: shape mismatch mu1 {mu1.shape} sigma1 {sigma1.shape} "
+            f"mu2 {mu2.shape} sigma2 {sigma2.shape}"
+        )
     covmean = _sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         log.warning("frechet_distance: sqrtm(sigma1 sigma2) is not finite; adding %g to the diagonals", SQRTM_EPS)
@@ -93,8 +101,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
         covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=IMAG_ATOL):
-            log.warning("frechet_distance: sqrtm has imaginary diagonal parts up to %g; returning NaN",
-                        np.abs(np.diagonal(covmean).imag).max())
+            log.warning(
+                "frechet_distance: sqrtm has imaginary diagonal parts up to %g; returning NaN",
+                np.abs(np.diagonal(covmean).imag).max(),
+            )
             return float("nan")
         covmean = covmean.real
     diff = mu1 - mu2
@@ -127,6 +137,7 @@ def fid(gen, train):
 
 
 # ---------------------------------------------------------------- training-time helpers (§9.3, §5)
+
 
 class ApproxKL:
     """Histogram KL(fake || real) of all feature values, accumulated over batches (reference note 39).
@@ -210,8 +221,10 @@ def distance_heuristic(real_frames, fake_frames, n=75, generator=None):
     """(m_ff - m_rr)^2 + (m_rf - m_rr)^2 of mean cosine distances over <= n shared random rows (reference note 20)."""
     real, fake = _frames(real_frames, "real_frames"), _frames(fake_frames, "fake_frames")
     if real.shape != fake.shape:
-        raise ValueError(f"distance_heuristic: real {tuple(real.shape)} and fake {tuple(fake.shape)} "
-                         "frames must have the same shape (the same rows index both)")
+        raise ValueError(
+            f"distance_heuristic: real {tuple(real.shape)} and fake {tuple(fake.shape)} "
+            "frames must have the same shape (the same rows index both)"
+        )
     idx = torch.randperm(fake.shape[0], generator=generator)[:n].to(fake.device)
     real, fake = real[idx], fake[idx]
     m_rr = cosine_distances(real, real).mean()
@@ -231,6 +244,7 @@ def drift(real, fake):
 
 # ---------------------------------------------------------------- evaluation metrics (§9.2)
 
+
 def inception_score(log_probs):
     """exp(mean_i KL(p_i || p_mean)): rows permuted by RandomState(0), p_i from the first half,
     p_mean from the second. log_probs (N, K)."""
@@ -238,7 +252,7 @@ def inception_score(log_probs):
     if lp.shape[0] < 2:
         raise ValueError(f"inception_score needs at least 2 rows, got {lp.shape[0]}")
     lp = lp[np.random.RandomState(IS_SEED).permutation(lp.shape[0])]
-    h1, h2 = lp[: lp.shape[0] // 2], lp[lp.shape[0] // 2:]
+    h1, h2 = lp[: lp.shape[0] // 2], lp[lp.shape[0] // 2 :]
     log_mean = special.logsumexp(h2, axis=0) - np.log(h2.shape[0])
     p = np.exp(h1)
     with np.errstate(invalid="ignore"):  # p = 0 rows with log p = -inf contribute 0
@@ -279,6 +293,7 @@ def ndb(real, gen, k=50, proportion=True, kmeans=None, n_init=NDB_N_INIT):
         if real.shape[0] < k:
             raise ValueError(f"ndb: {real.shape[0]} real rows cannot make {k} clusters; lower k")
         from sklearn.cluster import KMeans  # imported here: only evaluation needs scikit-learn
+
         kmeans = KMeans(n_clusters=k, random_state=NDB_SEED, n_init=n_init).fit(real)
     n_bins = kmeans.n_clusters
     n1, n2 = real.shape[0], gen.shape[0]
@@ -302,6 +317,7 @@ def linear_separability(logits, latents, svm_random_state=0, trim=0.5):
     """
     from sklearn.metrics import mutual_info_score  # imported here: only evaluation needs scikit-learn
     from sklearn.svm import SVC
+
     probs = special.softmax(_matrix(logits, "logits").astype(np.float64), axis=1)
     z = _matrix(latents, "latents").astype(np.float64)
     if z.shape[0] != probs.shape[0]:

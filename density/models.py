@@ -5,6 +5,7 @@ stacks are channel-major (B, C, L). State-dict keys and parameter order equal th
 `RP_ConvDiscriminator`), so official checkpoints load with `strict=True`. All run-time gains are Python
 floats, not buffers.
 """
+
 import math
 import warnings
 
@@ -54,7 +55,7 @@ class _ScaledLayer(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if not bias:
             self.bias = None
-        elif bias_init == 'torch':
+        elif bias_init == "torch":
             bound = 1 / math.sqrt(self.weight[0].numel())
             self.bias = nn.Parameter(torch.empty(weight_shape[0]).uniform_(-bound, bound))
         else:
@@ -67,11 +68,11 @@ class _ScaledLayer(nn.Module):
     @torch.no_grad()
     def init_parameters(self):
         """Draw the weight init named by `weight_init` (in place); returns self."""
-        if self.weight_init == 'zeros':
+        if self.weight_init == "zeros":
             self.weight.zero_()
-        elif self.weight_init == 'xavier':
+        elif self.weight_init == "xavier":
             nn.init.xavier_uniform_(self.weight)
-        elif self.weight_init == 'auto':
+        elif self.weight_init == "auto":
             if self.equalized_lr:
                 self.weight.normal_(0.0, 1.0 / self.lr_multiplier)
         else:
@@ -90,10 +91,27 @@ class _ScaledLayer(nn.Module):
 class FullyConnected(_ScaledLayer):
     """y = x·(g_w·W)ᵀ + g_b·b: (..., in_features) -> (..., out_features); W (out, in), b (out,)."""
 
-    def __init__(self, in_features, out_features, *, bias=True, bias_init=0.0, equalized_lr=True,
-                 lr_multiplier=1.0, fan_in=None, weight_init='auto'):
-        super().__init__((out_features, in_features), bias=bias, bias_init=bias_init, equalized_lr=equalized_lr,
-                         lr_multiplier=lr_multiplier, fan_in=fan_in, weight_init=weight_init)
+    def __init__(
+        self,
+        in_features,
+        out_features,
+        *,
+        bias=True,
+        bias_init=0.0,
+        equalized_lr=True,
+        lr_multiplier=1.0,
+        fan_in=None,
+        weight_init="auto",
+    ):
+        super().__init__(
+            (out_features, in_features),
+            bias=bias,
+            bias_init=bias_init,
+            equalized_lr=equalized_lr,
+            lr_multiplier=lr_multiplier,
+            fan_in=fan_in,
+            weight_init=weight_init,
+        )
 
     def forward(self, x):
         return F.linear(x, self.scaled_weight(), self.scaled_bias())
@@ -102,10 +120,27 @@ class FullyConnected(_ScaledLayer):
 class Conv(_ScaledLayer):
     """1-D convolution, weight (C_out, C_in, k), bias (C_out,) initialised to zero (or none)."""
 
-    def __init__(self, c_in, c_out, kernel_size, *, bias=True, equalized_lr=True, lr_multiplier=1.0, fan_in=None,
-                 weight_init='auto'):
-        super().__init__((c_out, c_in, kernel_size), bias=bias, bias_init=0.0, equalized_lr=equalized_lr,
-                         lr_multiplier=lr_multiplier, fan_in=fan_in, weight_init=weight_init)
+    def __init__(
+        self,
+        c_in,
+        c_out,
+        kernel_size,
+        *,
+        bias=True,
+        equalized_lr=True,
+        lr_multiplier=1.0,
+        fan_in=None,
+        weight_init="auto",
+    ):
+        super().__init__(
+            (c_out, c_in, kernel_size),
+            bias=bias,
+            bias_init=0.0,
+            equalized_lr=equalized_lr,
+            lr_multiplier=lr_multiplier,
+            fan_in=fan_in,
+            weight_init=weight_init,
+        )
 
     def forward(self, x, stride=1, padding=None):
         """x (B, C_in, L) -> (B, C_out, L/stride); 'same' padding unless `padding` is given."""
@@ -118,12 +153,13 @@ class Conv(_ScaledLayer):
 # ---------------------------------------------------------------------------------------------
 # Resampler (reference note 14)
 
+
 def design_lowpass(factor: int, fc, taps_per_factor: int = 8, beta: float = 2.5) -> torch.Tensor:
     """Kaiser-windowed sinc with 8·factor+1 taps; fc 'critical' means cutoff pi/factor.
 
     Not normalised to unit DC gain and not multiplied by the up-factor (reference behaviour).
     """
-    if fc == 'critical':
+    if fc == "critical":
         omega, centre = math.pi / factor, 1.0 / factor
     else:
         omega, centre = float(fc) * math.pi, float(fc)
@@ -138,11 +174,11 @@ def design_lowpass(factor: int, fc, taps_per_factor: int = 8, beta: float = 2.5)
 class Resampler(nn.Module):
     """Up-sample by zero insertion + low-pass; low-pass + decimate (buffers `up_/down_lpf_filter`)."""
 
-    def __init__(self, up_factor=1, down_factor=1, up_fc='critical', down_fc='critical'):
+    def __init__(self, up_factor=1, down_factor=1, up_fc="critical", down_fc="critical"):
         super().__init__()
         self.up_factor, self.down_factor = int(up_factor), int(down_factor)
-        self.register_buffer('down_lpf_filter', design_lowpass(self.down_factor, down_fc))
-        self.register_buffer('up_lpf_filter', design_lowpass(self.up_factor, up_fc))
+        self.register_buffer("down_lpf_filter", design_lowpass(self.down_factor, down_fc))
+        self.register_buffer("up_lpf_filter", design_lowpass(self.up_factor, up_fc))
 
     @staticmethod
     def filter_matrix(h, length, up=1, down=1):
@@ -177,6 +213,7 @@ class Resampler(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Generator (reference notes 5-13)
 
+
 class MappingNetwork(nn.Module):
     """z (B, z_dim) -> w (B, w_dim): n_layers linear layers, leaky ReLU between (keys fcs.0, fcs.2, ...).
 
@@ -191,8 +228,13 @@ class MappingNetwork(nn.Module):
         dims = [z_dim] + [w_dim] * n_layers
         first_identity = 1 if z_dim != w_dim else 0
         for i in range(n_layers):
-            fc = FullyConnected(dims[i], dims[i + 1], bias_init=0.0 if equalized_lr else 'torch',
-                                equalized_lr=equalized_lr, lr_multiplier=lr_multiplier).init_parameters()
+            fc = FullyConnected(
+                dims[i],
+                dims[i + 1],
+                bias_init=0.0 if equalized_lr else "torch",
+                equalized_lr=equalized_lr,
+                lr_multiplier=lr_multiplier,
+            ).init_parameters()
             if not equalized_lr and i >= first_identity:
                 with torch.no_grad():
                     fc.bias.zero_()
@@ -210,11 +252,11 @@ class FourierFeatures(nn.Module):
     def __init__(self, *, w_dim, channels, init_B_std=0.1, equalized_lr=True):
         super().__init__()
         B = init_B_std * torch.randn(channels)
-        self.register_buffer('B', B[B.abs().argsort()])
-        self.affine = FullyConnected(w_dim, 1, equalized_lr=equalized_lr,
-                                     weight_init='zeros' if equalized_lr else 0.02)
-        self.mlp = FullyConnected(channels, channels, bias=False, equalized_lr=equalized_lr,
-                                  weight_init='auto' if equalized_lr else 'xavier')
+        self.register_buffer("B", B[B.abs().argsort()])
+        self.affine = FullyConnected(w_dim, 1, equalized_lr=equalized_lr, weight_init="zeros" if equalized_lr else 0.02)
+        self.mlp = FullyConnected(
+            channels, channels, bias=False, equalized_lr=equalized_lr, weight_init="auto" if equalized_lr else "xavier"
+        )
         self.affine.init_parameters()
         self.mlp.init_parameters()
 
@@ -238,12 +280,13 @@ class SynthesisInput(nn.Module):
         r = f.square().sum(dim=1, keepdim=True).sqrt()
         f = f / (r * torch.exp(r.square() / 4)) * self.bandwidth
         order = r[:, 0].argsort()
-        self.register_buffer('transform', torch.eye(3))
-        self.register_buffer('freqs', f[order])
-        self.register_buffer('phases', torch.rand(channels)[order] - 0.5)
+        self.register_buffer("transform", torch.eye(3))
+        self.register_buffer("freqs", f[order])
+        self.register_buffer("phases", torch.rand(channels)[order] - 0.5)
         # affine(w) starts as (1, 0, 0, 0): no rotation, no translation
-        self.affine = FullyConnected(w_dim, 4, bias_init=[1.0, 0.0, 0.0, 0.0], equalized_lr=equalized_lr,
-                                     weight_init='zeros')
+        self.affine = FullyConnected(
+            w_dim, 4, bias_init=[1.0, 0.0, 0.0, 0.0], equalized_lr=equalized_lr, weight_init="zeros"
+        )
         self.mlp = FullyConnected(channels, channels, bias=False, equalized_lr=equalized_lr)
         self.affine.init_parameters()
         self.mlp.init_parameters()
@@ -274,8 +317,22 @@ class SynthesisLayer(nn.Module):
     Reference notes 10-12. The head is one with normalize=False, activation=False, up = down = 1.
     """
 
-    def __init__(self, *, c_in, c_out, kernel_size, w_dim, up_factor, down_factor, up_cutoff, down_cutoff,
-                 lrelu_coeff=0.1, equalized_lr=True, normalize=True, activation=True):
+    def __init__(
+        self,
+        *,
+        c_in,
+        c_out,
+        kernel_size,
+        w_dim,
+        up_factor,
+        down_factor,
+        up_cutoff,
+        down_cutoff,
+        lrelu_coeff=0.1,
+        equalized_lr=True,
+        normalize=True,
+        activation=True,
+    ):
         super().__init__()
         self.c_in, self.c_out, self.kernel_size = c_in, c_out, kernel_size
         self.equalized_lr, self.normalize, self.activation = equalized_lr, normalize, activation
@@ -285,7 +342,7 @@ class SynthesisLayer(nn.Module):
         self.conv = Conv(c_in, c_out, kernel_size, equalized_lr=equalized_lr)
         self.affine.init_parameters()
         self.conv.init_parameters()
-        self.register_buffer('norm_ema', torch.tensor(1.0))
+        self.register_buffer("norm_ema", torch.tensor(1.0))
         self.resampler = Resampler(up_factor, down_factor, up_cutoff, down_cutoff)
 
     def _modulated_conv(self, x, s):
@@ -314,14 +371,17 @@ class SynthesisLayer(nn.Module):
     def forward(self, x, w, update_ema=False):
         """x [B, C_in, L], w [B, w_dim] -> [B, C_out, L·up/down]; update_ema (training mode) moves norm_ema first."""
         if x.ndim != 3 or x.shape[1] != self.c_in:
-            raise ValueError(f'synthesis layer input must be (B, {self.c_in}, L), got {tuple(x.shape)}')
+            raise ValueError(f"synthesis layer input must be (B, {self.c_in}, L), got {tuple(x.shape)}")
         if self.training:
             if update_ema:
                 m = x.detach().float().square().mean()
                 self.norm_ema.copy_(self.norm_ema + NORM_EMA_WEIGHT * (m - self.norm_ema))
             else:
-                warnings.warn('ASGAN generator is in training mode but update_ema=False: the input-norm EMA '
-                              'is not updated. Call .eval() for inference.', stacklevel=3)
+                warnings.warn(
+                    "ASGAN generator is in training mode but update_ema=False: the input-norm EMA "
+                    "is not updated. Call .eval() for inference.",
+                    stacklevel=3,
+                )
         if not self.equalized_lr:
             x = x * self.norm_ema.rsqrt().to(x.dtype)
         s = self.affine(w)  # [B, C_in]
@@ -356,12 +416,18 @@ class Generator(nn.Module):
         self.seq_len = int(cfg.seq_len)
         eq = bool(cfg.equalized_lr)
         lrelu = float(cfg.lrelu_coeff)
-        specs = [(int(c), int(k), float(l)) for c, k, l in cfg.layer_specs]
+        specs = [(int(c), int(k), float(length)) for c, k, length in cfg.layer_specs]
         self.n_layers = len(specs)
         self.first_len = int(specs[0][2])
         C = int(cfg.ff_channels)
-        self.W = MappingNetwork(z_dim=self.z_dim, w_dim=self.w_dim, n_layers=int(cfg.w_layers) + 1,
-                                lr_multiplier=float(cfg.w_lr_mult), lrelu_coeff=lrelu, equalized_lr=eq)
+        self.W = MappingNetwork(
+            z_dim=self.z_dim,
+            w_dim=self.w_dim,
+            n_layers=int(cfg.w_layers) + 1,
+            lr_multiplier=float(cfg.w_lr_mult),
+            lrelu_coeff=lrelu,
+            equalized_lr=eq,
+        )
         if cfg.use_sg3_ff:
             self.ff = SynthesisInput(w_dim=self.w_dim, channels=C, length=self.first_len, equalized_lr=eq)
         else:
@@ -371,15 +437,37 @@ class Generator(nn.Module):
         layers, c_in, prev_len = [], C, specs[0][2]
         for i, (c_out, k, length) in enumerate(specs):
             up = 2 if length == prev_len else 4  # keep the length (x2, /2) or double it (x4, /2)
-            layers.append(SynthesisLayer(
-                c_in=c_in, c_out=c_out, kernel_size=k, w_dim=self.w_dim, up_factor=up, down_factor=2,
-                up_cutoff=self.cutoffs[i], down_cutoff=self.cutoffs[i + 1], lrelu_coeff=lrelu, equalized_lr=eq))
+            layers.append(
+                SynthesisLayer(
+                    c_in=c_in,
+                    c_out=c_out,
+                    kernel_size=k,
+                    w_dim=self.w_dim,
+                    up_factor=up,
+                    down_factor=2,
+                    up_cutoff=self.cutoffs[i],
+                    down_cutoff=self.cutoffs[i + 1],
+                    lrelu_coeff=lrelu,
+                    equalized_lr=eq,
+                )
+            )
             c_in, prev_len = c_out, length
         self.layers = nn.ModuleList(layers)
         # up = down = 1: the head's two 9-tap filters (cutoff 0.5) are built but never used
-        self.head = SynthesisLayer(c_in=c_in, c_out=self.c_dim, kernel_size=int(cfg.head_spec[1]), w_dim=self.w_dim,
-                                   up_factor=1, down_factor=1, up_cutoff=0.5, down_cutoff=0.5, lrelu_coeff=lrelu,
-                                   equalized_lr=eq, normalize=False, activation=False)
+        self.head = SynthesisLayer(
+            c_in=c_in,
+            c_out=self.c_dim,
+            kernel_size=int(cfg.head_spec[1]),
+            w_dim=self.w_dim,
+            up_factor=1,
+            down_factor=1,
+            up_cutoff=0.5,
+            down_cutoff=0.5,
+            lrelu_coeff=lrelu,
+            equalized_lr=eq,
+            normalize=False,
+            activation=False,
+        )
 
     @classmethod
     def from_config(cls, cfg):
@@ -389,7 +477,7 @@ class Generator(nn.Module):
     def _synthesise(self, ws, n_seed, update_ema):
         """ws: list of n_layers+2 tensors (B, w_dim) for ff, each layer and the head."""
         if ws[0].shape[0] == 0:
-            raise ValueError('a batch of 0 latents: generate at least one sample')
+            raise ValueError("a batch of 0 latents: generate at least one sample")
         x = self.ff(ws[0], n_seed).transpose(1, 2)  # (B, C, L0)
         x = self.preconv(x)
         for layer, w in zip(self.layers, ws[1:-1]):
@@ -405,6 +493,7 @@ class Generator(nn.Module):
         outputs: with norm_ema = 1 the un-normalised resampling filters shrink the signal 2-4x per layer
         (reference note 14), so a fresh G outputs ~1e-7. Used by benchmarks and tests.
         """
+
         def set_input_power(layer, args):
             layer.norm_ema.fill_(args[0].float().square().mean())
 
@@ -420,7 +509,7 @@ class Generator(nn.Module):
     def forward(self, z, seq_len=None, update_ema=False):
         """z (B, z_dim) -> (B, L, c_dim); seq_len is ignored (always L0 input frames, reference note 13)."""
         if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f'z must be (B, {self.z_dim}), got {tuple(z.shape)}')
+            raise ValueError(f"z must be (B, {self.z_dim}), got {tuple(z.shape)}")
         w = self.W(z)
         return self._synthesise([w] * (self.n_layers + 2), self.first_len, update_ema)
 
@@ -435,14 +524,17 @@ class Generator(nn.Module):
             ws = [w] * (self.n_layers + 2)
         else:
             if w.ndim != 3 or w.shape[1] != self.n_layers + 2:
-                raise ValueError(f'per-layer w must have shape (B, {self.n_layers + 2}, {self.w_dim}) '
-                                 f'(ff, {self.n_layers} layers, head); got {tuple(w.shape)}')
+                raise ValueError(
+                    f"per-layer w must have shape (B, {self.n_layers + 2}, {self.w_dim}) "
+                    f"(ff, {self.n_layers} layers, head); got {tuple(w.shape)}"
+                )
             ws = list(w.unbind(1))
         return self._synthesise(ws, n_seed, update_ema)
 
 
 # ---------------------------------------------------------------------------------------------
 # Discriminator (reference notes 15-18)
+
 
 class DiscriminatorBlock(nn.Module):
     """Residual block: (B, c_in, l) -> (B, c_out, ceil(l/down)) (reference note 16)."""
@@ -477,8 +569,10 @@ def minibatch_std(x, group_size=MBSTD_GROUP):
     B, C, L = x.shape
     G = min(group_size, B)
     if B % G != 0:
-        raise ValueError(f'Discriminator minibatch-std needs the batch size ({B}) to be divisible by its group '
-                         f'size ({G}); use a batch size that is a multiple of {G}.')
+        raise ValueError(
+            f"Discriminator minibatch-std needs the batch size ({B}) to be divisible by its group "
+            f"size ({G}); use a batch size that is a multiple of {G}."
+        )
     y = x.float().reshape(G, B // G, C, L)
     y = (y - y.mean(dim=0)).square().mean(dim=0)
     y = (y + MBSTD_EPS).sqrt().mean(dim=(1, 2))  # (n,)
@@ -529,12 +623,22 @@ class Discriminator(nn.Module):
             else:
                 stations += [(length, d_dim)] * repeats
             length = math.ceil(length / 2)
-        self.layers = nn.ModuleList([
-            DiscriminatorBlock(c_in=c0, c_out=c1, kernel_size=kernel_size, down=math.ceil(l0 / l1),
-                               lrelu_coeff=lrelu, equalized_lr=eq)
-            for (l0, c0), (l1, c1) in zip(stations[:-1], stations[1:])])
-        self.head = DiscriminatorHead(d_dim=d_dim, length=stations[-1][0], kernel_size=kernel_size,
-                                      lrelu_coeff=lrelu, equalized_lr=eq)
+        self.layers = nn.ModuleList(
+            [
+                DiscriminatorBlock(
+                    c_in=c0,
+                    c_out=c1,
+                    kernel_size=kernel_size,
+                    down=math.ceil(l0 / l1),
+                    lrelu_coeff=lrelu,
+                    equalized_lr=eq,
+                )
+                for (l0, c0), (l1, c1) in zip(stations[:-1], stations[1:])
+            ]
+        )
+        self.head = DiscriminatorHead(
+            d_dim=d_dim, length=stations[-1][0], kernel_size=kernel_size, lrelu_coeff=lrelu, equalized_lr=eq
+        )
 
     @classmethod
     def from_config(cls, cfg):
@@ -543,7 +647,7 @@ class Discriminator(nn.Module):
 
     def forward(self, x):
         if x.ndim != 3 or x.shape[1:] != (self.seq_len, self.c_dim):
-            raise ValueError(f'discriminator input must be (B, {self.seq_len}, {self.c_dim}), got {tuple(x.shape)}')
+            raise ValueError(f"discriminator input must be (B, {self.seq_len}, {self.c_dim}), got {tuple(x.shape)}")
         x = x.transpose(1, 2)
         for block in self.layers:
             x = block(x)

@@ -1,4 +1,5 @@
 """Audio loading and the log-mel front end against the recorded torchaudio fixture."""
+
 import os
 
 import numpy as np
@@ -6,8 +7,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from density.audio import (SAMPLE_RATE, AudioError, fit_length, load_audio, log_mel, mel_filterbank, num_mel_frames,
-                           save_wav)
+from density.audio.signal import (
+    SAMPLE_RATE,
+    AudioError,
+    fit_length,
+    load_audio,
+    log_mel,
+    mel_filterbank,
+    num_mel_frames,
+    save_wav,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +50,7 @@ def test_load_mono_roundtrip(tmp_path):
     assert os.listdir(tmp_path) == ["a.wav"]  # no temporary file left behind
     got = load_audio(tmp_path / "a.wav")
     assert got.shape == (SAMPLE_RATE,) and got.dtype == torch.float32
-    torch.testing.assert_close(got, wav, rtol=0, atol=1 / 2 ** 15)
+    torch.testing.assert_close(got, wav, rtol=0, atol=1 / 2**15)
 
 
 def test_stereo_is_averaged(tmp_path):
@@ -89,6 +98,6 @@ def test_num_mel_frames_is_what_log_mel_returns(n):
 
 def test_fit_length_centres():
     x = torch.arange(1.0, 6.0).repeat(2, 1)  # (2, 5)
-    torch.testing.assert_close(fit_length(x, 8), torch.tensor([[0, 1, 2, 3, 4, 5, 0, 0.]] * 2))
-    torch.testing.assert_close(fit_length(x, 2), torch.tensor([[2, 3.]] * 2))
+    torch.testing.assert_close(fit_length(x, 8), torch.tensor([[0, 1, 2, 3, 4, 5, 0, 0.0]] * 2))
+    torch.testing.assert_close(fit_length(x, 2), torch.tensor([[2, 3.0]] * 2))
     assert torch.equal(fit_length(x, 5), x)

@@ -1,4 +1,5 @@
 """Augmenter and ADA (reference notes 21, 22): draw order, mixing semantics, p adaptation and state round trip."""
+
 import random
 
 import pytest
@@ -31,14 +32,16 @@ def spec_augment(real, fake, p, noise_std):
         a4 = [random.randint(0, L - n - 1) for n in l2]
         det = fake.detach()
         for b in range(B):
-            real[b, a1[b]:a1[b] + l1[b]] = (1 - r[b, 0]) * real[b, a1[b]:a1[b] + l1[b]] \
-                + r[b, 0] * det[b, a2[b]:a2[b] + l1[b]]
-            fake[b, a3[b]:a3[b] + l2[b]] = (1 - r[b, 1]) * real[b, a3[b]:a3[b] + l2[b]] \
-                + r[b, 1] * det[b, a4[b]:a4[b] + l2[b]]
+            real[b, a1[b] : a1[b] + l1[b]] = (1 - r[b, 0]) * real[b, a1[b] : a1[b] + l1[b]] + r[b, 0] * det[
+                b, a2[b] : a2[b] + l1[b]
+            ]
+            fake[b, a3[b] : a3[b] + l2[b]] = (1 - r[b, 1]) * real[b, a3[b] : a3[b] + l2[b]] + r[b, 1] * det[
+                b, a4[b] : a4[b] + l2[b]
+            ]
     return real, fake
 
 
-@pytest.mark.parametrize('seed', range(6))
+@pytest.mark.parametrize("seed", range(6))
 def test_matches_spec_draw_order_and_leaves_generators_alike(seed):
     real, fake = torch.randn(4, 10, 3), torch.randn(4, 10, 3)
     torch.manual_seed(seed), random.seed(seed)
@@ -78,14 +81,15 @@ def test_mixing_overwrites_one_fake_segment_without_gradient():
         assert torch.equal(fake[b, keep], fake_in[b, keep])
 
 
-@pytest.mark.parametrize('ratio, dp', [(1.0, 0.05), (0.99, 0.05), (0.98, 0.005), (0.8, 0.005), (0.5, -0.005),
-                                       (0.6, 0.0)])
+@pytest.mark.parametrize(
+    "ratio, dp", [(1.0, 0.05), (0.99, 0.05), (0.98, 0.005), (0.8, 0.005), (0.5, -0.005), (0.6, 0.0)]
+)
 def test_ada_update_rule(ratio, dp):
     """r_t = mean sign(D(real)) over 6 D phases; > 0.98: +0.05, > 0.6: +0.005, < 0.6: -0.005, 0.6: unchanged."""
     aug = Augmenter(0.05, p=0.2)
     n_pos = round((1 + ratio) / 2 * 200)  # 200 outputs, n_pos positive and the rest negative: mean sign = ratio
     d_real = torch.tensor([1.0] * n_pos + [-1.0] * (200 - n_pos))[:, None]
-    for k in range(6):
+    for _ in range(6):
         assert aug.p == 0.2
         aug.accumulate(d_real)
     assert aug.r_t == pytest.approx(ratio)

@@ -10,26 +10,46 @@ import torch
 from torch.distributions import MultivariateNormal
 from torch.utils.data import DataLoader
 
-import split_data
-from density.audio import AudioError, load_audio, log_mel, save_wav
+from density.audio.signal import AudioError, load_audio, log_mel, save_wav
 from density.config import parse_config
-from density.dataset import (MEL_SILENCE, Collate, DatasetError, DiagonalNormal, FeatureDataset, build_datasets,
-                             discover_files, feature_path)
-from density.digits import make_digits_corpus
+from density.data import splits as split_data
+from density.data.digits import make_digits_corpus
+from density.dataset import (
+    MEL_SILENCE,
+    Collate,
+    DatasetError,
+    DiagonalNormal,
+    FeatureDataset,
+    build_datasets,
+    discover_files,
+    feature_path,
+)
 
 
 def _cfg(**kw):
-    base = dict(train_root="", n_valid=1, data_type="hubert_L6", use_sc09_splits=False, sc09_train_csv="",
-                sc09_valid_csv="", z_dim=4, z_mean=0.0, z_std=1.0, c_dim=3, preload=False, seed=1775,
-                rp_w_cfg=SimpleNamespace(seq_len=8))
+    base = dict(
+        train_root="",
+        n_valid=1,
+        data_type="hubert_L6",
+        use_sc09_splits=False,
+        sc09_train_csv="",
+        sc09_valid_csv="",
+        z_dim=4,
+        z_mean=0.0,
+        z_std=1.0,
+        c_dim=3,
+        preload=False,
+        seed=1775,
+        rp_w_cfg=SimpleNamespace(seq_len=8),
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
 
-def _item(l, c=3, start=0):
-    """(l, c) features whose frame i holds start + i in every channel, and a (l, 4) z."""
-    x = (start + torch.arange(l, dtype=torch.float32))[:, None].repeat(1, c)
-    return x, torch.randn(l, 4)
+def _item(frames, c=3, start=0):
+    """(frames, c) features whose frame i holds start + i in every channel, and a (frames, 4) z."""
+    x = (start + torch.arange(frames, dtype=torch.float32))[:, None].repeat(1, c)
+    return x, torch.randn(frames, 4)
 
 
 def _save_feats(root, rel, frames, c=3):
@@ -237,8 +257,13 @@ def test_csv_mapping_to_feature_cache(tmp_path):
         _save_feats(cache, feature_path(p, cache).relative_to(cache), frames=5)
     _write_csv(tmp_path / "train.csv", audio)
     _write_csv(tmp_path / "valid.csv", audio[:1])
-    cfg = _cfg(train_root=str(cache), use_sc09_splits=True, sc09_train_csv=str(tmp_path / "train.csv"),
-               sc09_valid_csv=str(tmp_path / "valid.csv"), n_valid=None)
+    cfg = _cfg(
+        train_root=str(cache),
+        use_sc09_splits=True,
+        sc09_train_csv=str(tmp_path / "train.csv"),
+        sc09_valid_csv=str(tmp_path / "valid.csv"),
+        n_valid=None,
+    )
     train, valid = build_datasets(cfg)
     assert train.files == [str(cache / "zero/a_nohash_0.pt"), str(cache / "one/b_nohash_1.pt")]
     assert valid.files == [str(cache / "zero/a_nohash_0.pt")] and train[1][0].shape == (5, 3)
@@ -248,8 +273,7 @@ def test_csv_mapping_to_feature_cache(tmp_path):
     msg = str(e.value)
     assert audio[1] in msg and str(cache / "one/b_nohash_1.pt") in msg and "hubert_feature_reader.py" in msg
     with pytest.raises(DatasetError, match="sc09_valid_csv"):
-        build_datasets(_cfg(use_sc09_splits=True, sc09_train_csv=str(tmp_path / "valid.csv"),
-                            train_root=str(cache)))
+        build_datasets(_cfg(use_sc09_splits=True, sc09_train_csv=str(tmp_path / "valid.csv"), train_root=str(cache)))
     (tmp_path / "nopath.csv").write_text("file,label\nx,y\n")
     with pytest.raises(DatasetError, match="'path' column"):
         build_datasets(_cfg(use_sc09_splits=True, sc09_train_csv=str(tmp_path / "nopath.csv")))
@@ -260,8 +284,15 @@ def test_generated_corpus_end_to_end_melspec(tmp_path, monkeypatch):
     make_digits_corpus(root, seed=2, n_speakers=4, per_word=1, valid_frac=0.25, test_frac=0.25, progress=False)
     monkeypatch.chdir(tmp_path)
     split_data.main(["--root_path", str(root), "--sc09_only", "true"])
-    cfg = _cfg(data_type="melspec", c_dim=128, use_sc09_splits=True, sc09_train_csv="splits/sc09-train.csv",
-               sc09_valid_csv="splits/sc09-valid.csv", preload=True, rp_w_cfg=SimpleNamespace(seq_len=96))
+    cfg = _cfg(
+        data_type="melspec",
+        c_dim=128,
+        use_sc09_splits=True,
+        sc09_train_csv="splits/sc09-train.csv",
+        sc09_valid_csv="splits/sc09-valid.csv",
+        preload=True,
+        rp_w_cfg=SimpleNamespace(seq_len=96),
+    )
     train, valid = build_datasets(cfg)
     assert len(train) == 20 and len(valid) == 10 and train.files[0].endswith(".wav")
     random.seed(0)

@@ -1,5 +1,6 @@
 """diagnose.py: word-frame edits, the regression fit, the discriminator probe and the classifier ceiling, on tiny
 models, clips and a tiny digits corpus made here."""
+
 import re
 import subprocess
 import sys
@@ -8,25 +9,34 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
-
-import diagnose
-from density.config import config_to_yaml
-from density.models import Discriminator, Generator
 from tiny_asgan import TINY_SPECS, tiny_cfg
 from tiny_digits import make_tiny_digits, train_tiny_classifier
 
+from density.audio.signal import LOG_MEL_SILENCE
+from density.config import config_to_yaml
+from density.gan import diagnose
+from density.models import Discriminator, Generator
+
 REPO = Path(__file__).resolve().parents[1]
-TINY_MEL = ["preset=mel", "z_dim=16", "rp_w_cfg.z_dim=16", "rp_w_cfg.w_dim=16", "rp_w_cfg.ff_channels=16",
-            "rp_w_cfg.seq_len=16", "rp_w_cfg.head_spec=[128,1]", "normalize_features=true",
-            "rp_w_cfg.layer_specs=" + str(TINY_SPECS).replace(" ", "")]
+TINY_MEL = [
+    "preset=mel",
+    "z_dim=16",
+    "rp_w_cfg.z_dim=16",
+    "rp_w_cfg.w_dim=16",
+    "rp_w_cfg.ff_channels=16",
+    "rp_w_cfg.seq_len=16",
+    "rp_w_cfg.head_spec=[128,1]",
+    "normalize_features=true",
+    "rp_w_cfg.layer_specs=" + str(TINY_SPECS).replace(" ", ""),
+]
 
 
 def word_clip(start, length, frames=20):
     """(frames, 128) log-mel: silence, then a word whose bright band climbs one bin per frame."""
-    x = torch.full((frames, 128), diagnose.SILENCE)
+    x = torch.full((frames, 128), LOG_MEL_SILENCE)
     for t in range(length):
         x[start + t] = -4.0
-        x[start + t, 10 + 3 * t:14 + 3 * t] = 0.0
+        x[start + t, 10 + 3 * t : 14 + 3 * t] = 0.0
     return x
 
 
@@ -53,7 +63,7 @@ def test_word_edits_move_only_word_frames():
     assert torch.allclose(static[0, 3], static[0, 8]) and not torch.allclose(x[0, 3], x[0, 8])
     assert torch.equal(diagnose.edit_words(x, "reversed")[0, 3:9], x[0, 3:9].flip(0))
     silenced = diagnose.silence_outside_words(x + 1.0)
-    assert torch.all(silenced[~words] == diagnose.SILENCE) and torch.equal(silenced[words], (x + 1.0)[words])
+    assert torch.all(silenced[~words] == LOG_MEL_SILENCE) and torch.equal(silenced[words], (x + 1.0)[words])
 
 
 def test_time_resolution_keeps_the_average_and_removes_detail():
@@ -69,12 +79,36 @@ def test_time_resolution_keeps_the_average_and_removes_detail():
 def test_ceiling_scores_real_static_and_coarse_clips(tmp_path, capsys):
     splits = make_tiny_digits(tmp_path)
     classifier = train_tiny_classifier(splits, tmp_path / "classifier", steps=20)
-    assert diagnose.main(["ceiling", "--classifier", str(classifier), "--train_csv", str(splits / "sc09-train.csv"),
-                          "--test_csv", str(splits / "sc09-test.csv"), "--n", "12", "--frames", "2", "24",
-                          "--griffin_lim_iters", "2", "--cache_dir", str(tmp_path / "cache")]) == 0
+    assert (
+        diagnose.main(
+            [
+                "ceiling",
+                "--classifier",
+                str(classifier),
+                "--train_csv",
+                str(splits / "sc09-train.csv"),
+                "--test_csv",
+                str(splits / "sc09-test.csv"),
+                "--n",
+                "12",
+                "--frames",
+                "2",
+                "24",
+                "--griffin_lim_iters",
+                "2",
+                "--cache_dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     rows = re.findall(r"^  (\S.*?)\s+FID\s+([\d.]+)\s+IS\s+([\d.]+)$", capsys.readouterr().out, flags=re.M)
-    assert [name for name, _, _ in rows] == ["real test clips", "word frames set to their mean",
-                                             "2 frames per second", "24 frames per second"]
+    assert [name for name, _, _ in rows] == [
+        "real test clips",
+        "word frames set to their mean",
+        "2 frames per second",
+        "24 frames per second",
+    ]
     for _, fid, inception in rows:
         assert float(fid) >= 0 and float(inception) >= 1  # split-half IS: KL to the other half's marginal
     assert len({fid for _, fid, _ in rows}) == 4  # every edit changes what the classifier sees
@@ -85,8 +119,26 @@ def test_fit_learns_prints_both_l1s_and_writes_png(features, tmp_path, capsys):
     png = tmp_path / "fit.png"
 
     def fit(steps):
-        assert diagnose.main(["fit", "--features", features, "--n", "8", "--steps", str(steps), "--batch_size", "4",
-                              "--png", str(png), "lr=1e-2", *TINY_MEL]) == 0
+        assert (
+            diagnose.main(
+                [
+                    "fit",
+                    "--features",
+                    features,
+                    "--n",
+                    "8",
+                    "--steps",
+                    str(steps),
+                    "--batch_size",
+                    "4",
+                    "--png",
+                    str(png),
+                    "lr=1e-2",
+                    *TINY_MEL,
+                ]
+            )
+            == 0
+        )
         out = capsys.readouterr().out
         return map(float, re.search(r"fit over 8 clips: ([\d.]+); static L1 .*: ([\d.]+);", out).groups())
 
@@ -104,16 +156,27 @@ def test_probe_scores_six_kinds_of_clip(features, tmp_path, capsys):
     g = Generator(cfg.rp_w_cfg)
     g.calibrate_norm_ema(torch.randn(16, g.z_dim))
     d = Discriminator.from_config(cfg)
-    torch.save({"cfg_yaml": config_to_yaml(cfg), "d_state_dict": d.state_dict(), "g_ema_state_dict": g.state_dict(),
-                "feature_norm": {"mean": torch.full((128,), -8.0), "std": torch.full((128,), 3.0)}, "steps": 7},
-               tmp_path / "ckpt.pt")
-    assert diagnose.main(["probe", "--checkpoint", str(tmp_path / "ckpt.pt"), "--features", features,
-                          "--n", "8"]) == 0
+    torch.save(
+        {
+            "cfg_yaml": config_to_yaml(cfg),
+            "d_state_dict": d.state_dict(),
+            "g_ema_state_dict": g.state_dict(),
+            "feature_norm": {"mean": torch.full((128,), -8.0), "std": torch.full((128,), 3.0)},
+            "steps": 7,
+        },
+        tmp_path / "ckpt.pt",
+    )
+    assert diagnose.main(["probe", "--checkpoint", str(tmp_path / "ckpt.pt"), "--features", features, "--n", "8"]) == 0
     out = capsys.readouterr().out
     logits = re.findall(r"^  (\S.*?)\s+(-?[\d.]+)$", out, flags=re.M)
     assert [name for name, _ in logits] == [
-        "real clips", "real, word frames reversed", "real, word frames shuffled",
-        "real, word frames set to their mean", "generated (EMA G)", "generated, non-word frames silenced"]
+        "real clips",
+        "real, word frames reversed",
+        "real, word frames shuffled",
+        "real, word frames set to their mean",
+        "generated (EMA G)",
+        "generated, non-word frames silenced",
+    ]
     assert "step 7" in out
     values = [float(v) for _, v in logits]
     assert len(set(values)) > 1  # the edits change what the discriminator sees

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from density import digits
-from density.digits import WORDS, make_digits_corpus, plan_corpus, render
+from density.data import digits
+from density.data.digits import WORDS, make_digits_corpus, plan_corpus, render
 
 NAME = re.compile(r"^[0-9a-f]{8}_nohash_\d+\.wav$")
 
@@ -85,8 +85,9 @@ def test_refuses_existing_corpus_unless_overwrite(tmp_path):
     before = sorted(p.name for p in tmp_path.glob("*/*.wav"))
     with pytest.raises(FileExistsError, match="--overwrite"):
         make_digits_corpus(tmp_path, seed=0, n_speakers=3, per_word=1, progress=False)
-    make_digits_corpus(tmp_path, seed=9, n_speakers=3, per_word=1, valid_frac=0.3, test_frac=0.3,
-                       overwrite=True, progress=False)
+    make_digits_corpus(
+        tmp_path, seed=9, n_speakers=3, per_word=1, valid_frac=0.3, test_frac=0.3, overwrite=True, progress=False
+    )
     after = sorted(p.name for p in tmp_path.glob("*/*.wav"))
     assert len(after) == len(before) == 30 and after != before  # old clips were removed, not mixed in
     assert not list(tmp_path.rglob("*.tmp"))
@@ -102,8 +103,20 @@ def test_bad_arguments():
 
 
 def test_cli(tmp_path, capsys):
-    digits.main(["--out", str(tmp_path / "c"), "--speakers", "3", "--per_word", "1", "--valid_frac", "0.3",
-                 "--test_frac", "0.3"])
+    digits.main(
+        [
+            "--out",
+            str(tmp_path / "c"),
+            "--speakers",
+            "3",
+            "--per_word",
+            "1",
+            "--valid_frac",
+            "0.3",
+            "--test_frac",
+            "0.3",
+        ]
+    )
     assert "wrote 30 clips" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="already holds a corpus"):
         digits.main(["--out", str(tmp_path / "c"), "--speakers", "3"])

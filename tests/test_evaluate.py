@@ -1,21 +1,23 @@
 """evaluate.py end to end: known answers, reference rows on a tiny digits corpus, generator checkpoints, errors."""
+
 import json
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-import evaluate
-from density import metrics as M
-from density.vocoder import save_vocoder
 from tiny_asgan import make_checkpoint, tiny_vocoder
 from tiny_digits import make_tiny_digits, train_tiny_classifier
+
+from density import metrics as M
+from density.evaluation import evaluate
+from density.vocoders.vocoder import save_vocoder
 
 torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------- known answers (function level)
+
 
 def test_fid_known_answers():
     g = torch.Generator().manual_seed(0)
@@ -45,128 +47,159 @@ def test_row_metrics_and_table():
     logits = np.eye(4)[np.arange(400) % 4] * 20.0
     scores = evaluate.Scores(rng.normal(size=(400, 3)), logits, rng.normal(size=(400, 5)))
     ref = evaluate.make_reference(scores, ndb_k=5)
-    row = evaluate.row_metrics('same', scores, ref)
-    assert row['n'] == 400 and row['fid'] == pytest.approx(0, abs=1e-9) and row['ndb_over_k'] == 0
-    assert row['inception_score'] == pytest.approx(4, rel=0.03) and row['am_score'] == pytest.approx(0, abs=1e-6)
-    assert row['linear_separability'] > 0
-    table = evaluate.markdown_table([row, dict(row, name='x', linear_separability=None)]).splitlines()
-    assert table[0].startswith('| set | N | FID') and table[2].startswith('| same | 400 | 0.000 | 4.0')
-    assert table[3].endswith('| – |')
+    row = evaluate.row_metrics("same", scores, ref)
+    assert row["n"] == 400 and row["fid"] == pytest.approx(0, abs=1e-9) and row["ndb_over_k"] == 0
+    assert row["inception_score"] == pytest.approx(4, rel=0.03) and row["am_score"] == pytest.approx(0, abs=1e-6)
+    assert row["linear_separability"] > 0
+    table = evaluate.markdown_table([row, dict(row, name="x", linear_separability=None)]).splitlines()
+    assert table[0].startswith("| set | N | FID") and table[2].startswith("| same | 400 | 0.000 | 4.0")
+    assert table[3].endswith("| – |")
 
 
 # ---------------------------------------------------------------- audio mode on a tiny digits corpus
 
-@pytest.fixture(scope='module')
+
+@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """(splits folder, classifier_best.pt) of the tiny corpus, classifier trained for 40 steps."""
-    folder = tmp_path_factory.mktemp('digits')
+    folder = tmp_path_factory.mktemp("digits")
     splits = make_tiny_digits(folder)
-    return splits, train_tiny_classifier(splits, folder / 'classifier')
+    return splits, train_tiny_classifier(splits, folder / "classifier")
 
 
 def audio_args(corpus, tmp_path, *extra):
     splits, classifier = corpus
-    return ['--classifier', str(classifier), '--train_csv', str(splits / 'sc09-train.csv'),
-            '--test_csv', str(splits / 'sc09-test.csv'), '--cache_dir', str(tmp_path / 'cache'), '--n', '24',
-            '--batch_size', '8', '--ndb_k', '5', '--device', 'cpu', *extra]
+    return [
+        "--classifier",
+        str(classifier),
+        "--train_csv",
+        str(splits / "sc09-train.csv"),
+        "--test_csv",
+        str(splits / "sc09-test.csv"),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--n",
+        "24",
+        "--batch_size",
+        "8",
+        "--ndb_k",
+        "5",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_wav_dir_reference_rows_and_ordering(corpus, tmp_path, capsys):
     splits, _ = corpus
-    rows = evaluate.main(audio_args(corpus, tmp_path, '--wav_dir', str(splits.parent / 'digits'),
-                                    '--json', str(tmp_path / 'out.json')))
-    names = [r['name'] for r in rows]
-    assert names[1:] == ['real train', 'real test', 'Griffin-Lim of real test', 'white noise']
-    by = {r['name']: r for r in rows}
-    assert [by[k]['n'] for k in names] == [120, 80, 20, 20, 24]  # every row has its N
-    assert by['real train']['fid'] == pytest.approx(0, abs=1e-6) and by['real train']['ndb_over_k'] == 0
+    rows = evaluate.main(
+        audio_args(corpus, tmp_path, "--wav_dir", str(splits.parent / "digits"), "--json", str(tmp_path / "out.json"))
+    )
+    names = [r["name"] for r in rows]
+    assert names[1:] == ["real train", "real test", "Griffin-Lim of real test", "white noise"]
+    by = {r["name"]: r for r in rows}
+    assert [by[k]["n"] for k in names] == [120, 80, 20, 20, 24]  # every row has its N
+    assert by["real train"]["fid"] == pytest.approx(0, abs=1e-6) and by["real train"]["ndb_over_k"] == 0
     # what the evaluation relies on: resynthesis stays near the real clips, noise is far from both (with 20 test
     # clips and a 40-step classifier, real vs Griffin-Lim can come out either way: the 32-band input barely sees phase)
-    real_fid, gl_fid, noise_fid = (by[k]['fid'] for k in ('real test', 'Griffin-Lim of real test', 'white noise'))
+    real_fid, gl_fid, noise_fid = (by[k]["fid"] for k in ("real test", "Griffin-Lim of real test", "white noise"))
     assert max(real_fid, gl_fid) < noise_fid / 4
     assert abs(gl_fid - real_fid) < noise_fid / 10
-    assert by['real train']['inception_score'] > by['white noise']['inception_score']
+    assert by["real train"]["inception_score"] > by["white noise"]["inception_score"]
     out = capsys.readouterr().out
-    assert '| set | N | FID ↓ | IS ↑ | mIS ↑ | AM ↓ | NDB/K ↓ | LS ↓ |' in out
-    assert '| white noise | 24 |' in out
-    saved = json.loads((tmp_path / 'out.json').read_text())
-    assert saved['classes'][0] == 'zero' and [r['name'] for r in saved['rows']] == names
-    assert len(list((tmp_path / 'cache').glob('*.npz'))) == 3  # train, test, Griffin-Lim of test
+    assert "| set | N | FID ↓ | IS ↑ | mIS ↑ | AM ↓ | NDB/K ↓ | LS ↓ |" in out
+    assert "| white noise | 24 |" in out
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["classes"][0] == "zero" and [r["name"] for r in saved["rows"]] == names
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3  # train, test, Griffin-Lim of test
 
 
 def test_checkpoint_hubert_with_hifigan_file_is_deterministic_and_cached(corpus, tmp_path, monkeypatch):
-    make_checkpoint(tmp_path / 'g.pt')
-    save_vocoder(tiny_vocoder(), tmp_path / 'voc.pt')
-    args = audio_args(corpus, tmp_path, '--checkpoint', str(tmp_path / 'g.pt'), '--vocoder', str(tmp_path / 'voc.pt'))
-    first = evaluate.main(args + ['--save_wavs', str(tmp_path / 'wavs')])
-    assert first[0]['name'] == 'g.pt' and first[0]['n'] == 24 and 'linear_separability' in first[0]
-    assert sorted(p.name for p in (tmp_path / 'wavs').iterdir())[:2] == ['00000.wav', '00001.wav']
-    assert len(list((tmp_path / 'wavs').iterdir())) == 24
-    monkeypatch.setattr(evaluate, 'load_batches', lambda *a, **k: pytest.fail('real sets must come from the cache'))
+    make_checkpoint(tmp_path / "g.pt")
+    save_vocoder(tiny_vocoder(), tmp_path / "voc.pt")
+    args = audio_args(corpus, tmp_path, "--checkpoint", str(tmp_path / "g.pt"), "--vocoder", str(tmp_path / "voc.pt"))
+    first = evaluate.main(args + ["--save_wavs", str(tmp_path / "wavs")])
+    assert first[0]["name"] == "g.pt" and first[0]["n"] == 24 and "linear_separability" in first[0]
+    assert sorted(p.name for p in (tmp_path / "wavs").iterdir())[:2] == ["00000.wav", "00001.wav"]
+    assert len(list((tmp_path / "wavs").iterdir())) == 24
+    monkeypatch.setattr(evaluate, "load_batches", lambda *a, **k: pytest.fail("real sets must come from the cache"))
     again = evaluate.main(args)  # same seed: same clips; real-set scores read back from the cache
     assert again == first
 
 
 def test_repeats_give_the_mean_and_std_of_consecutive_seeds_and_bootstrapped_real_rows(corpus, tmp_path, capsys):
-    make_checkpoint(tmp_path / 'g.pt')
-    save_vocoder(tiny_vocoder(), tmp_path / 'voc.pt')
-    args = audio_args(corpus, tmp_path, '--checkpoint', str(tmp_path / 'g.pt'), '--vocoder', str(tmp_path / 'voc.pt'),
-                      '--n', '16', '--seed', '5')
-    rows = evaluate.main(args + ['--repeats', '3', '--json', str(tmp_path / 'out.json')])
+    make_checkpoint(tmp_path / "g.pt")
+    save_vocoder(tiny_vocoder(), tmp_path / "voc.pt")
+    args = audio_args(
+        corpus,
+        tmp_path,
+        "--checkpoint",
+        str(tmp_path / "g.pt"),
+        "--vocoder",
+        str(tmp_path / "voc.pt"),
+        "--n",
+        "16",
+        "--seed",
+        "5",
+    )
+    rows = evaluate.main(args + ["--repeats", "3", "--json", str(tmp_path / "out.json")])
     table = capsys.readouterr().out
     singles = [evaluate.main(args[:-1] + [str(seed)])[0] for seed in (5, 6, 7)]
-    for key in ('fid', 'inception_score', 'am_score', 'ndb_over_k'):
+    for key in ("fid", "inception_score", "am_score", "ndb_over_k"):
         values = [r[key] for r in singles]
-        assert rows[0][key] == pytest.approx(np.mean(values)) and rows[0][f'{key}_std'] == pytest.approx(
-            np.std(values, ddof=1)), key
-    assert len({r['fid'] for r in singles}) == 3  # three different draws
-    by = {r['name']: r for r in rows}
-    assert all(r['repeats'] == 3 and r['fid_std'] > 0 for r in rows)
-    assert by['real train']['fid'] > 0  # bootstrap resamples of the training set, not the set itself
-    saved = json.loads((tmp_path / 'out.json').read_text())
-    assert saved['repeats'] == 3 and saved['rows'][0]['fid_std'] == pytest.approx(rows[0]['fid_std'])
+        assert rows[0][key] == pytest.approx(np.mean(values)) and rows[0][f"{key}_std"] == pytest.approx(
+            np.std(values, ddof=1)
+        ), key
+    assert len({r["fid"] for r in singles}) == 3  # three different draws
+    by = {r["name"]: r for r in rows}
+    assert all(r["repeats"] == 3 and r["fid_std"] > 0 for r in rows)
+    assert by["real train"]["fid"] > 0  # bootstrap resamples of the training set, not the set itself
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["repeats"] == 3 and saved["rows"][0]["fid_std"] == pytest.approx(rows[0]["fid_std"])
     assert f"| g.pt | 16 | {rows[0]['fid']:.3f} ± {rows[0]['fid_std']:.3f} |" in table
 
 
 def test_checkpoint_mel_with_griffin_lim(corpus, tmp_path):
-    make_checkpoint(tmp_path / 'mel.pt', mel=True)
-    rows = evaluate.main(audio_args(corpus, tmp_path, '--checkpoint', str(tmp_path / 'mel.pt'), '--n', '16'))
-    assert rows[0]['name'] == 'mel.pt' and rows[0]['n'] == 16 and np.isfinite(rows[0]['fid'])
+    make_checkpoint(tmp_path / "mel.pt", mel=True)
+    rows = evaluate.main(audio_args(corpus, tmp_path, "--checkpoint", str(tmp_path / "mel.pt"), "--n", "16"))
+    assert rows[0]["name"] == "mel.pt" and rows[0]["n"] == 16 and np.isfinite(rows[0]["fid"])
 
 
 def test_generator_api_for_a_report(corpus):
     """The pieces a report calls: a Reference from the cached training scores, then one row per generator."""
-    from density.classifier import file_sha256, load_classifier
-    from density.inference import ASGANInference
-    from density.vocoder import GriffinLimVocoder
     from tiny_asgan import tiny_cfg
+
+    from density.evaluation.classifier import file_sha256, load_classifier
+    from density.inference.asgan import ASGANInference
     from density.models import Generator
+    from density.vocoders.vocoder import GriffinLimVocoder
+
     splits, path = corpus
     clf = load_classifier(path)
-    train = evaluate.cached_scores(clf, file_sha256(path), splits / 'sc09-train.csv', 'real', cache_dir=None)
+    train = evaluate.cached_scores(clf, file_sha256(path), splits / "sc09-train.csv", "real", cache_dir=None)
     torch.manual_seed(0)
     cfg = tiny_cfg(mel=True)
     model = ASGANInference(Generator(cfg.rp_w_cfg), GriffinLimVocoder(n_iter=2), cfg)  # "at initialisation"
-    row = evaluate.evaluate_generator(model, clf, evaluate.make_reference(train, ndb_k=5), 'init', n=8, batch_size=8)
-    assert row['name'] == 'init' and row['n'] == 8 and set(row) >= {'fid', 'inception_score', 'ndb_over_k'}
+    row = evaluate.evaluate_generator(model, clf, evaluate.make_reference(train, ndb_k=5), "init", n=8, batch_size=8)
+    assert row["name"] == "init" and row["n"] == 8 and set(row) >= {"fid", "inception_score", "ndb_over_k"}
 
 
 def test_clear_errors_name_the_path(corpus, tmp_path):
     base = audio_args(corpus, tmp_path)
-    missing = tmp_path / 'none.pt'
-    with pytest.raises(SystemExit, match=f'{missing} does not exist.*train_classifier.py'):
-        evaluate.main(base + ['--classifier', str(missing), '--wav_dir', str(tmp_path)])
-    (tmp_path / 'empty').mkdir()
-    with pytest.raises(SystemExit, match=f'{tmp_path / "empty"}: no .wav or .flac files found'):
-        evaluate.main(base + ['--wav_dir', str(tmp_path / 'empty')])
-    (tmp_path / 'rate').mkdir()
-    sf.write(tmp_path / 'rate' / 'a.wav', np.zeros(8000, np.float32), 8000)
-    with pytest.raises(SystemExit, match=r'a\.wav: sample rate is 8000 Hz, expected 16000 Hz.*--resample'):
-        evaluate.main(base + ['--wav_dir', str(tmp_path / 'rate')])
-    (tmp_path / 'text').mkdir()
-    (tmp_path / 'text' / 'notes.wav').write_text('not audio')
-    with pytest.raises(SystemExit, match=r'notes\.wav: not a readable audio file'):
-        evaluate.main(base + ['--wav_dir', str(tmp_path / 'text')])
+    missing = tmp_path / "none.pt"
+    with pytest.raises(SystemExit, match=f"{missing} does not exist.*train_classifier.py"):
+        evaluate.main(base + ["--classifier", str(missing), "--wav_dir", str(tmp_path)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'empty'}: no .wav or .flac files found"):
+        evaluate.main(base + ["--wav_dir", str(tmp_path / "empty")])
+    (tmp_path / "rate").mkdir()
+    sf.write(tmp_path / "rate" / "a.wav", np.zeros(8000, np.float32), 8000)
+    with pytest.raises(SystemExit, match=r"a\.wav: sample rate is 8000 Hz, expected 16000 Hz.*--resample"):
+        evaluate.main(base + ["--wav_dir", str(tmp_path / "rate")])
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "notes.wav").write_text("not audio")
+    with pytest.raises(SystemExit, match=r"notes\.wav: not a readable audio file"):
+        evaluate.main(base + ["--wav_dir", str(tmp_path / "text")])
     with pytest.raises(SystemExit):
-        evaluate.main(['--wav_dir', str(tmp_path / 'rate')])  # no classifier / train_csv: usage error
-    assert not (tmp_path / 'cache').exists()  # every error came before any scoring
+        evaluate.main(["--wav_dir", str(tmp_path / "rate")])  # no classifier / train_csv: usage error
+    assert not (tmp_path / "cache").exists()  # every error came before any scoring

@@ -1,4 +1,5 @@
 """Feature-cache extraction command: outputs, bad-file report, resume after an interruption, CSV and melspec modes."""
+
 import csv
 import os
 import re
@@ -11,8 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 
-import hubert_feature_reader as hfr
-from density.audio import load_audio, log_mel
+from density.audio.signal import load_audio, log_mel
+from density.features import extract as hfr
+from density.features.hubert import HubertFeatureReader
 
 GOOD = ["zero/a.wav", "zero/b.wav", "zero/c.flac", "one/d.wav", "one/short.wav", "one/stereo.wav"]
 BAD = ["one/corrupt.wav", "one/empty.wav", "one/rate8k.wav", "one/tiny.wav"]
@@ -42,8 +44,23 @@ def ckpt_path(fixtures_dir):
 
 
 def _run(root, out, ckpt, *extra):
-    return hfr.main(["--root", str(root), "--out", str(out), "--type", "hubert_L6", "--checkpoint", ckpt,
-                     "--batch_size", "2", "--device", "cpu", *extra])
+    return hfr.main(
+        [
+            "--root",
+            str(root),
+            "--out",
+            str(out),
+            "--type",
+            "hubert_L6",
+            "--checkpoint",
+            ckpt,
+            "--batch_size",
+            "2",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 def test_outputs_and_bad_file_report(tree, tmp_path, ckpt_path, capsys):
@@ -52,7 +69,7 @@ def test_outputs_and_bad_file_report(tree, tmp_path, ckpt_path, capsys):
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*.pt"))
     assert written == sorted(n.rsplit(".", 1)[0] + ".pt" for n in GOOD)  # bad files and _background_noise_ left out
     assert not list(out.rglob("*.tmp"))
-    reader = hfr.HubertFeatureReader(ckpt_path, layer=6)
+    reader = HubertFeatureReader(ckpt_path, layer=6)
     for name in ("zero/a.wav", "one/short.wav", "one/stereo.wav"):
         feat = torch.load(out / name.replace(".wav", ".pt"), weights_only=True)
         assert feat.dtype == torch.float32 and feat.dim() == 2 and feat.shape[1] == 48
@@ -111,8 +128,13 @@ def test_csv_mode_melspec(tree, tmp_path):
     with open(split, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label"])
-        w.writerows([[str(tree / "zero/a.wav"), "zero"], [str(tree / "one/short.wav"), "one"],
-                     [str(tree / "one/empty.wav"), "one"]])
+        w.writerows(
+            [
+                [str(tree / "zero/a.wav"), "zero"],
+                [str(tree / "one/short.wav"), "one"],
+                [str(tree / "one/empty.wav"), "one"],
+            ]
+        )
     out = tmp_path / "mels"
     assert hfr.main(["--csv", str(split), "--out", str(out), "--type", "melspec", "--device", "cpu"]) == 0
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.pt")) == ["one/short.pt", "zero/a.pt"]
@@ -139,7 +161,7 @@ def test_cli_errors_and_help(tree, tmp_path, capsys):
 def test_a_last_chunk_shorter_than_the_receptive_field_is_encoded(ckpt_path, tail):
     """Issue 10 case 2: k * max_chunk + 1..319 samples padded to a 320-sample last chunk (scaled down: max_chunk
     3200 instead of 1,600,000); other lengths give the features they gave before (chunk by chunk)."""
-    reader = hfr.HubertFeatureReader(ckpt_path, layer=6, max_chunk=3200)
+    reader = HubertFeatureReader(ckpt_path, layer=6, max_chunk=3200)
     wav = 0.1 * torch.randn(2 * 3200 + tail, generator=torch.Generator().manual_seed(0))
     feats = reader.get_feats(audio=wav)
     assert feats.shape[1] == 48 and feats.isfinite().all()
@@ -156,13 +178,14 @@ def test_a_last_chunk_shorter_than_the_receptive_field_is_encoded(ckpt_path, tai
 
 def test_a_file_that_fails_to_encode_is_reported_and_skipped(tree, tmp_path, ckpt_path, monkeypatch):
     """Issue 10 case 2: any per-file exception is skipped and reported; the run finishes and writes its report."""
-    extract = hfr.HubertFeatureReader.extract
+    extract = HubertFeatureReader.extract
 
     def failing(self, x):
         if x.shape[-1] == 12160:  # one/short.wav (12000 samples, padded): the only clip of that length
             raise RuntimeError("encoder fault")
         return extract(self, x)
-    monkeypatch.setattr(hfr.HubertFeatureReader, "extract", failing)
+
+    monkeypatch.setattr(HubertFeatureReader, "extract", failing)
     out = tmp_path / "feats"
     assert _run(tree, out, ckpt_path) == 0
     report = (out / hfr.REPORT_NAME).read_text()

@@ -1,4 +1,5 @@
 """generate.py: wavs, PNG grid, seeding, interpolation and truncation, on tiny checkpoints made here."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -7,13 +8,14 @@ import matplotlib.image
 import pytest
 import soundfile as sf
 import torch
-
-import generate
-from density.audio import log_mel
-from density.inference import load_asgan
-from density.latent import w_stats
-from density.vocoder import save_vocoder
 from tiny_asgan import make_checkpoint, tiny_vocoder
+
+from density.audio.plots import write_spectrogram_grid
+from density.audio.signal import log_mel
+from density.inference import generate
+from density.inference.asgan import load_asgan
+from density.inference.latent import w_stats
+from density.vocoders.vocoder import save_vocoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,8 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny(tmp_path):
     make_checkpoint(tmp_path / "ckpt.pt")
     save_vocoder(tiny_vocoder(), tmp_path / "voc.pt")
-    return ["--checkpoint", str(tmp_path / "ckpt.pt"), "--vocoder", str(tmp_path / "voc.pt"), "--no_progress",
-            "--device", "cpu"]
+    return [
+        "--checkpoint",
+        str(tmp_path / "ckpt.pt"),
+        "--vocoder",
+        str(tmp_path / "voc.pt"),
+        "--no_progress",
+        "--device",
+        "cpu",
+    ]
 
 
 def read(folder):
@@ -44,8 +53,9 @@ def test_writes_wavs_and_png(tiny, tmp_path):
     png = matplotlib.image.imread(tmp_path / "a" / "spectrograms.png")
     assert png.ndim == 3 and png.shape[0] > 50 and png.shape[1] > 200
     assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")) == []  # no temporaries
-    generate.main(tiny + ["--out_dir", str(tmp_path / "b"), "--n", "3", "--batch_size", "3", "--seed", "3",
-                          "--png_max", "0"])
+    generate.main(
+        tiny + ["--out_dir", str(tmp_path / "b"), "--n", "3", "--batch_size", "3", "--seed", "3", "--png_max", "0"]
+    )
     again = read(tmp_path / "b")
     assert not (tmp_path / "b" / "spectrograms.png").exists()
     for name, w in again.items():  # same seed, other batch size: same samples up to float and 16-bit rounding
@@ -64,18 +74,62 @@ def test_interpolation_endpoints_match_seeds(tiny, tmp_path):
 
 
 def test_w_interpolation_and_truncation(tiny, tmp_path):
-    generate.main(tiny + ["--out_dir", str(tmp_path / "w"), "--interpolate", "1", "2", "--space", "w",
-                          "--steps", "3", "--truncation", "0.5", "--w_avg_samples", "100"])
+    generate.main(
+        tiny
+        + [
+            "--out_dir",
+            str(tmp_path / "w"),
+            "--interpolate",
+            "1",
+            "2",
+            "--space",
+            "w",
+            "--steps",
+            "3",
+            "--truncation",
+            "0.5",
+            "--w_avg_samples",
+            "100",
+        ]
+    )
     assert len(read(tmp_path / "w")) == 3
-    generate.main(tiny + ["--out_dir", str(tmp_path / "t"), "--n", "3", "--truncation", "0",
-                          "--w_avg_samples", "100", "--png_max", "0"])
+    generate.main(
+        tiny
+        + [
+            "--out_dir",
+            str(tmp_path / "t"),
+            "--n",
+            "3",
+            "--truncation",
+            "0",
+            "--w_avg_samples",
+            "100",
+            "--png_max",
+            "0",
+        ]
+    )
     wavs = list(read(tmp_path / "t").values())  # psi = 0: every sample is the mean w's
     assert all((w == wavs[0]).all() for w in wavs)
 
 
 def test_truncation_is_lerp_toward_mean_w(tiny, tmp_path):
-    generate.main(tiny + ["--out_dir", str(tmp_path / "t"), "--n", "2", "--seed", "5", "--truncation", "0.5",
-                          "--w_avg_samples", "300", "--png_max", "0"])
+    generate.main(
+        tiny
+        + [
+            "--out_dir",
+            str(tmp_path / "t"),
+            "--n",
+            "2",
+            "--seed",
+            "5",
+            "--truncation",
+            "0.5",
+            "--w_avg_samples",
+            "300",
+            "--png_max",
+            "0",
+        ]
+    )
     model = load_asgan(tiny[1], tiny[3], "cpu", progress=False)
     w_avg = w_stats(model.g, 300).w_avg
     w = model.z2w(torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(5)))
@@ -88,14 +142,25 @@ def test_truncation_is_lerp_toward_mean_w(tiny, tmp_path):
 
 def test_png_of_a_silent_clip(tmp_path):
     silence = log_mel(torch.zeros(16000))  # constant log(1e-5): the colour scale must still be valid
-    generate.write_png(tmp_path / "s.png", [silence, silence + 3], ["silence", "louder"])
+    write_spectrogram_grid(tmp_path / "s.png", [silence, silence + 3], ["silence", "louder"])
     assert matplotlib.image.imread(tmp_path / "s.png").ndim == 3
 
 
 def test_mel_checkpoint_with_griffin_lim(tmp_path):
     make_checkpoint(tmp_path / "mel.pt", mel=True)
-    generate.main(["--checkpoint", str(tmp_path / "mel.pt"), "--out_dir", str(tmp_path / "m"), "--n", "2",
-                   "--no_progress", "--device", "cpu"])
+    generate.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "mel.pt"),
+            "--out_dir",
+            str(tmp_path / "m"),
+            "--n",
+            "2",
+            "--no_progress",
+            "--device",
+            "cpu",
+        ]
+    )
     got = read(tmp_path / "m")
     assert len(got) == 2 and (tmp_path / "m" / "spectrograms.png").is_file()
     model = load_asgan(tmp_path / "mel.pt", None, "cpu", progress=False)  # Griffin-Lim
@@ -106,11 +171,23 @@ def test_mel_checkpoint_with_griffin_lim(tmp_path):
 
 
 def test_command_line_help_and_errors(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "generate.py"), "--help"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "generate.py"), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert out.returncode == 0
-    for option in ["--pretrained", "--checkpoint", "--vocoder", "--interpolate", "--space", "--steps",
-                   "--truncation", "--w_avg_samples", "--batch_size", "--seed", "--device"]:
+    for option in [
+        "--pretrained",
+        "--checkpoint",
+        "--vocoder",
+        "--interpolate",
+        "--space",
+        "--steps",
+        "--truncation",
+        "--w_avg_samples",
+        "--batch_size",
+        "--seed",
+        "--device",
+    ]:
         assert option in out.stdout
     with pytest.raises(SystemExit):
         generate.parse_args(["--vocoder", "v.pt", "--pretrained", "--out_dir", str(tmp_path)])
@@ -118,11 +195,14 @@ def test_command_line_help_and_errors(tmp_path):
         generate.parse_args(["--out_dir", str(tmp_path)])  # neither --pretrained nor --checkpoint
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--truncation", "nan"], "--truncation must be a finite number, got nan"),
-    (["--device", "tpu"], "--device tpu: not a device"),
-    (["--out_dir", "FILE"], "is a file; give a folder"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--truncation", "nan"], "--truncation must be a finite number, got nan"),
+        (["--device", "tpu"], "--device tpu: not a device"),
+        (["--out_dir", "FILE"], "is a file; give a folder"),
+    ],
+)
 def test_bad_arguments_are_refused_before_the_model_loads(tmp_path, tiny, capsys, monkeypatch, extra, message):
     """Issue 10 cases 6 and 8: these used to fail after loading (or, for nan, write garbage wavs with status 0)."""
     monkeypatch.setattr(generate, "load_asgan", lambda *a, **k: pytest.fail("model loaded"))

@@ -3,6 +3,7 @@
 Remote files are served by a local HTTP server on 127.0.0.1 and reach the code through the real download
 path, with the URLs overridden by environment variables or arguments.
 """
+
 import http.server
 import os
 import re
@@ -17,14 +18,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_asgan import make_checkpoint, tiny_vocoder
 from torch.package import PackageExporter
 
-import hubconf
-from density.audio import fit_length
-from density.download import DownloadError, download, sha256_of
-from density.inference import N_SAMPLES, ASGANInference, Conv2SC09Wrapper
-from density.vocoder import GriffinLimVocoder, save_vocoder
-from tiny_asgan import make_checkpoint, tiny_vocoder
+from density.audio.signal import fit_length
+from density.inference import hub as hubconf
+from density.inference.asgan import N_SAMPLES, ASGANInference, Conv2SC09Wrapper
+from density.runtime.download import DownloadError, download, sha256_of
+from density.vocoders.vocoder import GriffinLimVocoder, save_vocoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,8 +128,9 @@ def test_official_entry_with_a_mel_checkpoint_url_uses_griffin_lim(server, monke
 
 def test_hubert_base_through_download_path(server, fixtures_dir):
     httpd, url, root = server
-    reader = hubconf.hubert_base(url=url + "hubert_tiny.pt", sha256=sha256_of(root / "hubert_tiny.pt"),
-                                 progress=False, device="cpu")
+    reader = hubconf.hubert_base(
+        url=url + "hubert_tiny.pt", sha256=sha256_of(root / "hubert_tiny.pt"), progress=False, device="cpu"
+    )
     expected = torch.load(fixtures_dir / "hubert_fairseq" / "tiny_hubert_expected.pt", weights_only=True)
     feats = reader.extract(expected["wav"])  # what fairseq returned, no padding
     torch.testing.assert_close(feats, expected["layer6"], atol=1e-4, rtol=1e-4)
@@ -170,16 +172,22 @@ def test_own_checkpoint_entry_and_wrapper_api(tmp_path):
     g = make_checkpoint(tmp_path / "ckpt.pt")
     vocoder = tiny_vocoder()
     save_vocoder(vocoder, tmp_path / "voc.pt")
-    model = torch.hub.load(str(REPO), "asgan_from_checkpoint", source="local", checkpoint=str(tmp_path / "ckpt.pt"),
-                           vocoder=str(tmp_path / "voc.pt"), device="cpu")
+    model = torch.hub.load(
+        str(REPO),
+        "asgan_from_checkpoint",
+        source="local",
+        checkpoint=str(tmp_path / "ckpt.pt"),
+        vocoder=str(tmp_path / "voc.pt"),
+        device="cpu",
+    )
     z = torch.randn(4, 16, generator=torch.Generator().manual_seed(5))
     audio = model.generate_from_latent(z)
     assert audio.shape == (4, N_SAMPLES)
     with torch.no_grad():
         raw = vocoder.remove_weight_norm()(g(z)).squeeze(1)  # (4, 16 * 320)
     pad = (N_SAMPLES - raw.shape[1]) // 2
-    torch.testing.assert_close(audio[:, pad:pad + raw.shape[1]], raw, rtol=1e-4, atol=1e-5)
-    assert audio[:, :pad].abs().max() == 0 and audio[:, pad + raw.shape[1]:].abs().max() == 0
+    torch.testing.assert_close(audio[:, pad : pad + raw.shape[1]], raw, rtol=1e-4, atol=1e-5)
+    assert audio[:, :pad].abs().max() == 0 and audio[:, pad + raw.shape[1] :].abs().max() == 0
     torch.testing.assert_close(model.unconditional_generate(4, generator=torch.Generator().manual_seed(5)), audio)
     w = model.z2w(z)
     assert w.shape == (4, 16)
@@ -238,7 +246,9 @@ def test_cuda_request_without_cuda_falls_back_to_cpu(tmp_path, monkeypatch):
 
 
 def test_hub_entries_and_reference_keyword(monkeypatch):
-    entries = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")}
+    import hubconf as hub_script  # torch.hub reads the script at the repository root
+
+    entries = {n for n in dir(hub_script) if callable(getattr(hub_script, n)) and not n.startswith("_")}
     assert entries == {"asgan_hubert_sc09_6", "asgan_from_checkpoint", "hubert_hifigan", "hubert_base"}
     monkeypatch.setattr(hubconf._inf, "untrained_asgan", lambda device: torch.nn.Identity())
     assert isinstance(hubconf.asgan_hubert_sc09_6(pretrianed=False), torch.nn.Identity)  # reference spelling
@@ -272,12 +282,15 @@ def test_batch_of_zero_and_wrong_shapes_are_clear_errors(tmp_path):
         model.unconditional_generate(0)
 
 
-@pytest.mark.parametrize("path, message", [
-    ("nolength/asgan_tiny.pt", r"nolength/asgan_tiny\.pt is not a complete torch file"),
-    ("nolength/g_tiny_package.pth", r"is not a complete torch file"),
-    ("html/asgan_tiny.pt", r"html/asgan_tiny\.pt is an HTML page"),
-    ("html/typed.pt", r"html/typed\.pt is an HTML page"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("nolength/asgan_tiny.pt", r"nolength/asgan_tiny\.pt is not a complete torch file"),
+        ("nolength/g_tiny_package.pth", r"is not a complete torch file"),
+        ("html/asgan_tiny.pt", r"html/asgan_tiny\.pt is an HTML page"),
+        ("html/typed.pt", r"html/typed\.pt is an HTML page"),
+    ],
+)
 def test_short_or_html_downloads_are_never_cached(server, path, message):
     """Issue 10 case 4: they were cached under the final name and reused after the URL was fixed."""
     httpd, url, root = server
@@ -291,13 +304,16 @@ def test_short_or_html_downloads_are_never_cached(server, path, message):
 
 def test_stalled_and_trickling_servers_time_out(server, monkeypatch):
     httpd, url, root = server
-    monkeypatch.setattr("density.download.IDLE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr("density.runtime.download.IDLE_TIMEOUT_S", 0.5)
     start = time.monotonic()
     with pytest.raises(DownloadError, match=r"stalled: no data for 0\.5 s after 0 bytes"):
         download(url + "silent/asgan_tiny.pt", progress=False)
     monkeypatch.setenv("ASGAN_DOWNLOAD_TIMEOUT", "1")
-    with pytest.raises(DownloadError, match=r"trickle/asgan_tiny\.pt took over 1 s \(\d+ bytes so far\).*"
-                                            "ASGAN_DOWNLOAD_TIMEOUT"):
+    with pytest.raises(
+        DownloadError,
+        match=r"trickle/asgan_tiny\.pt took over 1 s \(\d+ bytes so far\).*"
+        "ASGAN_DOWNLOAD_TIMEOUT",
+    ):
         download(url + "trickle/asgan_tiny.pt", progress=False)
     assert time.monotonic() - start < 5 and cache_files() == []
 

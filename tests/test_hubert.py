@@ -1,17 +1,24 @@
 """HuBERT reader: safe fairseq loading without fairseq, parity with fairseq's recorded outputs, padding rules."""
+
 import builtins
 import importlib.util
 import os
+import pickle
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from density.audio import load_audio, save_wav
-from density.fairseq_checkpoint import (FairseqPlaceholder, UnsafeCheckpointError, hubert_config, hubert_state_dict,
-                                        load_fairseq_checkpoint)
-from hubert_feature_reader import HubertFeatureReader
+from density.audio.signal import load_audio, save_wav
+from density.features.fairseq_checkpoint import (
+    FairseqPlaceholder,
+    UnsafeCheckpointError,
+    hubert_config,
+    hubert_state_dict,
+    load_fairseq_checkpoint,
+)
+from density.features.hubert import HubertFeatureReader
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,8 @@ def test_fairseq_is_not_needed(ckpt_path, monkeypatch):
     dictionary = ckpt["task_state"]["dictionaries"][0]
     assert isinstance(dictionary, FairseqPlaceholder)
     assert type(dictionary).__module__ == "fairseq.data.dictionary" and type(dictionary).__name__ == "Dictionary"
-    with pytest.raises(Exception):  # the safe default loader refuses the file: hence the restricted unpickler
+    # the safe default loader refuses the file: hence the restricted unpickler
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(ckpt_path, weights_only=True)
 
 
@@ -55,7 +63,8 @@ def test_config_and_weight_mapping(ckpt_path, expected):
     model = HubertModel(cfg)
     model.load_state_dict(hubert_state_dict(ckpt, cfg), strict=True)
     dropped = ckpt["model"]["label_embs_concat"].numel() + sum(
-        v.numel() for k, v in ckpt["model"].items() if k.startswith("final_proj."))
+        v.numel() for k, v in ckpt["model"].items() if k.startswith("final_proj.")
+    )
     assert sum(p.numel() for p in model.parameters()) == expected["model_num_params"] - dropped
     with torch.no_grad():  # transformers' hidden_states[L] is the output of block L, like fairseq's output_layer=L
         hidden = model.eval()(expected["wav"], output_hidden_states=True).hidden_states
@@ -82,8 +91,9 @@ def test_get_feats_padding(reader6, expected, tmp_path):
     assert one.shape == (50, 48) and reader6.num_frames(16000) == 50
     torch.testing.assert_close(one, reader6.extract(F.pad(wav[:1], (0, 320)))[0], rtol=0, atol=1e-6)
     odd = expected["wav_odd"][0]  # 12345 samples -> 135 zeros to 12480
-    torch.testing.assert_close(reader6.get_feats(audio=odd), reader6.extract(F.pad(odd[None], (0, 135)))[0],
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        reader6.get_feats(audio=odd), reader6.extract(F.pad(odd[None], (0, 135)))[0], rtol=0, atol=1e-6
+    )
     save_wav(tmp_path / "a.wav", wav[1] / wav[1].abs().max())
     from_file = reader6.get_feats(tmp_path / "a.wav", ref_len=16000)
     torch.testing.assert_close(from_file, reader6.get_feats(audio=load_audio(tmp_path / "a.wav")), rtol=0, atol=1e-6)
@@ -104,23 +114,33 @@ def test_transformers_folder_and_pre_ln_last_layer(tmp_path):
     from transformers import HubertConfig, HubertModel
 
     torch.manual_seed(0)
-    cfg = HubertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                       conv_dim=[16] * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
-                       do_stable_layer_norm=True, feat_extract_norm="layer")
+    cfg = HubertConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[16] * 7,
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+    )
     model = HubertModel(cfg).eval()
     model.save_pretrained(tmp_path / "hf")
     wav = torch.randn(2, 8000)
     outputs = {}
     model.encoder.layers[2].register_forward_hook(
-        lambda m, i, o: outputs.update(block3=o[0] if isinstance(o, tuple) else o))
+        lambda m, i, o: outputs.update(block3=o[0] if isinstance(o, tuple) else o)
+    )
     with torch.no_grad():
         hidden = model(F.pad(wav, (0, 320)), output_hidden_states=True).hidden_states
     got = HubertFeatureReader(tmp_path / "hf", layer=2).get_feats_batched(wav)
     assert got.shape == (2, 25, 32)
     torch.testing.assert_close(got, hidden[2], rtol=0, atol=1e-5)
     # pre-LN model, last block: fairseq returns the block output without the encoder's final layer norm
-    torch.testing.assert_close(HubertFeatureReader(tmp_path / "hf", layer=3).get_feats_batched(wav), outputs["block3"],
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        HubertFeatureReader(tmp_path / "hf", layer=3).get_feats_batched(wav), outputs["block3"], rtol=0, atol=1e-5
+    )
     with pytest.raises(ValueError, match="1..3"):
         HubertFeatureReader(tmp_path / "hf", layer=4)
 
@@ -146,8 +166,11 @@ class _RunsEval:
 def test_refuses_code_execution(tmp_path, payload, zip_format):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"cfg": {}, "model": {"w": torch.zeros(2)}, "x": payload(marker)}, path,
-               _use_new_zipfile_serialization=zip_format)
+    torch.save(
+        {"cfg": {}, "model": {"w": torch.zeros(2)}, "x": payload(marker)},
+        path,
+        _use_new_zipfile_serialization=zip_format,
+    )
     with pytest.raises(UnsafeCheckpointError, match=r"evil\.pt.*'(posix\.system|builtins\.eval)'"):
         load_fairseq_checkpoint(path)
     with pytest.raises(UnsafeCheckpointError):

@@ -1,17 +1,17 @@
 """density/latent.py and edit.py on tiny generators: projection, mixing, conversion, directions, probe, errors."""
+
 import json
 
 import pytest
 import soundfile as sf
 import torch
-
-import edit
-from density import latent
-from density.config import config_to_yaml, parse_config
-from density.inference import load_asgan, load_generator
-from density.models import Generator
-from density.vocoder import HifiGAN, HifiGANConfig, save_vocoder
 from tiny_asgan import TINY_SPECS, make_checkpoint, tiny_vocoder
+
+from density.config import config_to_yaml, parse_config
+from density.inference import edit, latent
+from density.inference.asgan import load_asgan, load_generator
+from density.models import Generator
+from density.vocoders.vocoder import HifiGAN, HifiGANConfig, save_vocoder
 
 HUBERT_DIM = 48  # hidden size of the tiny HuBERT fixture
 N_WS = len(TINY_SPECS) + 2
@@ -76,8 +76,10 @@ def test_mixing_and_conversion_identities(g):
     assert torch.equal(latent.mix(ws_a, wb, N_WS), ws_a)  # every layer from A
     assert torch.equal(latent.mix(wa, latent.broadcast(wb, N_WS), 0), latent.broadcast(wb, N_WS))
     with torch.no_grad():
-        assert torch.equal(g.forward_w(latent.mix(ws_a, wb, N_WS)), g(torch.randn(
-            1, g.z_dim, generator=torch.Generator().manual_seed(1))))
+        assert torch.equal(
+            g.forward_w(latent.mix(ws_a, wb, N_WS)),
+            g(torch.randn(1, g.z_dim, generator=torch.Generator().manual_seed(1))),
+        )
         assert torch.equal(latent.swap_layers(ws_a, wb, []), ws_a)  # conversion swapping nothing: the source
     mixed = latent.mix(ws_a, wb, 3)
     assert torch.equal(mixed[:, :3], ws_a[:, :3]) and torch.equal(mixed[:, 3:], latent.broadcast(wb, N_WS)[:, 3:])
@@ -127,16 +129,35 @@ def test_edit_commands_on_a_mel_checkpoint(mel_ckpt, tmp_path):
     edit.main(["project", str(src), "seed:2", "--out_dir", str(tmp_path / "p"), *common])
     result = json.loads((tmp_path / "p" / "projection.json").read_text())
     assert result["error"][0] < result["w_avg_error"][0]
-    assert {p.name for p in (tmp_path / "p").iterdir()} == {"src_projected.wav", "seed2_projected.wav",
-                                                            "projection.json", "projection.pt", "spectrograms.png"}
-    edit.main(["mix", "--a", "seed:1", "--b", "seed:2", "--crossover", str(N_WS), "3", "--out_dir",
-               str(tmp_path / "m"), *common])
+    assert {p.name for p in (tmp_path / "p").iterdir()} == {
+        "src_projected.wav",
+        "seed2_projected.wav",
+        "projection.json",
+        "projection.pt",
+        "spectrograms.png",
+    }
+    edit.main(
+        [
+            "mix",
+            "--a",
+            "seed:1",
+            "--b",
+            "seed:2",
+            "--crossover",
+            str(N_WS),
+            "3",
+            "--out_dir",
+            str(tmp_path / "m"),
+            *common,
+        ]
+    )
     z1 = torch.randn(1, model.z_dim, generator=torch.Generator().manual_seed(1))
     a = model.generate_from_latent(z1)[0].clamp(-1, 1)
     assert (read(tmp_path / "m" / f"mix_{N_WS}.wav") - a).abs().max() <= 2 / 32768  # every layer from A: A
     assert (read(tmp_path / "m" / "mix_3.wav") - a).abs().max() > 0.01
-    edit.main(["convert", "--source", "seed:1", "--target", str(src), "--layers", "--out_dir", str(tmp_path / "c"),
-               *common])
+    edit.main(
+        ["convert", "--source", "seed:1", "--target", str(src), "--layers", "--out_dir", str(tmp_path / "c"), *common]
+    )
     assert (read(tmp_path / "c" / "converted.wav") - a).abs().max() <= 2 / 32768  # nothing swapped: the source
     assert (tmp_path / "c" / "spectrograms.png").is_file()
 
@@ -150,16 +171,50 @@ def test_direction_and_probe_commands(mel_ckpt, tmp_path):
         rows.append(f"{path},{label}")
     (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
     common = ["--checkpoint", str(mel_ckpt), *FAST]
-    edit.main(["direction", "--csv", str(tmp_path / "split.csv"), "--labels", "one", "two", "--per_label", "3",
-               "--apply", "seed:7", "--strengths", "0", "1", "--out_dir", str(tmp_path / "d"), *common])
+    edit.main(
+        [
+            "direction",
+            "--csv",
+            str(tmp_path / "split.csv"),
+            "--labels",
+            "one",
+            "two",
+            "--per_label",
+            "3",
+            "--apply",
+            "seed:7",
+            "--strengths",
+            "0",
+            "1",
+            "--out_dir",
+            str(tmp_path / "d"),
+            *common,
+        ]
+    )
     d = torch.load(tmp_path / "d" / "direction_one_to_two.pt")
     assert d["direction"].shape == (N_WS, model.w_dim) and d["n"] == [3, 3]
     z7 = torch.randn(1, model.z_dim, generator=torch.Generator().manual_seed(7))
     unedited = model.generate_from_latent(z7)[0].clamp(-1, 1)
     assert (read(tmp_path / "d" / "seed7_two+0.wav") - unedited).abs().max() <= 2 / 32768
     assert (read(tmp_path / "d" / "seed7_two+1.wav") - unedited).abs().max() > 0.01
-    edit.main(["probe", "--train_csv", str(tmp_path / "split.csv"), "--test_csv", str(tmp_path / "split.csv"),
-               "--n_train", "8", "--n_test", "4", "--out_dir", str(tmp_path / "pr"), *common, "--steps", "20"])
+    edit.main(
+        [
+            "probe",
+            "--train_csv",
+            str(tmp_path / "split.csv"),
+            "--test_csv",
+            str(tmp_path / "split.csv"),
+            "--n_train",
+            "8",
+            "--n_test",
+            "4",
+            "--out_dir",
+            str(tmp_path / "pr"),
+            *common,
+            "--steps",
+            "20",
+        ]
+    )
     probe = json.loads((tmp_path / "pr" / "probe.json").read_text())
     assert (probe["n_train"], probe["n_test"], probe["chance"]) == (8, 4, 0.5)
     assert set(probe["probes"]) == {"w (trained G)", "z (trained G)", "w (random G)"}
@@ -169,21 +224,33 @@ def test_direction_and_probe_commands(mel_ckpt, tmp_path):
 def hubert_checkpoint(path):
     """A tiny hubert_L6 generator whose c_dim is the tiny HuBERT fixture's 48, and a vocoder for it."""
     torch.manual_seed(1)
-    cfg = parse_config(["model=rp_w", "z_dim=16", f"c_dim={HUBERT_DIM}", "rp_w_cfg.z_dim=16", "rp_w_cfg.w_dim=16",
-                        f"rp_w_cfg.c_dim={HUBERT_DIM}", "rp_w_cfg.ff_channels=16", "rp_w_cfg.seq_len=16",
-                        f"rp_w_cfg.head_spec=[{HUBERT_DIM},1]"])
+    cfg = parse_config(
+        [
+            "model=rp_w",
+            "z_dim=16",
+            f"c_dim={HUBERT_DIM}",
+            "rp_w_cfg.z_dim=16",
+            "rp_w_cfg.w_dim=16",
+            f"rp_w_cfg.c_dim={HUBERT_DIM}",
+            "rp_w_cfg.ff_channels=16",
+            "rp_w_cfg.seq_len=16",
+            f"rp_w_cfg.head_spec=[{HUBERT_DIM},1]",
+        ]
+    )
     cfg.rp_w_cfg.layer_specs = TINY_SPECS
     g = Generator(cfg.rp_w_cfg).eval()
     g.calibrate_norm_ema(torch.randn(64, g.z_dim))
     torch.save({"cfg_yaml": config_to_yaml(cfg), "g_ema_state_dict": g.state_dict()}, path)
-    save_vocoder(HifiGAN(HifiGANConfig(HUBERT_DIM, [10, 8, 2, 2], [20, 16, 4, 4], upsample_initial_channel=16)),
-                 path.with_name("voc48.pt"))
+    save_vocoder(
+        HifiGAN(HifiGANConfig(HUBERT_DIM, [10, 8, 2, 2], [20, 16, 4, 4], upsample_initial_channel=16)),
+        path.with_name("voc48.pt"),
+    )
     return path
 
 
 def test_hubert_projection_with_the_tiny_hubert(tmp_path, fixtures_dir):
     """Real HuBERT is not available offline: the front end runs on the tiny HuBERT fixture (48-dim layer 6)."""
-    from hubert_feature_reader import HubertFeatureReader
+    from density.features.hubert import HubertFeatureReader
 
     ckpt = hubert_checkpoint(tmp_path / "hub.pt")
     hubert = fixtures_dir / "hubert_fairseq" / "tiny_hubert_fairseq.pt"
@@ -194,8 +261,21 @@ def test_hubert_projection_with_the_tiny_hubert(tmp_path, fixtures_dir):
     feats = edit.FrontEnd(model, hubert)(torch.from_numpy(wav)[None])
     full = HubertFeatureReader(hubert, layer=6).get_feats(audio=torch.from_numpy(wav))  # (50, 48)
     torch.testing.assert_close(feats[0], full[17:33])  # centre 16 frames of 50
-    edit.main(["project", str(tmp_path / "tone.wav"), "--checkpoint", str(ckpt), "--vocoder",
-               str(ckpt.with_name("voc48.pt")), "--hubert", str(hubert), "--out_dir", str(tmp_path / "p"), *FAST])
+    edit.main(
+        [
+            "project",
+            str(tmp_path / "tone.wav"),
+            "--checkpoint",
+            str(ckpt),
+            "--vocoder",
+            str(ckpt.with_name("voc48.pt")),
+            "--hubert",
+            str(hubert),
+            "--out_dir",
+            str(tmp_path / "p"),
+            *FAST,
+        ]
+    )
     result = json.loads((tmp_path / "p" / "projection.json").read_text())
     assert result["loss"] == "cosine" and result["error"][0] < result["w_avg_error"][0]
 
@@ -211,8 +291,11 @@ def test_errors_are_one_line(mel_ckpt, tmp_path, capsys):
         (["project", str(tmp_path / "none.wav")], mel_ckpt, "no such file"),
         (["project", "seed:1"], tmp_path / "voc.pt", "no 'cfg_yaml' entry"),
         (["project", "seed:1", "--vocoder", str(tmp_path / "voc48.pt")], hub, "needs its HuBERT model, --hubert"),
-        (["convert", "--source", "seed:1", "--target", "seed:2", "--layers", "99"], mel_ckpt,
-         "layer indices must be in 0..15"),
+        (
+            ["convert", "--source", "seed:1", "--target", "seed:2", "--layers", "99"],
+            mel_ckpt,
+            "layer indices must be in 0..15",
+        ),
     ]
     for argv, ckpt, message in cases:
         with pytest.raises(SystemExit) as e:

@@ -1,4 +1,5 @@
 """density.metrics and evaluate.py against independent numpy/scipy computations (reference notes 20, 35-39)."""
+
 import json
 import logging
 import math
@@ -10,8 +11,8 @@ import torch
 from scipy import stats
 from scipy.spatial.distance import cdist
 
-import evaluate
 from density import metrics as M
+from density.evaluation import evaluate
 
 
 def _spd(c, seed):
@@ -24,14 +25,14 @@ def _spd(c, seed):
 
 # ---------------------------------------------------------------- Fréchet distance
 
+
 def test_feature_statistics_float32_unbiased():
     x = torch.randn(300, 6, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 7) + 2
     mu, sigma = M.feature_statistics(x)
     assert mu.dtype == sigma.dtype == torch.float32 and sigma.shape == (6, 6)
     np.testing.assert_allclose(mu.numpy(), x.numpy().astype(np.float64).mean(0), rtol=1e-5, atol=1e-5)
     # float32 round-off is relative to the largest entries (variances up to 36), not to a near-zero covariance
-    np.testing.assert_allclose(sigma.numpy(), np.cov(x.numpy().astype(np.float64), rowvar=False), rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(sigma.numpy(), np.cov(x.numpy().astype(np.float64), rowvar=False), rtol=1e-4, atol=1e-4)
 
 
 def test_frechet_distance_commuting_gaussians_closed_form():
@@ -61,7 +62,8 @@ def test_frechet_distance_complex_root(caplog):
     assert "imaginary" in caplog.text
     # an imaginary part of 1e-4 on the diagonal is round-off: real part taken, diag(2, 0)
     assert M.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([4.0, -1e-8])) == pytest.approx(
-        2 + (4 - 1e-8) - 2 * 2, rel=1e-12)
+        2 + (4 - 1e-8) - 2 * 2, rel=1e-12
+    )
 
 
 def test_fad_and_fid_match_numpy_statistics():
@@ -98,6 +100,7 @@ def test_fid_of_shifted_gaussian_samples_is_squared_shift():
 
 # ---------------------------------------------------------------- ApproxKL
 
+
 def _np_hist(x):
     edges = np.append(np.linspace(-1.2, 1.2, 200), 2.2)
     return np.histogram(np.clip(x.double().numpy().ravel(), -1.2, 1.2), bins=edges)[0]
@@ -131,6 +134,7 @@ def test_approx_kl_identical_data_is_zero_and_empty_is_an_error():
 
 
 # ---------------------------------------------------------------- nearest-neighbour helpers
+
 
 def test_closest_dist_pair_matches_cdist():
     g = torch.Generator().manual_seed(0)
@@ -200,6 +204,7 @@ def test_drift_matches_numpy():
 
 
 # ---------------------------------------------------------------- evaluation metrics
+
 
 def test_inception_score_uniform_and_one_hot():
     k = 10
@@ -303,6 +308,7 @@ def test_linear_separability_separable_noise_and_trim():
 
 # ---------------------------------------------------------------- evaluate.py
 
+
 def test_evaluate_cli_writes_json(tmp_path, capsys):
     g = torch.Generator().manual_seed(0)
     gen, real = torch.randn(120, 4, generator=g), torch.randn(150, 4, generator=g) + 0.2
@@ -314,16 +320,37 @@ def test_evaluate_cli_writes_json(tmp_path, capsys):
     torch.save(train_logits, tmp_path / "tl.pt")
     torch.save(latents, tmp_path / "z.pt")
     out = tmp_path / "sub" / "m.json"
-    evaluate.main(["--gen_feats", str(tmp_path / "gen.pt"), "--real_feats", str(tmp_path / "real.npy"),
-                   "--gen_logits", str(tmp_path / "gl.pt"), "--train_logits", str(tmp_path / "tl.pt"),
-                   "--latents", str(tmp_path / "z.pt"), "--ndb_k", "5", "--json", str(out)])
+    evaluate.main(
+        [
+            "--gen_feats",
+            str(tmp_path / "gen.pt"),
+            "--real_feats",
+            str(tmp_path / "real.npy"),
+            "--gen_logits",
+            str(tmp_path / "gl.pt"),
+            "--train_logits",
+            str(tmp_path / "tl.pt"),
+            "--latents",
+            str(tmp_path / "z.pt"),
+            "--ndb_k",
+            "5",
+            "--json",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     gp, tp = gen_logits.softmax(1), train_logits.softmax(1)
-    assert result == pytest.approx({
-        "fid": M.fid(gen, real), "ndb_over_k": M.ndb(real, gen, k=5),
-        "inception_score": M.inception_score(gen_logits.log_softmax(1)),
-        "modified_inception_score": M.modified_inception_score(gp), "am_score": M.am_score(tp, gp),
-        "linear_separability": M.linear_separability(gen_logits, latents, trim=0.5)}, rel=1e-6)
+    assert result == pytest.approx(
+        {
+            "fid": M.fid(gen, real),
+            "ndb_over_k": M.ndb(real, gen, k=5),
+            "inception_score": M.inception_score(gen_logits.log_softmax(1)),
+            "modified_inception_score": M.modified_inception_score(gp),
+            "am_score": M.am_score(tp, gp),
+            "linear_separability": M.linear_separability(gen_logits, latents, trim=0.5),
+        },
+        rel=1e-6,
+    )
     assert "fid:" in capsys.readouterr().out
     assert [p.name for p in out.parent.iterdir()] == ["m.json"]  # no temporary file left
 

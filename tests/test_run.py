@@ -1,4 +1,5 @@
 """Run folders (density/run.py): resume conventions, refusals, the heartbeat lock and pruning."""
+
 import json
 import os
 import socket
@@ -9,13 +10,13 @@ import time
 import pytest
 import torch
 
-from density.run import LOCK_NAME, RunError, open_run
+from density.runtime.run import LOCK_NAME, RunError, open_run
 
 
 def put(folder, name, run_id=None):
     """A stand-in checkpoint: open_run reads only `run_id`."""
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({'steps': 0} if run_id is None else {'steps': 0, 'run_id': run_id}, folder / name)
+    torch.save({"steps": 0} if run_id is None else {"steps": 0, "run_id": run_id}, folder / name)
     return folder / name
 
 
@@ -24,125 +25,131 @@ def names(folder):
 
 
 def test_missing_resume_checkpoint_is_an_error_and_touches_nothing(tmp_path):
-    put(tmp_path / 'run', 'ckpt_00000011.pt', 'a')
-    with pytest.raises(RunError, match=r'resume_checkpoint=.*nope\.pt does not exist'):
-        open_run(tmp_path / 'run', str(tmp_path / 'nope.pt'), False)
-    assert names(tmp_path / 'run') == ['ckpt_00000011.pt']
-    with pytest.raises(RunError, match='does not exist'):
-        open_run(tmp_path / 'new', str(tmp_path / 'nope.pt'), False)
-    assert not (tmp_path / 'new').exists()
+    put(tmp_path / "run", "ckpt_00000011.pt", "a")
+    with pytest.raises(RunError, match=r"resume_checkpoint=.*nope\.pt does not exist"):
+        open_run(tmp_path / "run", str(tmp_path / "nope.pt"), False)
+    assert names(tmp_path / "run") == ["ckpt_00000011.pt"]
+    with pytest.raises(RunError, match="does not exist"):
+        open_run(tmp_path / "new", str(tmp_path / "nope.pt"), False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_new_run_into_a_folder_with_checkpoints_needs_auto_or_overwrite(tmp_path):
-    run = tmp_path / 'run'
-    for name in ('ckpt_00000003.pt', 'ckpt_00000011.pt', 'ckpt_best_fad.pt'):
-        put(run, name, 'a')
-    with pytest.raises(RunError, match=r'already holds checkpoints.*ckpt_00000011\.pt.*resume_checkpoint=auto'):
-        open_run(run, '', False)
-    assert names(run) == ['ckpt_00000003.pt', 'ckpt_00000011.pt', 'ckpt_best_fad.pt']
-    r = open_run(run, 'auto', False)
-    assert r.resume == run / 'ckpt_00000011.pt' and r.run_id == 'a'
+    run = tmp_path / "run"
+    for name in ("ckpt_00000003.pt", "ckpt_00000011.pt", "ckpt_best_fad.pt"):
+        put(run, name, "a")
+    with pytest.raises(RunError, match=r"already holds checkpoints.*ckpt_00000011\.pt.*resume_checkpoint=auto"):
+        open_run(run, "", False)
+    assert names(run) == ["ckpt_00000003.pt", "ckpt_00000011.pt", "ckpt_best_fad.pt"]
+    r = open_run(run, "auto", False)
+    assert r.resume == run / "ckpt_00000011.pt" and r.run_id == "a"
     r.close()
-    r = open_run(run, '', True)
-    assert r.resume is None and r.run_id != 'a' and names(run) == [LOCK_NAME]
+    r = open_run(run, "", True)
+    assert r.resume is None and r.run_id != "a" and names(run) == [LOCK_NAME]
     r.close()
     assert names(run) == []
 
 
 def test_auto_skips_unreadable_and_starts_fresh_in_an_empty_folder(tmp_path):
-    run = tmp_path / 'run'
-    put(run, 'ckpt_00000009.pt', 'a')
-    (run / 'ckpt_00000010.pt').write_bytes(b'PK\x03\x04 cut off')  # numerically newest, by name order too
-    r = open_run(run, 'auto', False)
-    assert r.resume == run / 'ckpt_00000009.pt' and r.run_id == 'a'
+    run = tmp_path / "run"
+    put(run, "ckpt_00000009.pt", "a")
+    (run / "ckpt_00000010.pt").write_bytes(b"PK\x03\x04 cut off")  # numerically newest, by name order too
+    r = open_run(run, "auto", False)
+    assert r.resume == run / "ckpt_00000009.pt" and r.run_id == "a"
     r.close()
-    r = open_run(tmp_path / 'requeued', 'auto', False)
+    r = open_run(tmp_path / "requeued", "auto", False)
     assert r.resume is None and len(r.run_id) == 32
     r.close()
-    assert not (tmp_path / 'requeued').exists()  # created and left empty: removed
+    assert not (tmp_path / "requeued").exists()  # created and left empty: removed
 
 
 def test_resume_into_a_folder_of_another_run_or_with_newer_checkpoints_is_refused(tmp_path):
-    run = tmp_path / 'run'
-    put(run, 'ckpt_00000020.pt', 'other')
-    put(run, 'ckpt_best_fad.pt', 'other')
-    mine = put(tmp_path / 'mine', 'ckpt_00000010.pt', 'a')
-    with pytest.raises(RunError, match=r'of another run, or newer ones: ckpt_00000020\.pt, ckpt_best_fad\.pt'):
+    run = tmp_path / "run"
+    put(run, "ckpt_00000020.pt", "other")
+    put(run, "ckpt_best_fad.pt", "other")
+    mine = put(tmp_path / "mine", "ckpt_00000010.pt", "a")
+    with pytest.raises(RunError, match=r"of another run, or newer ones: ckpt_00000020\.pt, ckpt_best_fad\.pt"):
         open_run(run, str(mine), False)
-    reference = put(tmp_path, 'reference.pt')  # no run_id: a run of its own
-    with pytest.raises(RunError, match='overwrite=true'):
+    reference = put(tmp_path, "reference.pt")  # no run_id: a run of its own
+    with pytest.raises(RunError, match="overwrite=true"):
         open_run(run, str(reference), False)
-    assert names(run) == ['ckpt_00000020.pt', 'ckpt_best_fad.pt']
+    assert names(run) == ["ckpt_00000020.pt", "ckpt_best_fad.pt"]
     # a roll-back within one run: the newer checkpoints of that run would be overwritten
-    put(run, 'ckpt_00000005.pt', 'other')
-    with pytest.raises(RunError, match=r'ckpt_00000020\.pt'):
-        open_run(run, str(run / 'ckpt_00000005.pt'), False)
-    r = open_run(run, str(run / 'ckpt_00000005.pt'), True)
-    assert r.run_id == 'other' and names(run) == ['ckpt_00000005.pt', 'ckpt_best_fad.pt', LOCK_NAME]
+    put(run, "ckpt_00000005.pt", "other")
+    with pytest.raises(RunError, match=r"ckpt_00000020\.pt"):
+        open_run(run, str(run / "ckpt_00000005.pt"), False)
+    r = open_run(run, str(run / "ckpt_00000005.pt"), True)
+    assert r.run_id == "other" and names(run) == ["ckpt_00000005.pt", "ckpt_best_fad.pt", LOCK_NAME]
     r.close()
-    r = open_run(run, str(run / 'ckpt_00000005.pt'), False)  # continuing the newest: nothing to refuse
+    r = open_run(run, str(run / "ckpt_00000005.pt"), False)  # continuing the newest: nothing to refuse
     r.close()
 
 
 def test_pruning_deletes_only_this_runs_older_periodic_checkpoints_by_step(tmp_path):
-    run = tmp_path / 'run'
-    put(run, 'ckpt_00000007.pt', 'a')
-    put(run, 'ckpt_00000008.pt', 'a')
-    put(run, 'ckpt_00000050.pt', 'b')  # another run's, higher-numbered
-    put(run, 'ckpt_best_fad.pt', 'a')
-    (run / 'ckpt_00000001.pt').write_bytes(b'garbage')  # unattributable
-    r = open_run(run, str(run / 'ckpt_00000008.pt'), True)  # the other run's file is deleted by overwrite ...
-    assert not (run / 'ckpt_00000050.pt').exists()
-    put(run, 'ckpt_00000050.pt', 'b')  # ... so put it back, as if it arrived later
+    run = tmp_path / "run"
+    put(run, "ckpt_00000007.pt", "a")
+    put(run, "ckpt_00000008.pt", "a")
+    put(run, "ckpt_00000050.pt", "b")  # another run's, higher-numbered
+    put(run, "ckpt_best_fad.pt", "a")
+    (run / "ckpt_00000001.pt").write_bytes(b"garbage")  # unattributable
+    r = open_run(run, str(run / "ckpt_00000008.pt"), True)  # the other run's file is deleted by overwrite ...
+    assert not (run / "ckpt_00000050.pt").exists()
+    put(run, "ckpt_00000050.pt", "b")  # ... so put it back, as if it arrived later
     for step in (9, 10, 100_000_000):  # 9 digits: after ckpt_00000010 by number, before it by name
-        r.prune(2, put(run, f'ckpt_{step:08d}.pt', r.run_id))
-    assert names(run) == ['ckpt_00000001.pt', 'ckpt_00000010.pt', 'ckpt_00000050.pt', 'ckpt_100000000.pt',
-                          'ckpt_best_fad.pt', LOCK_NAME]
-    r.prune(0, run / 'ckpt_100000000.pt')  # keep <= 0: nothing deleted
-    r.prune(1, put(run, 'ckpt_00000004.pt', r.run_id))  # the file just written is never deleted
-    assert (run / 'ckpt_00000004.pt').exists() and (run / 'ckpt_100000000.pt').exists()
+        r.prune(2, put(run, f"ckpt_{step:08d}.pt", r.run_id))
+    assert names(run) == [
+        "ckpt_00000001.pt",
+        "ckpt_00000010.pt",
+        "ckpt_00000050.pt",
+        "ckpt_100000000.pt",
+        "ckpt_best_fad.pt",
+        LOCK_NAME,
+    ]
+    r.prune(0, run / "ckpt_100000000.pt")  # keep <= 0: nothing deleted
+    r.prune(1, put(run, "ckpt_00000004.pt", r.run_id))  # the file just written is never deleted
+    assert (run / "ckpt_00000004.pt").exists() and (run / "ckpt_100000000.pt").exists()
     r.close()
 
 
 def test_a_second_live_run_is_locked_out(tmp_path):
-    first = open_run(tmp_path / 'run', '', False)
-    lock = json.loads((tmp_path / 'run' / LOCK_NAME).read_text())
-    assert (lock['host'], lock['pid'], lock['run_id']) == (socket.gethostname(), os.getpid(), first.run_id)
-    with pytest.raises(RunError, match=rf'in use by another live run \(pid {os.getpid()}'):
-        open_run(tmp_path / 'run', 'auto', False)
+    first = open_run(tmp_path / "run", "", False)
+    lock = json.loads((tmp_path / "run" / LOCK_NAME).read_text())
+    assert (lock["host"], lock["pid"], lock["run_id"]) == (socket.gethostname(), os.getpid(), first.run_id)
+    with pytest.raises(RunError, match=rf"in use by another live run \(pid {os.getpid()}"):
+        open_run(tmp_path / "run", "auto", False)
     first.close()
-    open_run(tmp_path / 'run', 'auto', False).close()
+    open_run(tmp_path / "run", "auto", False).close()
 
 
 def test_heartbeat_is_refreshed(tmp_path):
-    r = open_run(tmp_path / 'run', '', False, heartbeat_s=0.05)
-    beat = json.loads((tmp_path / 'run' / LOCK_NAME).read_text())['heartbeat']
+    r = open_run(tmp_path / "run", "", False, heartbeat_s=0.05)
+    beat = json.loads((tmp_path / "run" / LOCK_NAME).read_text())["heartbeat"]
     time.sleep(0.3)
-    assert json.loads((tmp_path / 'run' / LOCK_NAME).read_text())['heartbeat'] > beat
+    assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["heartbeat"] > beat
     r.close()
-    assert not (tmp_path / 'run' / LOCK_NAME).exists()
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
 
 
 def write_lock(folder, host, pid, age):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / LOCK_NAME).write_text(json.dumps({'host': host, 'pid': pid, 'heartbeat': time.time() - age}))
+    (folder / LOCK_NAME).write_text(json.dumps({"host": host, "pid": pid, "heartbeat": time.time() - age}))
 
 
 def test_stale_locks_are_taken_over(tmp_path):
-    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
-    write_lock(tmp_path / 'a', socket.gethostname(), int(dead.stdout), age=1)  # this host, pid gone
-    open_run(tmp_path / 'a', '', False).close()
-    write_lock(tmp_path / 'b', 'node-that-died', 1, age=1000)  # requeued on another node: old heartbeat
-    open_run(tmp_path / 'b', '', False).close()
-    write_lock(tmp_path / 'c', 'node-still-running', 1, age=10)  # fresh heartbeat elsewhere: live
-    with pytest.raises(RunError, match='in use by another live run .*node-still-running'):
-        open_run(tmp_path / 'c', '', False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_lock(tmp_path / "a", socket.gethostname(), int(dead.stdout), age=1)  # this host, pid gone
+    open_run(tmp_path / "a", "", False).close()
+    write_lock(tmp_path / "b", "node-that-died", 1, age=1000)  # requeued on another node: old heartbeat
+    open_run(tmp_path / "b", "", False).close()
+    write_lock(tmp_path / "c", "node-still-running", 1, age=10)  # fresh heartbeat elsewhere: live
+    with pytest.raises(RunError, match="in use by another live run .*node-still-running"):
+        open_run(tmp_path / "c", "", False)
 
 
 def test_temporaries_of_killed_writes_are_removed(tmp_path):
-    run = tmp_path / 'run'
+    run = tmp_path / "run"
     run.mkdir()
-    (run / '.ckpt_00000005.pt.deadhost-1.abcd1234.tmp').write_bytes(b'half a checkpoint')
-    (run / '.keep_me').write_text('not ours')
-    open_run(run, '', False).close()
-    assert names(run) == ['.keep_me']
+    (run / ".ckpt_00000005.pt.deadhost-1.abcd1234.tmp").write_bytes(b"half a checkpoint")
+    (run / ".keep_me").write_text("not ours")
+    open_run(run, "", False).close()
+    assert names(run) == [".keep_me"]

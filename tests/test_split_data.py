@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import split_data
-from density.digits import make_digits_corpus
+from density.data import splits as split_data
+from density.data.digits import make_digits_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,9 +27,17 @@ def _tone(path):
 def tree(tmp_path):
     """A tiny Speech Commands tree: two digits, one other word, background noise, both lists."""
     root = tmp_path / "sc"
-    for rel in ["zero/a_nohash_0.wav", "zero/b_nohash_0.wav", "zero/c_nohash_0.wav", "one/a_nohash_0.wav",
-                "one/b_nohash_0.wav", "one/c_nohash_0.wav", "yes/a_nohash_0.wav", "yes/b_nohash_0.wav",
-                "_background_noise_/noise.wav"]:
+    for rel in [
+        "zero/a_nohash_0.wav",
+        "zero/b_nohash_0.wav",
+        "zero/c_nohash_0.wav",
+        "one/a_nohash_0.wav",
+        "one/b_nohash_0.wav",
+        "one/c_nohash_0.wav",
+        "yes/a_nohash_0.wav",
+        "yes/b_nohash_0.wav",
+        "_background_noise_/noise.wav",
+    ]:
         _tone(root / rel)
     (root / "validation_list.txt").write_text("zero/b_nohash_0.wav\none/b_nohash_0.wav\nyes/b_nohash_0.wav\n")
     (root / "testing_list.txt").write_text("zero/c_nohash_0.wav\none/c_nohash_0.wav\n")
@@ -47,8 +55,11 @@ def test_sc09_only_true(tree, tmp_path, flag, capsys):
     assert [r["label"] for r in train] == ["one", "zero"]
     assert [r["path"] for r in valid] == [str(tree / "one/b_nohash_0.wav"), str(tree / "zero/b_nohash_0.wav")]
     assert [r["path"] for r in test] == [str(tree / "one/c_nohash_0.wav"), str(tree / "zero/c_nohash_0.wav")]
-    assert sorted(p.name for p in (tmp_path / "splits").iterdir()) == ["sc09-test.csv", "sc09-train.csv",
-                                                                       "sc09-valid.csv"]  # no temp files left
+    assert sorted(p.name for p in (tmp_path / "splits").iterdir()) == [
+        "sc09-test.csv",
+        "sc09-train.csv",
+        "sc09-valid.csv",
+    ]  # no temp files left
 
 
 @pytest.mark.parametrize("flag", ["false", "False", "0", "no"])
@@ -89,9 +100,21 @@ def test_empty_tree_and_missing_list_entry(tree, tmp_path):
 def test_cli_on_generated_corpus(tmp_path):
     root = tmp_path / "digits"
     make_digits_corpus(root, seed=4, n_speakers=5, per_word=1, valid_frac=0.2, test_frac=0.2, progress=False)
-    res = subprocess.run([sys.executable, str(REPO / "split_data.py"), "--root_path", str(root),
-                          "--sc09_only", "true", "--out_dir", str(tmp_path / "splits")],
-                         capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "split_data.py"),
+            "--root_path",
+            str(root),
+            "--sc09_only",
+            "true",
+            "--out_dir",
+            str(tmp_path / "splits"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "sc09-train.csv (30 files)" in res.stdout and "sc09-valid.csv (10 files)" in res.stdout
     parts = {n: _read(tmp_path / "splits" / f"sc09-{n}.csv") for n in ("train", "valid", "test")}

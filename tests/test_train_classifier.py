@@ -1,4 +1,5 @@
 """train_classifier.py on a tiny digits corpus: outputs, exact resume after SIGTERM, augmentation, errors."""
+
 import json
 import os
 import signal
@@ -6,49 +7,63 @@ import signal
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-import train_classifier
-from density import checkpoint as ckpt
-from density.audio import AudioError
-from density.classifier import SC09_CLASSES, load_classifier
-from density.config import ConfigError
-from density.run import RunError
 from tiny_digits import classifier_args, make_tiny_digits
+
+from density.audio.signal import AudioError
+from density.config import ConfigError
+from density.evaluation import train_classifier
+from density.evaluation.classifier import SC09_CLASSES, load_classifier
+from density.runtime import checkpoint as ckpt
+from density.runtime.run import RunError
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def splits(tmp_path_factory):
-    return make_tiny_digits(tmp_path_factory.mktemp('digits'))
+    return make_tiny_digits(tmp_path_factory.mktemp("digits"))
 
 
 def test_run_writes_best_checkpoint_results_and_scalars(splits, tmp_path, capsys):
-    run = tmp_path / 'run'
-    result = train_classifier.main(classifier_args(splits, run, 'max_steps=6', 'validation_interval=3',
-                                                   'summary_interval=1', 'checkpoint_interval=2',
-                                                   'keep_last_checkpoints=2'))
-    assert sorted(p.name for p in run.iterdir()) == ['ckpt_00000004.pt', 'ckpt_00000005.pt', 'classifier_best.pt',
-                                                     'logs', 'test_results.json']
-    best = torch.load(run / 'classifier_best.pt', weights_only=True)
-    assert best['arch'] == 'cpu' and best['steps'] in (0, 3, 5) and best['classes'] == list(SC09_CLASSES)
-    assert load_classifier(run / 'classifier_best.pt').classes == SC09_CLASSES
-    saved = json.loads((run / 'test_results.json').read_text())
-    assert saved == result and saved['n_test'] == 20 and saved['steps'] == 6
-    confusion = torch.tensor(saved['confusion_matrix'])
+    run = tmp_path / "run"
+    result = train_classifier.main(
+        classifier_args(
+            splits,
+            run,
+            "max_steps=6",
+            "validation_interval=3",
+            "summary_interval=1",
+            "checkpoint_interval=2",
+            "keep_last_checkpoints=2",
+        )
+    )
+    assert sorted(p.name for p in run.iterdir()) == [
+        "ckpt_00000004.pt",
+        "ckpt_00000005.pt",
+        "classifier_best.pt",
+        "logs",
+        "test_results.json",
+    ]
+    best = torch.load(run / "classifier_best.pt", weights_only=True)
+    assert best["arch"] == "cpu" and best["steps"] in (0, 3, 5) and best["classes"] == list(SC09_CLASSES)
+    assert load_classifier(run / "classifier_best.pt").classes == SC09_CLASSES
+    saved = json.loads((run / "test_results.json").read_text())
+    assert saved == result and saved["n_test"] == 20 and saved["steps"] == 6
+    confusion = torch.tensor(saved["confusion_matrix"])
     assert confusion.shape == (10, 10) and confusion.sum() == 20
-    assert saved['test_accuracy'] == pytest.approx(confusion.diag().sum().item() / 20)
+    assert saved["test_accuracy"] == pytest.approx(confusion.diag().sum().item() / 20)
     out = capsys.readouterr().out
-    assert 'test accuracy' in out and '| true \\ predicted | zero | one |' in out
-    events = EventAccumulator(str(run / 'logs')).Reload()
-    assert {'train/loss', 'train/accuracy', 'opt/lr', 'valid/loss', 'valid/accuracy',
-            'test/accuracy'} <= set(events.Tags()['scalars'])
-    assert [e.step for e in events.Scalars('valid/accuracy')] == [0, 3, 5]
+    assert "test accuracy" in out and "| true \\ predicted | zero | one |" in out
+    events = EventAccumulator(str(run / "logs")).Reload()
+    assert {"train/loss", "train/accuracy", "opt/lr", "valid/loss", "valid/accuracy", "test/accuracy"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert [e.step for e in events.Scalars("valid/accuracy")] == [0, 3, 5]
 
 
 def test_sigterm_checkpoints_and_resume_is_exact(splits, tmp_path, monkeypatch):
-    common = ['max_steps=7', 'validation_interval=100', 'checkpoint_interval=100', 'test_csv=null']
-    train_classifier.main(classifier_args(splits, tmp_path / 'straight', *common))
+    common = ["max_steps=7", "validation_interval=100", "checkpoint_interval=100", "test_csv=null"]
+    train_classifier.main(classifier_args(splits, tmp_path / "straight", *common))
     augment, calls = train_classifier.augment, []
 
     def augment_then_signal(wav, cfg):  # SIGTERM arrives during step 2
@@ -57,23 +72,27 @@ def test_sigterm_checkpoints_and_resume_is_exact(splits, tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
         return augment(wav, cfg)
 
-    monkeypatch.setattr(train_classifier, 'augment', augment_then_signal)
-    assert train_classifier.main(classifier_args(splits, tmp_path / 'split', *common)) is None  # stopped
-    assert sorted(p.name for p in (tmp_path / 'split').glob('ckpt_*.pt')) == ['ckpt_00000002.pt']
+    monkeypatch.setattr(train_classifier, "augment", augment_then_signal)
+    assert train_classifier.main(classifier_args(splits, tmp_path / "split", *common)) is None  # stopped
+    assert sorted(p.name for p in (tmp_path / "split").glob("ckpt_*.pt")) == ["ckpt_00000002.pt"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
-    monkeypatch.setattr(train_classifier, 'augment', augment)
-    train_classifier.main(classifier_args(splits, tmp_path / 'split', *common,
-                                          f'resume_checkpoint={tmp_path / "split" / "ckpt_00000002.pt"}'))
-    a, b = (ckpt.load(tmp_path / r / 'ckpt_00000006.pt', train_classifier.RESUME_KEYS) for r in ('straight', 'split'))
-    for k in a['state_dict']:
-        assert torch.equal(a['state_dict'][k], b['state_dict'][k]), k
-    assert a['best'] == b['best']
-    assert a['optim_state_dict']['state'][0]['step'] == b['optim_state_dict']['state'][0]['step']
+    monkeypatch.setattr(train_classifier, "augment", augment)
+    train_classifier.main(
+        classifier_args(
+            splits, tmp_path / "split", *common, f"resume_checkpoint={tmp_path / 'split' / 'ckpt_00000002.pt'}"
+        )
+    )
+    a, b = (ckpt.load(tmp_path / r / "ckpt_00000006.pt", train_classifier.RESUME_KEYS) for r in ("straight", "split"))
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert a["best"] == b["best"]
+    assert a["optim_state_dict"]["state"][0]["step"] == b["optim_state_dict"]["state"][0]["step"]
 
 
 def test_augment_shifts_scales_and_adds_noise():
-    cfg = train_classifier.parse_config(['train_csv=a', 'valid_csv=b', 'checkpoint_path=c', 'noise_prob=0',
-                                         'gain_range=[2,2]', 'shift_s=0.001'])
+    cfg = train_classifier.parse_config(
+        ["train_csv=a", "valid_csv=b", "checkpoint_path=c", "noise_prob=0", "gain_range=[2,2]", "shift_s=0.001"]
+    )
     wav = torch.zeros(3, 1000)
     wav[:, 500] = 1
     torch.manual_seed(0)
@@ -81,26 +100,37 @@ def test_augment_shifts_scales_and_adds_noise():
     peaks = out.argmax(1)
     assert torch.equal(out.amax(1), torch.full((3,), 2.0)) and ((peaks - 500).abs() <= 16).all()
     assert out.count_nonzero() == 3
-    noisy = train_classifier.augment(wav, train_classifier.parse_config(  # white noise at 20 dB SNR
-        ['train_csv=a', 'valid_csv=b', 'checkpoint_path=c', 'noise_prob=1', 'snr_db_range=[20,20]', 'shift_s=0',
-         'gain_range=[1,1]']))
+    noisy = train_classifier.augment(
+        wav,
+        train_classifier.parse_config(  # white noise at 20 dB SNR
+            [
+                "train_csv=a",
+                "valid_csv=b",
+                "checkpoint_path=c",
+                "noise_prob=1",
+                "snr_db_range=[20,20]",
+                "shift_s=0",
+                "gain_range=[1,1]",
+            ]
+        ),
+    )
     rms = wav.pow(2).mean(1).sqrt()
     assert (noisy - wav).std(1) == pytest.approx(0.1 * rms, rel=0.1)  # 1000 samples per clip: 10 %
 
 
 def test_bad_settings_and_files_fail_before_any_work(splits, tmp_path):
-    run = tmp_path / 'run'
+    run = tmp_path / "run"
     with pytest.raises(ConfigError, match="Unknown config key 'batch_sise'.*batch_size.*train_classifier.py --help"):
-        train_classifier.main(classifier_args(splits, run, 'batch_sise=4'))
+        train_classifier.main(classifier_args(splits, run, "batch_sise=4"))
     with pytest.raises(ConfigError, match="'checkpoint_path' is mandatory"):
-        train_classifier.main([f'train_csv={splits / "sc09-train.csv"}', f'valid_csv={splits / "sc09-valid.csv"}'])
-    with pytest.raises(ConfigError, match='arch=big'):
-        train_classifier.main(classifier_args(splits, run, 'arch=big'))
-    with pytest.raises(RunError, match=f'resume_checkpoint={tmp_path / "nope.pt"} does not exist'):
-        train_classifier.main(classifier_args(splits, run, f'resume_checkpoint={tmp_path / "nope.pt"}'))
-    bad = tmp_path / 'bad.csv'
-    (tmp_path / 'x.wav').write_text('not audio')
-    bad.write_text(f'path,label\n{tmp_path / "x.wav"},one\n')
-    with pytest.raises(AudioError, match=r'x\.wav: not a readable audio file'):
-        train_classifier.main(classifier_args(splits, run, f'train_csv={bad}'))
+        train_classifier.main([f"train_csv={splits / 'sc09-train.csv'}", f"valid_csv={splits / 'sc09-valid.csv'}"])
+    with pytest.raises(ConfigError, match="arch=big"):
+        train_classifier.main(classifier_args(splits, run, "arch=big"))
+    with pytest.raises(RunError, match=f"resume_checkpoint={tmp_path / 'nope.pt'} does not exist"):
+        train_classifier.main(classifier_args(splits, run, f"resume_checkpoint={tmp_path / 'nope.pt'}"))
+    bad = tmp_path / "bad.csv"
+    (tmp_path / "x.wav").write_text("not audio")
+    bad.write_text(f"path,label\n{tmp_path / 'x.wav'},one\n")
+    with pytest.raises(AudioError, match=r"x\.wav: not a readable audio file"):
+        train_classifier.main(classifier_args(splits, run, f"train_csv={bad}"))
     assert not run.exists()

@@ -1,20 +1,34 @@
 """Vocoders: HiFi-GAN and iSTFT shapes and alignment, weight-norm folding, every file format, Griffin-Lim
 inversion, and iSTFT vocoder files through generate.py and the hub entry."""
+
 import math
 
 import pytest
 import soundfile as sf
 import torch
+from tiny_asgan import FEATURE_DIM, make_checkpoint
 from torch.package import PackageExporter
 
-import generate
-import hubconf
-from density import audio
-from density.inference import N_SAMPLES
-from density.vocoder import (VOCODER_CONFIGS, GriffinLimVocoder, HifiGAN, HifiGANConfig, ISTFTConfig, ISTFTVocoder,
-                             build_vocoder, hubert_config, istft_hubert_config, istft_mel_config, load_vocoder,
-                             mel_config, save_vocoder, vocoder_config)
-from tiny_asgan import FEATURE_DIM, make_checkpoint
+from density.audio import signal as audio
+from density.inference import generate
+from density.inference import hub as hubconf
+from density.inference.asgan import N_SAMPLES
+from density.vocoders.vocoder import (
+    VOCODER_CONFIGS,
+    GriffinLimVocoder,
+    HifiGAN,
+    HifiGANConfig,
+    ISTFTConfig,
+    ISTFTVocoder,
+    build_vocoder,
+    hubert_config,
+    istft_hubert_config,
+    istft_mel_config,
+    load_vocoder,
+    mel_config,
+    save_vocoder,
+    vocoder_config,
+)
 
 
 def tiny_hifigan(in_dim=12):
@@ -55,8 +69,9 @@ def test_istft_trains():
     model = tiny_istft().train()
     loss = model(torch.randn(2, 5, FEATURE_DIM)).square().mean()
     loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0
-               for p in model.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0 for p in model.parameters()
+    )
 
 
 def test_small_hifigan_shapes():
@@ -71,8 +86,9 @@ def test_istft_inverts_log_mel_framing_exactly():
     """The STFT with log_mel's framing (reflect pad 432, n_fft 1024, hop 160, no centring) is inverted sample for
     sample: frame j of log_mel(wav) is frame j of the vocoder's inverse STFT, and sample t of the output is
     sample t of wav; with torch.istft's centring the same frames land 80 samples (hop/2) earlier."""
-    model = ISTFTVocoder(ISTFTConfig(audio.N_MELS, hop=audio.HOP, n_fft=audio.N_FFT, dim=8, intermediate_dim=8,
-                                     num_layers=1))
+    model = ISTFTVocoder(
+        ISTFTConfig(audio.N_MELS, hop=audio.HOP, n_fft=audio.N_FFT, dim=8, intermediate_dim=8, num_layers=1)
+    )
     wav = torch.randn(2, audio.SAMPLE_RATE)
     padded = torch.nn.functional.pad(wav, (audio.PAD, audio.PAD), mode="reflect")
     window = torch.hann_window(audio.N_FFT)
@@ -84,12 +100,12 @@ def test_istft_inverts_log_mel_framing_exactly():
 
 
 def test_registry_and_build_vocoder():
-    assert set(VOCODER_CONFIGS) == {"hifigan_hubert", "hifigan_mel", "hifigan_mel_small", "istft_hubert",
-                                    "istft_mel"}
+    assert set(VOCODER_CONFIGS) == {"hifigan_hubert", "hifigan_mel", "hifigan_mel_small", "istft_hubert", "istft_mel"}
     assert vocoder_config("hifigan_hubert") == ("hifigan", hubert_config())  # the released V1 shapes
     assert vocoder_config("istft_mel") == ("istft", istft_mel_config())
-    model = build_vocoder("istft", {"in_dim": 4, "hop": 160, "n_fft": 640, "dim": 8, "intermediate_dim": 8,
-                                    "num_layers": 1})
+    model = build_vocoder(
+        "istft", {"in_dim": 4, "hop": 160, "n_fft": 640, "dim": 8, "intermediate_dim": 8, "num_layers": 1}
+    )
     assert isinstance(model, ISTFTVocoder) and model.training
     assert any(".parametrizations." in k for k in build_vocoder(*vocoder_config("hifigan_mel_small")).state_dict())
     with pytest.raises(ValueError, match="unknown vocoder config 'istft'; choose one of hifigan_hubert"):
@@ -139,8 +155,12 @@ def test_tagged_and_old_files_roundtrip(tmp_path, fmt):
     with torch.no_grad():
         expected = model(c)
     if fmt == "old_hifigan":  # the format written before the tag
-        old_cfg = {"in_dim": 12, "upsample_rates": [10, 8, 2, 2], "upsample_kernel_sizes": [20, 16, 4, 4],
-                   "upsample_initial_channel": 16}
+        old_cfg = {
+            "in_dim": 12,
+            "upsample_rates": [10, 8, 2, 2],
+            "upsample_kernel_sizes": [20, 16, 4, 4],
+            "upsample_initial_channel": 16,
+        }
         torch.save({"hifigan_cfg": old_cfg, "state_dict": model.state_dict()}, tmp_path / "voc.pt")
     else:
         save_vocoder(model, tmp_path / "voc.pt")
@@ -208,8 +228,8 @@ def test_bad_vocoder_files_are_clear_errors(tmp_path):
 
 def test_griffin_lim_inverts_log_mel():
     t = torch.arange(audio.SAMPLE_RATE) / audio.SAMPLE_RATE
-    envelope = torch.exp(-((t - 0.5) / 0.15) ** 2)
-    wav = envelope * (0.5 * torch.sin(2 * math.pi * (200 * t + 300 * t ** 2)) + 0.2 * torch.sin(2 * math.pi * 1000 * t))
+    envelope = torch.exp(-(((t - 0.5) / 0.15) ** 2))
+    wav = envelope * (0.5 * torch.sin(2 * math.pi * (200 * t + 300 * t**2)) + 0.2 * torch.sin(2 * math.pi * 1000 * t))
     target = audio.log_mel(wav[None])  # (1, 128, 100)
     gl = GriffinLimVocoder(n_iter=16)
     out = gl(target.transpose(1, 2))
@@ -234,8 +254,23 @@ def test_istft_file_through_generate_and_hub(tmp_path):
     g = make_checkpoint(tmp_path / "ckpt.pt")
     vocoder = tiny_istft()
     save_vocoder(vocoder, tmp_path / "istft.pt")
-    generate.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--vocoder", str(tmp_path / "istft.pt"), "--out_dir",
-                   str(tmp_path / "out"), "--n", "2", "--png_max", "0", "--no_progress", "--device", "cpu"])
+    generate.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "ckpt.pt"),
+            "--vocoder",
+            str(tmp_path / "istft.pt"),
+            "--out_dir",
+            str(tmp_path / "out"),
+            "--n",
+            "2",
+            "--png_max",
+            "0",
+            "--no_progress",
+            "--device",
+            "cpu",
+        ]
+    )
     z = torch.randn(2, g.z_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = audio.fit_length(vocoder(g(z)).squeeze(1), N_SAMPLES)  # (2, 16000), 16 frames * 320 centred

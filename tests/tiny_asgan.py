@@ -6,11 +6,12 @@ at every layer, reference note 14), so each layer's `norm_ema` is calibrated to 
 has zero biases and a calibrated output gain, so that its waveform depends on its input instead of being
 dominated by the biases.
 """
+
 import torch
 
 from density.config import config_to_yaml, parse_config
 from density.models import Generator
-from density.vocoder import HifiGAN, HifiGANConfig
+from density.vocoders.vocoder import HifiGAN, HifiGANConfig
 
 FEATURE_DIM = 12  # c_dim of the tiny HuBERT-like model
 TINY_SPECS = [[32, 3, 2.0]] * 5 + [[24, 3, 4.0]] * 4 + [[16, 3, 8.0]] * 3 + [[16, 3, 16.0]] * 2
@@ -18,9 +19,20 @@ TINY_SPECS = [[32, 3, 2.0]] * 5 + [[24, 3, 4.0]] * 4 + [[16, 3, 8.0]] * 3 + [[16
 
 def tiny_cfg(mel=False):
     c = 128 if mel else FEATURE_DIM
-    cfg = parse_config(["model=rp_w", "z_dim=16", f"c_dim={c}", "rp_w_cfg.z_dim=16", "rp_w_cfg.w_dim=16",
-                        f"rp_w_cfg.c_dim={c}", "rp_w_cfg.ff_channels=16", "rp_w_cfg.seq_len=16",
-                        f"rp_w_cfg.head_spec=[{c},1]"] + (["preset=mel"] if mel else []))
+    cfg = parse_config(
+        [
+            "model=rp_w",
+            "z_dim=16",
+            f"c_dim={c}",
+            "rp_w_cfg.z_dim=16",
+            "rp_w_cfg.w_dim=16",
+            f"rp_w_cfg.c_dim={c}",
+            "rp_w_cfg.ff_channels=16",
+            "rp_w_cfg.seq_len=16",
+            f"rp_w_cfg.head_spec=[{c},1]",
+        ]
+        + (["preset=mel"] if mel else [])
+    )
     cfg.rp_w_cfg.layer_specs = TINY_SPECS
     return cfg
 

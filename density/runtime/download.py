@@ -9,6 +9,7 @@ TOTAL_TIMEOUT_S (environment variable ASGAN_DOWNLOAD_TIMEOUT), fails. Every URL 
 default that an argument or an environment variable overrides (argument first), which lets users point at
 mirrors and tests at a local server.
 """
+
 import hashlib
 import http.client
 import os
@@ -22,12 +23,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from density.fileio import atomic_path, remove_stale_temporaries
+from density.runtime.fileio import atomic_path, remove_stale_temporaries
 
 CHUNK = 1 << 20  # 1 MiB read size: few syscalls, smooth progress bar
 IDLE_TIMEOUT_S = 60  # socket timeout per read: a stalled server is an error, not a hang
 TOTAL_TIMEOUT_S = 7200  # a server trickling bytes is an error too (ASGAN_DOWNLOAD_TIMEOUT overrides)
-TORCH_SUFFIXES = ('.pt', '.pth', '.ckpt', '.bin')
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
 class DownloadError(RuntimeError):
@@ -56,8 +57,10 @@ def sha256_of(path) -> str:
 
 def _check_sha(actual, expected, what):
     if expected and actual.lower() != expected.lower():
-        raise DownloadError(f"{what}: SHA-256 is {actual}, expected {expected}. The file is corrupt, truncated "
-                            "or not the one intended; check the URL and the expected hash.")
+        raise DownloadError(
+            f"{what}: SHA-256 is {actual}, expected {expected}. The file is corrupt, truncated "
+            "or not the one intended; check the URL and the expected hash."
+        )
 
 
 def download(url, model_dir=None, sha256=None, progress=True, filename=None) -> Path:
@@ -105,8 +108,7 @@ def _check_content(path, url, name):
     with open(path, "rb") as f:
         head = f.read(512)
     if head.lstrip()[:9].lower().startswith((b"<!doctype", b"<html")):
-        raise DownloadError(f"download of {url} is an HTML page, not {name}: check the URL (a login or "
-                            "error page?)")
+        raise DownloadError(f"download of {url} is an HTML page, not {name}: check the URL (a login or error page?)")
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
@@ -114,11 +116,11 @@ def _check_content(path, url, name):
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             bad = f"{e}"
         if bad is not None:
-            raise DownloadError(f"download of {url} is incomplete or corrupt (zip member {bad} fails its check); "
-                                "try again")
+            raise DownloadError(
+                f"download of {url} is incomplete or corrupt (zip member {bad} fails its check); try again"
+            )
     elif name.endswith(TORCH_SUFFIXES) and not head.startswith(b"\x80"):
-        raise DownloadError(f"download of {url} is not a complete torch file (no zip directory: cut short?); "
-                            "try again")
+        raise DownloadError(f"download of {url} is not a complete torch file (no zip directory: cut short?); try again")
 
 
 def _stream(url, out, progress, name) -> str:
@@ -130,24 +132,29 @@ def _stream(url, out, progress, name) -> str:
     try:
         with urllib.request.urlopen(url, timeout=IDLE_TIMEOUT_S) as response:
             if response.headers.get_content_type() == "text/html":
-                raise DownloadError(f"download of {url} is an HTML page, not {name}: check the URL (a login or "
-                                    "error page?)")
+                raise DownloadError(
+                    f"download of {url} is an HTML page, not {name}: check the URL (a login or error page?)"
+                )
             length = response.headers.get("Content-Length")
             total = int(length) if length is not None else None
             read = getattr(response, "read1", response.read)  # returns what has arrived: the deadline is checked
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
-                      desc=name) as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress, desc=name
+            ) as bar:
                 while block := read(CHUNK):
                     out.write(block)
                     digest.update(block)
                     received += len(block)
                     bar.update(len(block))
                     if time.monotonic() > deadline:
-                        raise DownloadError(f"download of {url} took over {limit:.0f} s ({received} bytes so far); "
-                                            "try again or raise ASGAN_DOWNLOAD_TIMEOUT (seconds)")
+                        raise DownloadError(
+                            f"download of {url} took over {limit:.0f} s ({received} bytes so far); "
+                            "try again or raise ASGAN_DOWNLOAD_TIMEOUT (seconds)"
+                        )
     except TimeoutError as e:
-        raise DownloadError(f"download of {url} stalled: no data for {IDLE_TIMEOUT_S} s after {received} bytes; "
-                            "try again") from e
+        raise DownloadError(
+            f"download of {url} stalled: no data for {IDLE_TIMEOUT_S} s after {received} bytes; try again"
+        ) from e
     except http.client.HTTPException as e:  # e.g. IncompleteRead: the server closed the connection early
         raise DownloadError(f"download of {url} was truncated after {received} bytes: {e!r}; try again") from e
     except (urllib.error.URLError, OSError, ValueError) as e:

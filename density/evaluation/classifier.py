@@ -15,7 +15,7 @@ stem: 72 k parameters, 0.022 GFLOP/clip), trainable on a 2-core CPU in minutes.
 whole pickled `DataParallel(CifarResNeXt)`) through a restricted unpickler that turns every allowed class into
 an inert placeholder and refuses any other global.
 """
-import csv
+
 import hashlib
 import pickle
 import warnings
@@ -25,14 +25,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from density.audio import SAMPLE_RATE, load_audio, mel_filterbank
-from density.fairseq_checkpoint import (Placeholder, RestrictedUnpickler, UnsafeCheckpointError,
-                                        restricted_pickle_module)
+from density.audio.signal import SAMPLE_RATE, load_audio, mel_filterbank
+from density.data.splits import SC09_CLASSES
+from density.features.fairseq_checkpoint import (
+    Placeholder,
+    RestrictedUnpickler,
+    UnsafeCheckpointError,
+    restricted_pickle_module,
+)
 
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s
 N_FFT, HOP, N_MELS = 2048, 512, 32  # 32 frames x 32 bands for a 1-s clip
 AMIN, TOP_DB = 1e-10, 80.0  # librosa.power_to_db defaults
-SC09_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CONFIGS = {
     "paper": dict(cardinality=8, base_width=64, widen_factor=4, stem=64),
     "cpu": dict(cardinality=4, base_width=4, widen_factor=0.25, stem=16),
@@ -57,7 +61,7 @@ def classifier_input(wav):
     x = fix_length(wav.reshape(-1, wav.shape[-1]).float())  # (B, 16000)
     window = torch.hann_window(N_FFT, periodic=True, device=x.device)
     spec = torch.stft(x, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True)
-    power = spec.real ** 2 + spec.imag ** 2  # (B, 1025, 32)
+    power = spec.real**2 + spec.imag**2  # (B, 1025, 32)
     mel = mel_filterbank(N_FFT, N_MELS).to(x.device).T @ power  # (B, 32, 32)
     db = 10 * torch.log10(mel.clamp_min(AMIN))
     ref = 10 * torch.log10(mel.amax((1, 2), keepdim=True).clamp_min(AMIN))
@@ -102,8 +106,9 @@ class ResNeXt(nn.Module):
         if (depth - 2) % 9:
             raise ValueError(f"ResNeXt depth must be 9k + 2, got {depth}")
         self.classes = tuple(classes)
-        self.config = dict(cardinality=cardinality, base_width=base_width, widen_factor=widen_factor, stem=stem,
-                           depth=depth)
+        self.config = dict(
+            cardinality=cardinality, base_width=base_width, widen_factor=widen_factor, stem=stem, depth=depth
+        )
         widths = [stem] + [int(c * widen_factor) for c in (64, 128, 256)]
         self.conv_1_3x3 = nn.Conv2d(1, stem, 3, 1, 1, bias=False)
         self.bn_1 = nn.BatchNorm2d(stem)
@@ -111,8 +116,10 @@ class ResNeXt(nn.Module):
             stage = nn.Sequential()
             for b in range((depth - 2) // 9):
                 c_in = widths[s - 1] if b == 0 else widths[s]
-                stage.add_module(f"stage_{s}_bottleneck_{b}", ResNeXtBottleneck(
-                    c_in, widths[s], stride if b == 0 else 1, cardinality, base_width, widen_factor))
+                stage.add_module(
+                    f"stage_{s}_bottleneck_{b}",
+                    ResNeXtBottleneck(c_in, widths[s], stride if b == 0 else 1, cardinality, base_width, widen_factor),
+                )
             self.add_module(f"stage_{s}", stage)
         self.classifier = nn.Linear(widths[3], len(self.classes))
         self.n_features = widths[3]
@@ -145,8 +152,13 @@ class ResNeXt(nn.Module):
 
 def checkpoint_dict(model, **extra):
     """The weights_only-safe dict `load_classifier` reads: format, config, classes, state_dict, plus `extra`."""
-    return dict(format=FORMAT, config=dict(model.config), classes=list(model.classes),
-                state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra)
+    return dict(
+        format=FORMAT,
+        config=dict(model.config),
+        classes=list(model.classes),
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    )
 
 
 def file_sha256(path):
@@ -162,14 +174,22 @@ class PublishedPlaceholder(Placeholder):
 
 
 class _PublishedUnpickler(RestrictedUnpickler):
-    allowed = {k: v for k, v in RestrictedUnpickler.allowed.items()
-               if k[0] in ("collections", "torch", "torch._utils", "builtins")}
+    allowed = {
+        k: v
+        for k, v in RestrictedUnpickler.allowed.items()
+        if k[0] in ("collections", "torch", "torch._utils", "builtins")
+    }
     placeholder_base = PublishedPlaceholder
     kind = "the published SC09 classifier"
-    _MODULES = {("torch.nn.parallel.data_parallel", "DataParallel"), ("torch.nn.modules.conv", "Conv2d"),
-                ("torch.nn.modules.batchnorm", "BatchNorm2d"), ("torch.nn.modules.linear", "Linear"),
-                ("torch.nn.modules.container", "Sequential"), (PUBLISHED_MODULE, "CifarResNeXt"),
-                (PUBLISHED_MODULE, "ResNeXtBottleneck")}
+    _MODULES = {
+        ("torch.nn.parallel.data_parallel", "DataParallel"),
+        ("torch.nn.modules.conv", "Conv2d"),
+        ("torch.nn.modules.batchnorm", "BatchNorm2d"),
+        ("torch.nn.modules.linear", "Linear"),
+        ("torch.nn.modules.container", "Sequential"),
+        (PUBLISHED_MODULE, "CifarResNeXt"),
+        (PUBLISHED_MODULE, "ResNeXtBottleneck"),
+    }
 
     @classmethod
     def placeholder_for(cls, module, name):
@@ -196,8 +216,9 @@ def _published_model(path):
     """The published pickled DataParallel(CifarResNeXt) -> ResNeXt with its weights (SC09 classes)."""
     with warnings.catch_warnings():  # the legacy format checks module sources; placeholders have none
         warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
-        root = torch.load(path, map_location="cpu", weights_only=False,
-                          pickle_module=restricted_pickle_module(_PublishedUnpickler))
+        root = torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle_module(_PublishedUnpickler)
+        )
     if type(root).__name__ == "DataParallel":
         root = root.state.get("_modules", {}).get("module") if isinstance(root.state, dict) else None
     if type(root).__name__ != "CifarResNeXt" or not isinstance(root.state, dict):
@@ -220,8 +241,10 @@ def load_classifier(path, device="cpu"):
     """
     path = Path(path)
     if not path.is_file():
-        raise ClassifierError(f"classifier file {path} does not exist: train one with train_classifier.py "
-                              "(see README, Evaluation) or download the published SC09 classifier resnext.pth")
+        raise ClassifierError(
+            f"classifier file {path} does not exist: train one with train_classifier.py "
+            "(see README, Evaluation) or download the published SC09 classifier resnext.pth"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # holds globals: maybe the published whole-model pickle
@@ -236,39 +259,22 @@ def load_classifier(path, device="cpu"):
         except ClassifierError:
             raise
         except Exception as e:
-            raise ClassifierError(f"{path}: neither a train_classifier.py checkpoint nor the published "
-                                  f"classifier ({type(e).__name__}: {e})") from e
+            raise ClassifierError(
+                f"{path}: neither a train_classifier.py checkpoint nor the published "
+                f"classifier ({type(e).__name__}: {e})"
+            ) from e
     elif isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
         model, state = ResNeXt(ckpt["classes"], **ckpt["config"]), ckpt["state_dict"]
     else:
-        raise ClassifierError(f"{path}: not a classifier checkpoint (no format '{FORMAT}'); use a file written "
-                              "by train_classifier.py or the published resnext.pth")
+        raise ClassifierError(
+            f"{path}: not a classifier checkpoint (no format '{FORMAT}'); use a file written "
+            "by train_classifier.py or the published resnext.pth"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ClassifierError(f"{path}: weights do not fit the classifier they describe: {e}") from e
     return model.to(device).eval()
-
-
-def read_split_csv(path):
-    """A `path,label` CSV written by split_data.py -> (paths, labels), lists of str. ClassifierError names a
-    missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClassifierError(f"{path}: no such CSV; write the splits with split_data.py --root_path <tree> "
-                              "--sc09_only true")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise ClassifierError(f"{path}: expected a CSV with columns path,label and at least one row "
-                              "(as split_data.py writes)")
-    return [r["path"] for r in rows], [r["label"] for r in rows]
-
-
-def class_order(labels):
-    """Output order for a label set: SC09 order when every label is a digit word, else sorted."""
-    names = set(labels)
-    return tuple(c for c in SC09_CLASSES if c in names) if names <= set(SC09_CLASSES) else tuple(sorted(names))
 
 
 class ClipDataset(torch.utils.data.Dataset):

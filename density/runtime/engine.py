@@ -20,11 +20,13 @@ With several ranks, forwards of a Trainable copy rank 0's buffers to all ranks f
 DeepSpeed broadcasts only parameters, so its Trainable does it before every forward): ranks are seeded
 differently, so without it they would hold different random Fourier frequencies and norm EMAs.
 """
+
 import contextlib
 import logging
 import math
 import os
 import socket
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -33,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 log = logging.getLogger(__name__)
 
 FP16_INIT_SCALE = 512  # GradScaler start value of the reference (reference note 28)
-ENGINES = ('torch', 'deepspeed')
+ENGINES = ("torch", "deepspeed")
 
 
 class EngineError(RuntimeError):
@@ -43,12 +45,12 @@ class EngineError(RuntimeError):
 def make_engine(cfg):
     if cfg.engine not in ENGINES:
         raise EngineError(f"engine={cfg.engine}: choose one of {', '.join(ENGINES)}")
-    return (TorchEngine if cfg.engine == 'torch' else DeepSpeedEngine)(cfg)
+    return (TorchEngine if cfg.engine == "torch" else DeepSpeedEngine)(cfg)
 
 
 def _launch():
     """(rank, local_rank, world_size) from the torchrun / deepspeed launcher environment."""
-    return tuple(int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('LOCAL_RANK', 0), ('WORLD_SIZE', 1)))
+    return tuple(int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
 
 
 class _Engine:
@@ -58,28 +60,29 @@ class _Engine:
         wanted = cfg.distributed.n_nodes * cfg.distributed.n_gpus_per_node
         if wanted > 1 and self.world_size == 1:
             raise EngineError(
-                f'distributed.n_nodes x n_gpus_per_node = {wanted} but this is one process: launch one process '
-                f'per GPU with `torchrun --nproc_per_node {cfg.distributed.n_gpus_per_node} train_asgan.py ...` '
-                f'(engine=torch) or `deepspeed --num_gpus {cfg.distributed.n_gpus_per_node} train_asgan.py '
-                f'engine=deepspeed ...`')
+                f"distributed.n_nodes x n_gpus_per_node = {wanted} but this is one process: launch one process "
+                f"per GPU with `torchrun --nproc_per_node {cfg.distributed.n_gpus_per_node} train_asgan.py ...` "
+                f"(engine=torch) or `deepspeed --num_gpus {cfg.distributed.n_gpus_per_node} train_asgan.py "
+                f"engine=deepspeed ...`"
+            )
         cuda = torch.cuda.is_available()
-        self.device = torch.device('cuda', local_rank) if cuda else torch.device('cpu')
+        self.device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(self.device)
-        self.backend = cfg.distributed.dist_backend if cuda else 'gloo'
+        self.backend = cfg.distributed.dist_backend if cuda else "gloo"
         if cfg.bf16:
-            self.precision = 'bf16'
+            self.precision = "bf16"
         elif cfg.fp16 and not cuda:
-            log.warning('fp16=True needs a CUDA device; training in fp32 on the CPU')
-            self.precision = 'fp32'
+            log.warning("fp16=True needs a CUDA device; training in fp32 on the CPU")
+            self.precision = "fp32"
         else:
-            self.precision = 'fp16' if cfg.fp16 else 'fp32'
+            self.precision = "fp16" if cfg.fp16 else "fp32"
         self.grad_clip = cfg.grad_clip
 
     def autocast(self):
-        if self.precision == 'fp32':
+        if self.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == 'fp16' else torch.bfloat16
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 
     def all_sum(self, t):
@@ -111,9 +114,10 @@ class TorchEngine(_Engine):
         model.to(self.device)
         ddp = None
         if self.world_size > 1:
-            ddp = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == 'cuda' else None)
-        scaler = torch.amp.GradScaler(self.device.type, init_scale=FP16_INIT_SCALE) \
-            if self.precision == 'fp16' else None
+            ddp = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        scaler = (
+            torch.amp.GradScaler(self.device.type, init_scale=FP16_INIT_SCALE) if self.precision == "fp16" else None
+        )
         return TorchTrainable(model, ddp, optimizer, scaler, self.grad_clip)
 
 
@@ -157,7 +161,7 @@ class TorchTrainable(_Trainable):
 
 def _free_port():
     with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
+        s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
@@ -172,20 +176,24 @@ class DeepSpeedEngine(_Engine):
     def __init__(self, cfg):
         super().__init__(cfg)
         import deepspeed
-        logging.getLogger('DeepSpeed').setLevel(logging.WARNING)
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.deepspeed = deepspeed
-        if 'RANK' not in os.environ:  # plain `python train_asgan.py engine=deepspeed`: a one-process group
-            os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
-                              MASTER_PORT=str(_free_port()))
+        if "RANK" not in os.environ:  # plain `python train_asgan.py engine=deepspeed`: a one-process group
+            os.environ.update(
+                RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+            )
         deepspeed.init_distributed(dist_backend=self.backend, auto_mpi_discovery=False, verbose=False)
         self.ds_config = {
-            'train_micro_batch_size_per_gpu': cfg.batch_size,
-            'gradient_accumulation_steps': 1,
-            'gradient_clipping': cfg.grad_clip,
-            'zero_optimization': {'stage': 0},
-            'steps_per_print': 2 ** 62,
-            'torch_autocast': {'enabled': self.precision != 'fp32',
-                               'dtype': 'float16' if self.precision == 'fp16' else 'bfloat16'},
+            "train_micro_batch_size_per_gpu": cfg.batch_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": 0},
+            "steps_per_print": 2**62,
+            "torch_autocast": {
+                "enabled": self.precision != "fp32",
+                "dtype": "float16" if self.precision == "fp16" else "bfloat16",
+            },
         }
 
     def close(self):
@@ -242,3 +250,41 @@ class DeepSpeedTrainable(_Trainable):
         else:
             self.engine.zero_grad()
         return norm
+
+
+def resolve_device(device=None) -> torch.device:
+    """None -> CUDA if available else CPU; a CUDA device without CUDA -> CPU with a warning."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(f"device {device} requested but CUDA is not available; using the CPU", stacklevel=3)
+        return torch.device("cpu")
+    return device
+
+
+def mean_over_ranks(engine, *values):
+    """Python floats of scalar tensors averaged over ranks (one host sync), so every rank decides alike."""
+    t = torch.stack([v.detach().float() for v in values])
+    return (engine.all_sum(t) / engine.world_size).tolist()
+
+
+def optimise(trainable, loss, name, steps, grad_norms=None):
+    """Backward, clip and step one model; returns the pre-clip gradient norm (non-finite: update skipped).
+
+    grad_norms: a dict that receives '{name}.{parameter}' -> unscaled gradient L2 norm, for the figure.
+    """
+    trainable.backward(loss)
+    if grad_norms is not None:
+        scale = trainable.scaler.get_scale() if trainable.scaler else 1.0
+        grad_norms.update(
+            {
+                f"{name}.{n}": p.grad.float().norm().item() / scale
+                for n, p in trainable.module.named_parameters()
+                if p.grad is not None
+            }
+        )
+    norm = trainable.step()
+    if not math.isfinite(norm):
+        log.warning("step %d: non-finite %s gradient norm (%s); %s update skipped", steps, name, norm, name)
+    return norm

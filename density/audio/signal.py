@@ -6,6 +6,7 @@ asked (`resample=True`), otherwise it is an error. `log_mel` reproduces torchaud
 MelSpectrogram(n_fft 1024, hop 160, center False, power 1, Slaney mel scale and norm, 128 bands) after
 reflect-padding, then log(max(mel, 1e-5)).
 """
+
 import functools
 import math
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy.signal import resample_poly
 
-from density.fileio import atomic_path
+from density.runtime.fileio import atomic_path
 
 SAMPLE_RATE = 16000  # SC09 / HuBERT rate
 N_FFT = 1024  # STFT size = window length
@@ -24,7 +25,8 @@ HOP = 160  # 10 ms hop -> 100 frames per second
 N_MELS = 128  # mel bands
 F_MAX = SAMPLE_RATE / 2  # top mel edge: Nyquist
 PAD = (N_FFT - HOP) // 2  # 432 reflect-pad samples per side so a 1-s clip gives exactly 100 frames
-LOG_FLOOR = 1e-5  # clamp before log; silence maps to log(1e-5) = -11.51
+LOG_FLOOR = 1e-5  # clamp before log
+LOG_MEL_SILENCE = math.log(LOG_FLOOR)  # log-mel of digital silence: -11.51
 
 # Slaney mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above (27 mels per factor 6.4).
 _F_SP = 200.0 / 3
@@ -61,8 +63,10 @@ def load_audio(path, sr=SAMPLE_RATE, resample=False):
 
 
 def _rate_error(path, file_sr, sr):
-    return AudioError(f"{path}: sample rate is {file_sr} Hz, expected {sr} Hz; "
-                      "convert it or enable resampling (resample=True / --resample)")
+    return AudioError(
+        f"{path}: sample rate is {file_sr} Hz, expected {sr} Hz; "
+        "convert it or enable resampling (resample=True / --resample)"
+    )
 
 
 def check_audio_files(paths, sr=SAMPLE_RATE, resample=False):
@@ -91,7 +95,7 @@ def fit_length(wav, n=SAMPLE_RATE):
     T = wav.shape[-1]
     if T > n:
         start = (T - n) // 2
-        return wav[..., start:start + n]
+        return wav[..., start : start + n]
     return F.pad(wav, ((n - T) // 2, n - T - (n - T) // 2))
 
 
@@ -103,8 +107,10 @@ def save_wav(path, wav, sr=SAMPLE_RATE):
         wav = wav.detach().cpu().float().numpy()
     wav = np.asarray(wav, dtype=np.float32)
     if not np.isfinite(wav).all():
-        raise ValueError(f"{path}: not written, the audio holds {np.count_nonzero(~np.isfinite(wav))} NaN or "
-                         "infinite samples (a diverged model or a bad --truncation?)")
+        raise ValueError(
+            f"{path}: not written, the audio holds {np.count_nonzero(~np.isfinite(wav))} NaN or "
+            "infinite samples (a diverged model or a bad --truncation?)"
+        )
     wav = np.clip(wav, -1.0, 1.0)
     with atomic_path(path) as tmp:
         sf.write(tmp, wav, sr, subtype="PCM_16", format="WAV")
@@ -112,8 +118,7 @@ def save_wav(path, wav, sr=SAMPLE_RATE):
 
 def _hz_to_mel(f):
     f = np.asarray(f, dtype=np.float64)
-    return np.where(f >= _MIN_LOG_HZ, _MIN_LOG_MEL + np.log(np.maximum(f, 1e-12) / _MIN_LOG_HZ) / _LOGSTEP,
-                    f / _F_SP)
+    return np.where(f >= _MIN_LOG_HZ, _MIN_LOG_MEL + np.log(np.maximum(f, 1e-12) / _MIN_LOG_HZ) / _LOGSTEP, f / _F_SP)
 
 
 def _mel_to_hz(m):
@@ -121,7 +126,7 @@ def _mel_to_hz(m):
     return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - _MIN_LOG_MEL)), m * _F_SP)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _filterbank(n_fft=N_FFT, n_mels=N_MELS):
     all_freqs = np.linspace(0, SAMPLE_RATE // 2, n_fft // 2 + 1)  # (n_fft/2+1,) STFT bin centres
     f_pts = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(F_MAX), n_mels + 2))  # (n_mels+2,) band edges
@@ -152,8 +157,9 @@ def log_mel(wav):
     lead = wav.shape[:-1]
     x = F.pad(wav.reshape(-1, wav.shape[-1]).float(), (PAD, PAD), mode="reflect")  # (N, T + 864)
     window = torch.hann_window(N_FFT, periodic=True, device=x.device)
-    spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=N_FFT, window=window, center=False,
-                      onesided=True, return_complex=True).abs()  # (N, 513, frames)
+    spec = torch.stft(
+        x, N_FFT, hop_length=HOP, win_length=N_FFT, window=window, center=False, onesided=True, return_complex=True
+    ).abs()  # (N, 513, frames)
     mel = torch.matmul(_filterbank().to(x.device).T, spec)  # (N, 128, frames)
     out = torch.log(torch.clamp(mel, min=LOG_FLOOR))
     assert out.shape[-2:] == (N_MELS, num_mel_frames(wav.shape[-1]))

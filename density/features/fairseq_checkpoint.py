@@ -10,11 +10,12 @@ would let a file overwrite, e.g., the defaults of torch's own tensor rebuilder),
 runs with that opcode guarded. `hubert_config` and `hubert_state_dict` turn the fairseq config and weights
 into a transformers `HubertConfig` and a `HubertModel` state dict.
 """
-import argparse
+
 import _compat_pickle
+import argparse
 import ast
-import collections
 import codecs
+import collections
 import pickle
 import types
 
@@ -71,6 +72,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     accepts into inert `placeholder_base` subclasses. BUILD (set state) is allowed only on instances of
     `buildable`; never on a class, function or module. `kind` names the expected file in errors. Subclass and
     override these four to read another format."""
+
     allowed = _ALLOWED
     placeholder_base = FairseqPlaceholder
     buildable = (collections.OrderedDict, argparse.Namespace, Placeholder, np.ndarray, np.dtype)
@@ -85,8 +87,10 @@ class RestrictedUnpickler(pickle._Unpickler):
     def load_build(self):
         inst = self.stack[-2]  # below the state
         if not isinstance(inst, self.buildable):
-            raise UnsafeCheckpointError(f"checkpoint sets the state of {inst!r}, which {self.kind} never "
-                                        "does; refusing to load it (the file may be unsafe)")
+            raise UnsafeCheckpointError(
+                f"checkpoint sets the state of {inst!r}, which {self.kind} never "
+                "does; refusing to load it (the file may be unsafe)"
+            )
         super().load_build()
 
     dispatch[pickle.BUILD[0]] = load_build
@@ -101,15 +105,18 @@ class RestrictedUnpickler(pickle._Unpickler):
             if key not in self._placeholders:
                 self._placeholders[key] = type(name, (self.placeholder_base,), {"__module__": module})
             return self._placeholders[key]
-        raise UnsafeCheckpointError(f"checkpoint references the global '{module}.{name}', which {self.kind} "
-                                    "does not need; refusing to load it (the file may be unsafe)")
+        raise UnsafeCheckpointError(
+            f"checkpoint references the global '{module}.{name}', which {self.kind} "
+            "does not need; refusing to load it (the file may be unsafe)"
+        )
 
 
 def restricted_pickle_module(unpickler):
     """A pickle "module" for torch.load(pickle_module=...): torch subclasses its `Unpickler` (keeping our
     find_class) and calls `load`."""
-    return types.SimpleNamespace(Unpickler=unpickler, load=lambda f, **kw: unpickler(f, **kw).load(),
-                                 __name__="restricted_pickle")
+    return types.SimpleNamespace(
+        Unpickler=unpickler, load=lambda f, **kw: unpickler(f, **kw).load(), __name__="restricted_pickle"
+    )
 
 
 _restricted_pickle = restricted_pickle_module(RestrictedUnpickler)
@@ -122,8 +129,9 @@ def load_fairseq_checkpoint(path):
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
     except Exception as e:  # truncated, corrupt or not a torch file at all
-        raise ValueError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {e}); "
-                         "is it a complete fairseq HuBERT .pt file?") from e
+        raise ValueError(
+            f"{path}: cannot read this checkpoint ({type(e).__name__}: {e}); is it a complete fairseq HuBERT .pt file?"
+        ) from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise ValueError(f"{path}: not a fairseq checkpoint (expected a dict with a 'model' state dict)")
     return ckpt
@@ -131,6 +139,7 @@ def load_fairseq_checkpoint(path):
 
 def _conv_layers(spec):
     """Evaluate fairseq's conv_feature_layers string, e.g. '[(512,10,5)] + [(512,3,2)] * 4', with no eval()."""
+
     def ev(node):
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
             return node.value
@@ -175,8 +184,10 @@ def hubert_config(ckpt):
     if mode not in ("default", "layer_norm"):
         raise ValueError(f"unsupported fairseq extractor_mode {mode!r} (expected 'default' or 'layer_norm')")
     if m.get("pos_conv_depth", 1) != 1 or m.get("conv_pos_batch_norm", False):
-        raise ValueError("unsupported fairseq positional conv (pos_conv_depth > 1 or conv_pos_batch_norm); "
-                         "HuBERT uses one weight-normed conv")
+        raise ValueError(
+            "unsupported fairseq positional conv (pos_conv_depth > 1 or conv_pos_batch_norm); "
+            "HuBERT uses one weight-normed conv"
+        )
     conv = _conv_layers(m.get("conv_feature_layers", "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"))
     return HubertConfig(
         hidden_size=m.get("encoder_embed_dim", 768),
@@ -186,7 +197,9 @@ def hubert_config(ckpt):
         hidden_act=m.get("activation_fn", "gelu"),
         feat_extract_norm="group" if mode == "default" else "layer",
         feat_extract_activation="gelu",  # fairseq's conv extractor and positional conv always use GELU
-        conv_dim=[c[0] for c in conv], conv_kernel=[c[1] for c in conv], conv_stride=[c[2] for c in conv],
+        conv_dim=[c[0] for c in conv],
+        conv_kernel=[c[1] for c in conv],
+        conv_stride=[c[2] for c in conv],
         conv_bias=bool(m.get("conv_bias", False)),
         num_conv_pos_embeddings=m.get("conv_pos", 128),
         num_conv_pos_embedding_groups=m.get("conv_pos_groups", 16),
@@ -209,8 +222,10 @@ _RENAMES = (
     ("encoder.layer_norm.", "encoder.layer_norm."),
 )
 _LAYER_RENAMES = (
-    ("self_attn.", "attention."), ("self_attn_layer_norm.", "layer_norm."),
-    ("fc1.", "feed_forward.intermediate_dense."), ("fc2.", "feed_forward.output_dense."),
+    ("self_attn.", "attention."),
+    ("self_attn_layer_norm.", "layer_norm."),
+    ("fc1.", "feed_forward.intermediate_dense."),
+    ("fc2.", "feed_forward.output_dense."),
     ("final_layer_norm.", "final_layer_norm."),
 )
 
@@ -228,10 +243,10 @@ def _rename(key, group_norm):
         i, rest = key.split(".", 3)[2:]
         for old, new in _LAYER_RENAMES:
             if rest.startswith(old):
-                return f"encoder.layers.{i}.{new}{rest[len(old):]}"
+                return f"encoder.layers.{i}.{new}{rest[len(old) :]}"
     for old, new in _RENAMES:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     raise KeyError(f"unexpected fairseq HuBERT weight '{key}'")
 
 

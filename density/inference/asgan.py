@@ -5,20 +5,22 @@ autograd), audio longer than 16000 samples is centre-cropped instead of returned
 without `g_ema_state_dict` loads its training G with a warning, and checkpoints are read with
 `weights_only=True`.
 """
+
 import warnings
 
 import torch
 import torch.nn as nn
 import yaml
 
-from density.audio import fit_length
-from density.checkpoint import format_version
+from density.audio.signal import fit_length
 from density.config import config_from_yaml, parse_config
 from density.dataset import FeatureNorm
-from density.download import fetch, resolve
-from density.fileio import load_torch
 from density.models import Generator
-from density.vocoder import GriffinLimVocoder, HifiGAN, hubert_config, load_vocoder, mel_config
+from density.runtime.checkpoint import format_version
+from density.runtime.download import fetch, resolve
+from density.runtime.engine import resolve_device
+from density.runtime.fileio import load_torch
+from density.vocoders.vocoder import GriffinLimVocoder, HifiGAN, hubert_config, load_vocoder, mel_config
 
 N_SAMPLES = 16000  # one second at 16 kHz: the SC09 clip length every generation call returns
 
@@ -31,19 +33,13 @@ CHECKPOINT_URL_ENV, CHECKPOINT_SHA_ENV = "ASGAN_CHECKPOINT_URL", "ASGAN_CHECKPOI
 VOCODER_URL_ENV, VOCODER_SHA_ENV = "ASGAN_VOCODER_URL", "ASGAN_VOCODER_SHA256"
 HUBERT_URL_ENV, HUBERT_SHA_ENV = "ASGAN_HUBERT_URL", "ASGAN_HUBERT_SHA256"
 # Architecture of the released HuBERT model: the seed README's training command (reference note 3).
-OFFICIAL_OVERRIDES = ["model=rp_w", "rp_w_cfg.w_layers=1", "rp_w_cfg.use_sg3_ff=True", "rp_w_cfg.D_kernel_size=5",
-                      "rp_w_cfg.r1_gamma=0.1"]
-
-
-def resolve_device(device=None) -> torch.device:
-    """None -> CUDA if available else CPU; a CUDA device without CUDA -> CPU with a warning."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(f"device {device} requested but CUDA is not available; using the CPU", stacklevel=3)
-        return torch.device("cpu")
-    return device
+OFFICIAL_OVERRIDES = [
+    "model=rp_w",
+    "rp_w_cfg.w_layers=1",
+    "rp_w_cfg.use_sg3_ff=True",
+    "rp_w_cfg.D_kernel_size=5",
+    "rp_w_cfg.r1_gamma=0.1",
+]
 
 
 class ASGANInference(nn.Module):
@@ -104,8 +100,9 @@ Conv2SC09Wrapper = ASGANInference
 def load_generator(checkpoint, sha256=None, model_dir=None, progress=True):
     """An ASGAN checkpoint (path or URL) -> (Generator in eval mode on the CPU, TrainConfig, FeatureNorm).
 
-    Uses `cfg_yaml` and `g_ema_state_dict` (density/checkpoint.py KEYS); a checkpoint without the EMA generator (the reference's
-    ckpt_best_fad.pt) falls back to `g_state_dict` with a warning. Read with `weights_only=True`.
+    Uses `cfg_yaml` and `g_ema_state_dict` (density/runtime/checkpoint.py KEYS); a checkpoint without the EMA
+    generator (the reference's ckpt_best_fad.pt) falls back to `g_state_dict` with a warning. Read with
+    `weights_only=True`.
     """
     path = fetch(checkpoint, model_dir, sha256, progress)
     ckpt = load_torch(path, "ASGAN checkpoint")
@@ -119,8 +116,11 @@ def load_generator(checkpoint, sha256=None, model_dir=None, progress=True):
     if "g_ema_state_dict" in ckpt:
         state = ckpt["g_ema_state_dict"]
     elif "g_state_dict" in ckpt:
-        warnings.warn(f"{path} has no g_ema_state_dict (a best-FAD checkpoint?); using the training "
-                      "generator g_state_dict instead of the EMA generator", stacklevel=2)
+        warnings.warn(
+            f"{path} has no g_ema_state_dict (a best-FAD checkpoint?); using the training "
+            "generator g_state_dict instead of the EMA generator",
+            stacklevel=2,
+        )
         state = ckpt["g_state_dict"]
     else:
         raise ValueError(f"{path}: neither 'g_ema_state_dict' nor 'g_state_dict' found")
@@ -138,13 +138,19 @@ def default_vocoder(cfg, device, url=None, sha256=None, model_dir=None, progress
     if cfg.data_type == "melspec":
         return GriffinLimVocoder().to(device)
     if cfg.data_type == "hubert_L6":
-        return load_vocoder(resolve(url, VOCODER_URL_ENV, VOCODER_URL), device,
-                            resolve(sha256, VOCODER_SHA_ENV, None), model_dir, progress)
+        return load_vocoder(
+            resolve(url, VOCODER_URL_ENV, VOCODER_URL),
+            device,
+            resolve(sha256, VOCODER_SHA_ENV, None),
+            model_dir,
+            progress,
+        )
     raise ValueError(f"data_type '{cfg.data_type}' has no vocoder; expected 'hubert_L6' or 'melspec'")
 
 
-def load_asgan(checkpoint, vocoder=None, device=None, checkpoint_sha256=None, vocoder_sha256=None,
-               model_dir=None, progress=True) -> ASGANInference:
+def load_asgan(
+    checkpoint, vocoder=None, device=None, checkpoint_sha256=None, vocoder_sha256=None, model_dir=None, progress=True
+) -> ASGANInference:
     """Wrapper from a checkpoint (path or URL) and a vocoder (path, URL, module, or None for `default_vocoder`)."""
     device = resolve_device(device)
     g, cfg, feature_norm = load_generator(checkpoint, checkpoint_sha256, model_dir, progress)

@@ -4,7 +4,7 @@
   (768-d at 50 Hz, 320x up-sampling) and for the mel variant (128 log-mels at 100 Hz, 160x).
 - `ISTFTVocoder`: a Vocos-style vocoder (Siuzdak 2023): ConvNeXt blocks at the frame rate predict an STFT
   (log-magnitude and phase) that an inverse STFT turns into the waveform; 17-40x fewer FLOPs than HiFi-GAN V1.
-- `GriffinLimVocoder`: inverts the log-mel of `density.audio.log_mel` without any training.
+- `GriffinLimVocoder`: inverts the log-mel of `density.audio.signal.log_mel` without any training.
 - `VOCODER_CONFIGS` / `vocoder_config` / `build_vocoder`: named configs and fresh models (for training).
 - `save_vocoder` / `load_vocoder`: this project's tagged files {'format', 'config', 'state_dict'}, the older
   {'hifigan_cfg', 'state_dict'} files and the official `torch.package` archive.
@@ -13,10 +13,10 @@ Every trained vocoder maps frame j of its input to output samples [j*hop, (j+1)*
 sample j*hop + hop/2 (sample 80 + 160 j for log-mels: `log_mel` frame j is centred there). Vocoders take raw
 features: a run with `normalize_features` de-normalises before vocoding (`ASGANInference._vocode`).
 """
+
 import math
 import zipfile
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -25,9 +25,9 @@ import torch.package
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from density import audio
-from density.download import fetch
-from density.fileio import load_torch, save_torch
+from density.audio import signal as audio
+from density.runtime.download import fetch
+from density.runtime.fileio import load_torch, save_torch
 
 LRELU_SLOPE = 0.1  # HiFi-GAN's slope inside the generator
 POST_LRELU_SLOPE = 0.01  # the final activation before conv_post uses torch's default slope, as HiFi-GAN V1
@@ -42,11 +42,11 @@ ENVELOPE_MIN = 1e-11  # smallest window-square overlap-add sum the inverse STFT 
 @dataclass
 class HifiGANConfig:
     in_dim: int  # feature dimension of the input frames
-    upsample_rates: List[int]  # product = hop length in samples
-    upsample_kernel_sizes: List[int]  # kernel k for rate u: padding (k - u) / 2 gives exactly u x the length
+    upsample_rates: list[int]  # product = hop length in samples
+    upsample_kernel_sizes: list[int]  # kernel k for rate u: padding (k - u) / 2 gives exactly u x the length
     upsample_initial_channel: int = 512
-    resblock_kernel_sizes: List[int] = field(default_factory=lambda: [3, 7, 11])
-    resblock_dilations: List[List[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
+    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilations: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
 
     @property
     def hop(self) -> int:
@@ -89,7 +89,7 @@ def istft_hubert_config() -> ISTFTConfig:
 
 
 def istft_mel_config() -> ISTFTConfig:
-    """log-mel: 128 bands at 100 Hz -> 16 kHz (hop 160, n_fft 1024: the STFT of `density.audio.log_mel`). The
+    """log-mel: 128 bands at 100 Hz -> 16 kHz (hop 160, n_fft 1024: the STFT of `density.audio.signal.log_mel`). The
     Vocos mel model's size (width 512, 8 blocks; 13.6 M parameters, 2.7 GFLOP per second of audio)."""
     return ISTFTConfig(audio.N_MELS, hop=audio.HOP, n_fft=audio.N_FFT, dim=512, intermediate_dim=1536, num_layers=8)
 
@@ -99,10 +99,15 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels, kernel_size, dilations):
         super().__init__()
-        self.convs1 = nn.ModuleList([nn.Conv1d(channels, channels, kernel_size, dilation=d,
-                                              padding=d * (kernel_size - 1) // 2) for d in dilations])
-        self.convs2 = nn.ModuleList([nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2)
-                                     for _ in dilations])
+        self.convs1 = nn.ModuleList(
+            [
+                nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2)
+                for d in dilations
+            ]
+        )
+        self.convs2 = nn.ModuleList(
+            [nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations]
+        )
 
     def forward(self, x):
         for c1, c2 in zip(self.convs1, self.convs2):
@@ -128,10 +133,11 @@ class HifiGAN(nn.Module):
         for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
             if k < u or (k - u) % 2:
                 raise ValueError(f"upsample kernel {k} and rate {u}: need k >= u with k - u even")
-            c_in, c_out = ch // 2 ** i, ch // 2 ** (i + 1)
+            c_in, c_out = ch // 2**i, ch // 2 ** (i + 1)
             self.ups.append(nn.ConvTranspose1d(c_in, c_out, k, u, padding=(k - u) // 2))
-            self.resblocks.extend(ResBlock(c_out, rk, d)
-                                  for rk, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations))
+            self.resblocks.extend(
+                ResBlock(c_out, rk, d) for rk, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations)
+            )
         self.conv_post = nn.Conv1d(ch // 2 ** len(cfg.upsample_rates), 1, 7, padding=3)
         for m in [*self.ups, *self.resblocks.modules()]:
             if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
@@ -148,7 +154,7 @@ class HifiGAN(nn.Module):
         n_res = len(self.cfg.resblock_kernel_sizes)
         for i, up in enumerate(self.ups):
             x = up(F.leaky_relu(x, LRELU_SLOPE))
-            blocks = self.resblocks[i * n_res:(i + 1) * n_res]
+            blocks = self.resblocks[i * n_res : (i + 1) * n_res]
             x = sum(block(x) for block in blocks) / n_res  # multi-receptive-field fusion: mean of the blocks
         x = torch.tanh(self.conv_post(F.leaky_relu(x, POST_LRELU_SLOPE)))
         assert x.shape == (B, 1, L * self.cfg.hop)
@@ -190,7 +196,7 @@ class ISTFTVocoder(nn.Module):
 
     A kernel-7 convolution embeds the frames, ConvNeXt blocks process them at the frame rate, a linear head
     predicts per frame n_fft/2+1 log-magnitudes and phases, and an inverse STFT with "same" padding gives the
-    waveform: frame j's hann window is centred on sample j*hop + hop/2, as the frames of `density.audio.log_mel`
+    waveform: frame j's hann window is centred on sample j*hop + hop/2, as the frames of `density.audio.signal.log_mel`
     (with n_fft 1024 and hop 160 the frames are exactly log_mel's). `torch.istft` is not used: center=True
     would centre frame j on sample j*hop, and center=False fails its window-overlap check at the edges.
     """
@@ -198,13 +204,17 @@ class ISTFTVocoder(nn.Module):
     def __init__(self, cfg: ISTFTConfig):
         super().__init__()
         if cfg.n_fft < 2 * cfg.hop or (cfg.n_fft - cfg.hop) % 2 or cfg.kernel_size % 2 == 0:
-            raise ValueError(f"ISTFTConfig n_fft {cfg.n_fft}, hop {cfg.hop}, kernel_size {cfg.kernel_size}: "
-                             "need n_fft >= 2 hop, n_fft - hop even and an odd kernel_size")
+            raise ValueError(
+                f"ISTFTConfig n_fft {cfg.n_fft}, hop {cfg.hop}, kernel_size {cfg.kernel_size}: "
+                "need n_fft >= 2 hop, n_fft - hop even and an odd kernel_size"
+            )
         self.cfg = cfg
         self.embed = nn.Conv1d(cfg.in_dim, cfg.dim, 7, padding=3)
         self.norm = nn.LayerNorm(cfg.dim, eps=LN_EPS)
-        self.blocks = nn.ModuleList(ConvNeXtBlock(cfg.dim, cfg.intermediate_dim, cfg.kernel_size,
-                                                  layer_scale=1 / cfg.num_layers) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(
+            ConvNeXtBlock(cfg.dim, cfg.intermediate_dim, cfg.kernel_size, layer_scale=1 / cfg.num_layers)
+            for _ in range(cfg.num_layers)
+        )
         self.final_norm = nn.LayerNorm(cfg.dim, eps=LN_EPS)
         self.head = nn.Linear(cfg.dim, cfg.n_fft + 2)  # n_fft/2+1 log-magnitudes, then n_fft/2+1 phases
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
@@ -238,9 +248,9 @@ class ISTFTVocoder(nn.Module):
         frames = torch.fft.irfft(spec, n_fft, dim=1) * self.window[:, None]  # [B, n_fft, L]
         span = (L - 1) * hop + n_fft  # samples covered by the L windows
         fold = dict(output_size=(1, span), kernel_size=(1, n_fft), stride=(1, hop))
-        wav = F.fold(frames, **fold)[:, 0, 0, pad:pad + L * hop]  # [B, L*hop]
+        wav = F.fold(frames, **fold)[:, 0, 0, pad : pad + L * hop]  # [B, L*hop]
         window_sq = self.window.square()[None, :, None].expand(1, n_fft, L)  # [1, n_fft, L]
-        envelope = F.fold(window_sq, **fold)[0, 0, 0, pad:pad + L * hop]  # [L*hop]
+        envelope = F.fold(window_sq, **fold)[0, 0, 0, pad : pad + L * hop]  # [L*hop]
         return wav / envelope.clamp(min=ENVELOPE_MIN)  # [B, L*hop]
 
     def forward(self, c):
@@ -255,7 +265,7 @@ GRIFFIN_LIM_MAX_LOG_MEL = 20.0  # log-mel ceiling before exp: real audio stays b
 
 
 class GriffinLimVocoder(nn.Module):
-    """Inverts `density.audio.log_mel` frames (B, L, 128) -> (B, 1, L * 160) by fast Griffin-Lim.
+    """Inverts `density.audio.signal.log_mel` frames (B, L, 128) -> (B, 1, L * 160) by fast Griffin-Lim.
 
     Log-mels above GRIFFIN_LIM_MAX_LOG_MEL are clipped to it: no waveform in [-1, 1] comes near, but a diverged
     generator's outliers (118 was seen) would overflow float32 and make NaN audio. Magnitudes come from the
@@ -273,8 +283,9 @@ class GriffinLimVocoder(nn.Module):
         self.offset = audio.N_FFT // 2 - audio.PAD  # 80 samples
 
     def _stft(self, x):
-        return torch.stft(x, audio.N_FFT, audio.HOP, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)
+        return torch.stft(
+            x, audio.N_FFT, audio.HOP, window=self.window, center=True, pad_mode="reflect", return_complex=True
+        )
 
     def _istft(self, spec, length):
         return torch.istft(spec, audio.N_FFT, audio.HOP, window=self.window, center=True, length=length)
@@ -312,7 +323,7 @@ VOCODER_CONFIGS = {  # name -> (format, config function), for training command l
 }
 
 
-def vocoder_config(name) -> Tuple[str, Union[HifiGANConfig, ISTFTConfig]]:
+def vocoder_config(name) -> tuple[str, HifiGANConfig | ISTFTConfig]:
     """A name of VOCODER_CONFIGS -> (format, a fresh config), e.g. vocoder_config('istft_mel')."""
     if name not in VOCODER_CONFIGS:
         raise ValueError(f"unknown vocoder config '{name}'; choose one of {', '.join(VOCODER_CONFIGS)}")
@@ -320,7 +331,7 @@ def vocoder_config(name) -> Tuple[str, Union[HifiGANConfig, ISTFTConfig]]:
     return fmt, make()
 
 
-def build_vocoder(fmt, config: Union[Dict, HifiGANConfig, ISTFTConfig]) -> nn.Module:
+def build_vocoder(fmt, config: dict | HifiGANConfig | ISTFTConfig) -> nn.Module:
     """A freshly initialised vocoder in training mode (HiFi-GAN with weight norm on) from a format ('hifigan' or
     'istft') and its config (dataclass or dict), e.g. build_vocoder(*vocoder_config('istft_mel'))."""
     if fmt not in FORMATS:
@@ -332,8 +343,9 @@ def build_vocoder(fmt, config: Union[Dict, HifiGANConfig, ISTFTConfig]) -> nn.Mo
         except TypeError as e:
             raise ValueError(f"not a {cfg_cls.__name__}: {e}") from e
     if not isinstance(config, cfg_cls):
-        raise ValueError(f"format '{fmt}' needs a {cfg_cls.__name__} or a dict of its fields, got "
-                         f"{type(config).__name__}")
+        raise ValueError(
+            f"format '{fmt}' needs a {cfg_cls.__name__} or a dict of its fields, got {type(config).__name__}"
+        )
     return cls(config)
 
 
@@ -348,8 +360,7 @@ def vocoder_format(model) -> str:
 def save_vocoder(model: nn.Module, path):
     """Atomically save a HifiGAN or ISTFTVocoder as {'format': 'hifigan' | 'istft', 'config': dict of its config,
     'state_dict': ...} (a HiFi-GAN may still carry weight norm: `load_vocoder` folds it)."""
-    save_torch({"format": vocoder_format(model), "config": asdict(model.cfg), "state_dict": model.state_dict()},
-               path)
+    save_torch({"format": vocoder_format(model), "config": asdict(model.cfg), "state_dict": model.state_dict()}, path)
 
 
 def _is_package(path) -> bool:
@@ -366,12 +377,16 @@ def _from_checkpoint(ckpt, path) -> nn.Module:
     elif isinstance(ckpt, dict) and {"hifigan_cfg", "state_dict"} <= ckpt.keys():
         fmt, config = "hifigan", ckpt["hifigan_cfg"]
     else:
-        raise ValueError(f"{path}: a vocoder checkpoint must be a dict with 'format', 'config' and 'state_dict' "
-                         "(or the older 'hifigan_cfg' and 'state_dict'; see density.vocoder.save_vocoder) or a "
-                         "torch.package archive")
+        raise ValueError(
+            f"{path}: a vocoder checkpoint must be a dict with 'format', 'config' and 'state_dict' "
+            "(or the older 'hifigan_cfg' and 'state_dict'; see density.vocoder.save_vocoder) or a "
+            "torch.package archive"
+        )
     if fmt not in FORMATS:
-        raise ValueError(f"{path}: unknown vocoder format {fmt!r}; this code reads {', '.join(FORMATS)} "
-                         "(a file from a newer version? update this code)")
+        raise ValueError(
+            f"{path}: unknown vocoder format {fmt!r}; this code reads {', '.join(FORMATS)} "
+            "(a file from a newer version? update this code)"
+        )
     cls = FORMATS[fmt][0]
     state = ckpt["state_dict"]
     try:
@@ -380,8 +395,10 @@ def _from_checkpoint(ckpt, path) -> nn.Module:
             model.remove_weight_norm()
         model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: its config and state_dict do not describe one {cls.__name__} ({e}); "
-                         "re-save the model with density.vocoder.save_vocoder") from e
+        raise ValueError(
+            f"{path}: its config and state_dict do not describe one {cls.__name__} ({e}); "
+            "re-save the model with density.vocoder.save_vocoder"
+        ) from e
     return model.remove_weight_norm() if cls is HifiGAN else model
 
 
@@ -402,8 +419,9 @@ def load_vocoder(path_or_url, device="cpu", sha256=None, model_dir=None, progres
         try:
             model = torch.package.PackageImporter(str(path)).load_pickle(*PACKAGE_PICKLE, map_location=device)
         except Exception as e:  # a damaged archive fails anywhere in the importer
-            raise ValueError(f"{path}: not a usable torch.package vocoder (a model at {PACKAGE_PICKLE}): "
-                             f"{type(e).__name__}: {e}") from e
+            raise ValueError(
+                f"{path}: not a usable torch.package vocoder (a model at {PACKAGE_PICKLE}): {type(e).__name__}: {e}"
+            ) from e
         return model.eval()
     model = _from_checkpoint(load_torch(path, "vocoder checkpoint"), path)
     return model.to(device).eval()

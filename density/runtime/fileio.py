@@ -4,6 +4,7 @@ Temporaries are hidden files `.<name>.<host>-<pid>.<random><suffix>`; the file g
 would give (0o666 less the umask) before the rename. `remove_stale_temporaries` deletes those left behind by
 killed writers. Write failures (disk full, no permission) raise WriteError naming the path and the fix.
 """
+
 import contextlib
 import os
 import re
@@ -18,9 +19,9 @@ import torch
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would create
-TEMP_SUFFIXES = ('.tmp', '.partial', '.png')
+TEMP_SUFFIXES = (".tmp", ".partial", ".png")
 STALE_AGE_S = 3600  # a temporary of another host (or of unknown owner) untouched this long is stale
-_TEMP = re.compile(r'\.(?P<target>.+?)\.(?:(?P<host>\w+)-(?P<pid>\d+)\.)?[a-z0-9_]{8}(?:\.tmp|\.partial|\.png)')
+_TEMP = re.compile(r"\.(?P<target>.+?)\.(?:(?P<host>\w+)-(?P<pid>\d+)\.)?[a-z0-9_]{8}(?:\.tmp|\.partial|\.png)")
 
 
 class WriteError(OSError):
@@ -28,28 +29,30 @@ class WriteError(OSError):
 
 
 def _host():
-    return re.sub(r'\W', '_', socket.gethostname())
+    return re.sub(r"\W", "_", socket.gethostname())
 
 
 def _write_error(path, e):
     folder = Path(path).parent
     try:
-        free = f'{shutil.disk_usage(folder).free / 1e6:.0f} MB free there'
+        free = f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free there"
     except OSError:
-        free = 'free space unknown'
-    return WriteError(f'{path}: cannot write ({type(e).__name__}: {e}); check the free space ({free}) and '
-                      f'write permission of {folder}, then run again')
+        free = "free space unknown"
+    return WriteError(
+        f"{path}: cannot write ({type(e).__name__}: {e}); check the free space ({free}) and "
+        f"write permission of {folder}, then run again"
+    )
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix='.tmp'):
+def atomic_path(path, suffix=".tmp"):
     """Yield a temporary path next to `path` (its folder is created); on success it replaces `path`, on any
     error it is removed. Readers never see a half-written `path`. `suffix` keeps extension-sniffing writers
     (matplotlib) working. OSError and torch's RuntimeError from the writer become WriteError."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{_host()}-{os.getpid()}.', suffix=suffix)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=suffix)
         os.fchmod(fd, FILE_MODE)
         os.close(fd)
     except OSError as e:
@@ -62,7 +65,7 @@ def atomic_path(path, suffix='.tmp'):
     except OSError as e:
         raise _write_error(path, e) from e
     except RuntimeError as e:  # torch.save's zip writer reports a full disk as 'unexpected pos 128 vs 0'
-        if 'inline_container' not in str(e):
+        if "inline_container" not in str(e):
             raise
         raise _write_error(path, e) from e
     finally:
@@ -80,9 +83,9 @@ def is_stale_temporary(path):
     m = _TEMP.fullmatch(Path(path).name)
     if m is None:
         return False
-    if m['host'] == _host():
+    if m["host"] == _host():
         try:
-            os.kill(int(m['pid']), 0)
+            os.kill(int(m["pid"]), 0)
         except ProcessLookupError:
             return True
         except PermissionError:  # alive, another user's
@@ -100,7 +103,7 @@ def remove_stale_temporaries(folder, recursive=False):
     if not folder.is_dir():
         return 0
     removed = 0
-    for p in folder.rglob('.*') if recursive else folder.glob('.*'):
+    for p in folder.rglob(".*") if recursive else folder.glob(".*"):
         if p.suffix in TEMP_SUFFIXES and is_temporary(p) and is_stale_temporary(p):
             p.unlink(missing_ok=True)
             removed += 1
@@ -115,18 +118,19 @@ def save_torch(obj, path):
 
 def write_text(path, text):
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, newline='')
+        Path(tmp).write_text(text, newline="")
 
 
 def load_torch(path, what):
     """torch.load(weights_only=True) on the CPU; any failure is a ValueError naming `path` and `what` it should
     be (torch raises anything from IndexError to UnpicklingError on a foreign or truncated file)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f'{path}: no such file (expected {what})')
+        raise FileNotFoundError(f"{path}: no such file (expected {what})")
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]  # torch's advice runs to 6 lines
-        detail = next((line for line in lines if 'Unpickler error' in line), lines[0] if lines else '')
-        raise ValueError(f'{path}: not a readable {what} (truncated, corrupt or another kind of file?): '
-                         f'{type(e).__name__}: {detail}') from e
+        detail = next((line for line in lines if "Unpickler error" in line), lines[0] if lines else "")
+        raise ValueError(
+            f"{path}: not a readable {what} (truncated, corrupt or another kind of file?): {type(e).__name__}: {detail}"
+        ) from e

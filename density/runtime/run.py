@@ -25,6 +25,7 @@ Rules:
 - Pruning deletes only periodic checkpoints whose run_id is this run's, never the newest of them, never the one
   just written, never the best-FAD file. Files it cannot read or attribute are left alone.
 """
+
 import contextlib
 import json
 import logging
@@ -41,17 +42,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from density import checkpoint as ckpt
-from density.fileio import FILE_MODE, is_temporary, write_text
+from density.runtime import checkpoint as ckpt
+from density.runtime.fileio import FILE_MODE, is_temporary, write_text
 
 log = logging.getLogger(__name__)
 
-AUTO = 'auto'
-LOCK_NAME = 'run.lock'
+AUTO = "auto"
+LOCK_NAME = "run.lock"
 HEARTBEAT_S = 30
 STALE_S = 300  # a lock not refreshed for this long belongs to a dead run (10 missed heartbeats)
-PERIODIC = re.compile(r'ckpt_(\d{8,})\.pt')
-OTHERS = ('ckpt_best_fad.pt',)
+PERIODIC = re.compile(r"ckpt_(\d{8,})\.pt")
+OTHERS = ("ckpt_best_fad.pt",)
 
 
 class RunError(ValueError):
@@ -61,12 +62,12 @@ class RunError(ValueError):
 def read_run_id(path):
     """-> (readable, run_id or None) of a checkpoint file, read lazily (mmap) and without unpickling code."""
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return False, None
     if not isinstance(state, dict):
         return False, None
-    return True, state.get('run_id')
+    return True, state.get("run_id")
 
 
 def _host():
@@ -78,7 +79,7 @@ class RunLock:
 
     def __init__(self, path, heartbeat_s=HEARTBEAT_S, stale_s=STALE_S):
         self.path, self.heartbeat_s, self.stale_s = Path(path), heartbeat_s, stale_s
-        self.info = {'host': _host(), 'pid': os.getpid(), 'heartbeat': 0.0, 'run_id': None, 'token': uuid.uuid4().hex}
+        self.info = {"host": _host(), "pid": os.getpid(), "heartbeat": 0.0, "run_id": None, "token": uuid.uuid4().hex}
         self._stop = threading.Event()
         self._thread = None
 
@@ -97,11 +98,11 @@ class RunLock:
                 return time.time() - self.path.stat().st_mtime > self.stale_s
             except FileNotFoundError:
                 return True
-        if time.time() - holder.get('heartbeat', 0) > self.stale_s:
+        if time.time() - holder.get("heartbeat", 0) > self.stale_s:
             return True
-        if holder.get('host') == _host():
+        if holder.get("host") == _host():
             try:
-                os.kill(int(holder['pid']), 0)
+                os.kill(int(holder["pid"]), 0)
             except ProcessLookupError:
                 return True
             except (PermissionError, KeyError, ValueError, TypeError):
@@ -110,32 +111,33 @@ class RunLock:
 
     def acquire(self):
         for _ in range(3):
-            self.info['heartbeat'] = time.time()
+            self.info["heartbeat"] = time.time()
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
             except FileExistsError:
                 holder = self.holder()
                 if not self.is_stale(holder):
                     h = holder or {}
-                    age = time.time() - h.get('heartbeat', time.time())
+                    age = time.time() - h.get("heartbeat", time.time())
                     raise RunError(
                         f"{self.path.parent} is in use by another live run (pid {h.get('pid', '?')} on "
                         f"{h.get('host', '?')}, heartbeat {age:.0f} s ago): wait for it to end or choose another "
-                        f'checkpoint_path. {self.path} counts as stale {self.stale_s} s after its last heartbeat, '
-                        'or at once on the same host when its pid is gone') from None
-                log.warning('%s: taking over the stale lock of %s', self.path, holder or 'an unreadable lock file')
+                        f"checkpoint_path. {self.path} counts as stale {self.stale_s} s after its last heartbeat, "
+                        "or at once on the same host when its pid is gone"
+                    ) from None
+                log.warning("%s: taking over the stale lock of %s", self.path, holder or "an unreadable lock file")
                 self.path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, 'w') as f:
+            with os.fdopen(fd, "w") as f:
                 json.dump(self.info, f)
-            self._thread = threading.Thread(target=self._beat, name='run-lock-heartbeat', daemon=True)
+            self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
             self._thread.start()
             return self
-        raise RunError(f'{self.path}: other runs keep taking this folder; start one run per checkpoint_path')
+        raise RunError(f"{self.path}: other runs keep taking this folder; start one run per checkpoint_path")
 
     def update(self, **info):
         self.info.update(info, heartbeat=time.time())
-        if (self.holder() or {}).get('token') == self.info['token']:
+        if (self.holder() or {}).get("token") == self.info["token"]:
             write_text(self.path, json.dumps(self.info))
 
     def _beat(self):
@@ -143,13 +145,13 @@ class RunLock:
             try:
                 self.update()
             except OSError as e:  # a full disk or a network blip must not kill training; the next beat retries
-                log.warning('%s: heartbeat not written: %s', self.path, e)
+                log.warning("%s: heartbeat not written: %s", self.path, e)
 
     def release(self):
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if (self.holder() or {}).get('token') == self.info['token']:
+        if (self.holder() or {}).get("token") == self.info["token"]:
             self.path.unlink(missing_ok=True)
 
 
@@ -194,10 +196,11 @@ def _choose(folder, resume_checkpoint, periodic, others, overwrite):
     if not resume_checkpoint:
         if everything and not overwrite:
             raise RunError(
-                f'checkpoint_path={folder} already holds checkpoints ({", ".join(p.name for p in everything[-3:])}'
-                f'{", ..." if len(everything) > 3 else ""}) and resume_checkpoint is empty: use '
-                'resume_checkpoint=auto to continue from the newest, resume_checkpoint=<file> for another one, '
-                'overwrite=true to delete them and start over, or another checkpoint_path')
+                f"checkpoint_path={folder} already holds checkpoints ({', '.join(p.name for p in everything[-3:])}"
+                f"{', ...' if len(everything) > 3 else ''}) and resume_checkpoint is empty: use "
+                "resume_checkpoint=auto to continue from the newest, resume_checkpoint=<file> for another one, "
+                "overwrite=true to delete them and start over, or another checkpoint_path"
+            )
         return None, None, everything
     if resume_checkpoint == AUTO:
         for step in sorted(periodic, reverse=True):
@@ -205,15 +208,17 @@ def _choose(folder, resume_checkpoint, periodic, others, overwrite):
             if readable:
                 resume = periodic[step]
                 break
-            log.warning('%s is unreadable (truncated or corrupt): trying an older checkpoint', periodic[step])
+            log.warning("%s is unreadable (truncated or corrupt): trying an older checkpoint", periodic[step])
         else:
-            log.info('resume_checkpoint=auto: no readable checkpoint in %s; starting a new run', folder)
+            log.info("resume_checkpoint=auto: no readable checkpoint in %s; starting a new run", folder)
             return None, None, []
     else:
         resume = Path(resume_checkpoint)
         if not resume.is_file():
-            raise RunError(f'resume_checkpoint={resume_checkpoint} does not exist: give an existing checkpoint, '
-                           f'resume_checkpoint=auto for the newest in {folder}, or leave it empty for a new run')
+            raise RunError(
+                f"resume_checkpoint={resume_checkpoint} does not exist: give an existing checkpoint, "
+                f"resume_checkpoint=auto for the newest in {folder}, or leave it empty for a new run"
+            )
         _, run_id = read_run_id(resume)  # an unreadable file is named by the trainer's loader
     step = PERIODIC.fullmatch(resume.name)
     step = int(step[1]) if step else None
@@ -223,28 +228,40 @@ def _choose(folder, resume_checkpoint, periodic, others, overwrite):
             continue
         readable, other_id = read_run_id(p)
         if not readable:
-            log.warning('%s is unreadable: left alone', p)
-        elif other_id is None or other_id != run_id or (p in periodic.values() and step is not None and
-                                                          int(PERIODIC.fullmatch(p.name)[1]) > step):
+            log.warning("%s is unreadable: left alone", p)
+        elif (
+            other_id is None
+            or other_id != run_id
+            or (p in periodic.values() and step is not None and int(PERIODIC.fullmatch(p.name)[1]) > step)
+        ):
             conflicts.append(p)
     if conflicts and not overwrite:
         raise RunError(
-            f'checkpoint_path={folder} holds checkpoints that resuming {resume} would overwrite (of another run, or '
-            f'newer ones: {", ".join(p.name for p in conflicts[:3])}{", ..." if len(conflicts) > 3 else ""}): '
-            'use resume_checkpoint=auto to continue from the newest, another checkpoint_path, or overwrite=true to '
-            'delete them and resume from this checkpoint')
+            f"checkpoint_path={folder} holds checkpoints that resuming {resume} would overwrite (of another run, or "
+            f"newer ones: {', '.join(p.name for p in conflicts[:3])}{', ...' if len(conflicts) > 3 else ''}): "
+            "use resume_checkpoint=auto to continue from the newest, another checkpoint_path, or overwrite=true to "
+            "delete them and resume from this checkpoint"
+        )
     return resume, run_id, conflicts
 
 
-def open_run(checkpoint_path, resume_checkpoint, overwrite, *, pattern=PERIODIC, others=OTHERS,
-             heartbeat_s=HEARTBEAT_S, stale_s=STALE_S):
+def open_run(
+    checkpoint_path,
+    resume_checkpoint,
+    overwrite,
+    *,
+    pattern=PERIODIC,
+    others=OTHERS,
+    heartbeat_s=HEARTBEAT_S,
+    stale_s=STALE_S,
+):
     """Lock `checkpoint_path` (created) for this run and decide what it resumes from (module doc) -> Run.
 
     `pattern` (one group: the step) and `others` name the trainer's checkpoint files. RunError explains a refusal.
     """
     folder = Path(checkpoint_path)
     if folder.exists() and not folder.is_dir():
-        raise RunError(f'checkpoint_path={folder} is a file; give a folder')
+        raise RunError(f"checkpoint_path={folder} is a file; give a folder")
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = RunLock(folder / LOCK_NAME, heartbeat_s, stale_s).acquire()
@@ -255,7 +272,7 @@ def open_run(checkpoint_path, resume_checkpoint, overwrite, *, pattern=PERIODIC,
         periodic, others_found = _checkpoints(folder, pattern, others)
         resume, run_id, delete = _choose(folder, resume_checkpoint, periodic, others_found, overwrite)
         for p in delete:
-            log.warning('overwrite=true: deleting %s', p)
+            log.warning("overwrite=true: deleting %s", p)
             p.unlink()
         run_id = run_id or uuid.uuid4().hex
         own = {s: p for s, p in periodic.items() if p not in delete and p.is_file() and read_run_id(p)[1] == run_id}
@@ -303,6 +320,7 @@ def restore_signals(previous):
 
 # ---------------------------------------------------------------- the harness of a training loop
 
+
 class TrainingAborted(RuntimeError):
     """Too many consecutive non-finite steps."""
 
@@ -349,9 +367,10 @@ class Harness:
         self.nonfinite = 0 if finite else self.nonfinite + 1
         if self.max_nonfinite and self.nonfinite >= self.max_nonfinite:
             raise TrainingAborted(
-                f'{self.nonfinite} consecutive non-finite steps up to step {step}: training aborted. Last '
-                f'checkpoint written before them: {self.last_finite or "none"} (resume from it with '
-                'overwrite=true, which deletes the newer ones, and a lower lr or grad_clip)')
+                f"{self.nonfinite} consecutive non-finite steps up to step {step}: training aborted. Last "
+                f"checkpoint written before them: {self.last_finite or 'none'} (resume from it with "
+                "overwrite=true, which deletes the newer ones, and a lower lr or grad_clip)"
+            )
 
     def save_periodic(self, state, step, keep_last=None):
         """Write ckpt_<step>.pt atomically (main rank; `state` may be None elsewhere) and prune -> its path."""

@@ -3,7 +3,7 @@
 HiFi-GAN's recipe (Kong et al. 2020): a multi-period discriminator (periods 2, 3, 5, 7, 11) and a multi-scale
 discriminator (3 scales: the waveform, then twice average-pooled by 2; the first with spectral norm), a
 least-squares adversarial loss, feature matching (x 2) and an L1 loss between log-mels (x 45). The log-mel is this
-project's front end, `density.audio.log_mel`, which is also what the mel vocoders take as input.
+project's front end, `density.audio.signal.log_mel`, which is also what the mel vocoders take as input.
 `Discriminators(width)` scales every discriminator's channels (1.0: HiFi-GAN's; 0.25 is a CPU size).
 
 Data: `VocoderClips` pairs a split CSV's clips with their features, from the feature cache written by
@@ -12,7 +12,6 @@ Frame f covers samples [f * hop, (f + 1) * hop): `log_mel` gives T // 160 frames
 sample j * 160 + 80 (GriffinLimVocoder's offset), HuBERT T // 320 frames of 320 samples; so a segment starting
 at frame f starts at sample f * hop in the audio.
 """
-import math
 
 import torch
 import torch.nn as nn
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 from torch.utils.data import Dataset
 
-from density.audio import LOG_FLOOR, fit_length, load_audio, log_mel
+from density.audio.signal import LOG_MEL_SILENCE, fit_length, load_audio, log_mel
 from density.dataset import DatasetError, feature_path, load_feature_file
 
 LRELU_SLOPE = 0.1
@@ -30,10 +29,11 @@ MEL_WEIGHT = 45.0  # HiFi-GAN's weights of the generator loss terms
 FM_WEIGHT = 2.0
 STFT_SIZES = (512, 1024, 2048)  # multi-resolution STFT distance (a metric, not a training loss)
 STFT_FLOOR_DB = -80.0  # STFT magnitudes are floored this far below a full-scale sine's peak (n_fft / 4)
-SILENCE = {'melspec': math.log(LOG_FLOOR), 'hubert_L6': 0.0}  # feature value of padded (silent) frames
+SILENCE = {"melspec": LOG_MEL_SILENCE, "hubert_L6": 0.0}  # feature value of padded (silent) frames
 
 
 # ---------------------------------------------------------------- discriminators
+
 
 def _channels(c, width):
     """HiFi-GAN's channel count c scaled by width, a multiple of 16 (the MSD's largest group count), >= 16."""
@@ -59,23 +59,34 @@ class PeriodDiscriminator(nn.Module):
         self.period = period
         chans = [1] + [_channels(c, width) for c in (32, 128, 512, 1024, 1024)]
         pad = (kernel_size - 1) // 2
-        self.convs = nn.ModuleList([
-            weight_norm(nn.Conv2d(c_in, c_out, (kernel_size, 1), (stride if i < 4 else 1, 1), padding=(pad, 0)))
-            for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:]))])
+        self.convs = nn.ModuleList(
+            [
+                weight_norm(nn.Conv2d(c_in, c_out, (kernel_size, 1), (stride if i < 4 else 1, 1), padding=(pad, 0)))
+                for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:]))
+            ]
+        )
         self.conv_post = weight_norm(nn.Conv2d(chans[-1], 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, x):
         """(B, 1, T) -> (logits (B, N), [feature maps])."""
         B, C, T = x.shape
         if T % self.period:
-            x = F.pad(x, (0, self.period - T % self.period), 'reflect')
+            x = F.pad(x, (0, self.period - T % self.period), "reflect")
         return _conv_stack(self.convs, self.conv_post, x.view(B, C, -1, self.period))
 
 
 class ScaleDiscriminator(nn.Module):
     """HiFi-GAN DiscriminatorS: strided, grouped 1-D convolutions over the waveform."""
-    LAYERS = ((128, 15, 1, 1), (128, 41, 2, 4), (256, 41, 2, 16), (512, 41, 4, 16), (1024, 41, 4, 16),
-              (1024, 41, 1, 16), (1024, 5, 1, 1))  # (channels, kernel, stride, groups)
+
+    LAYERS = (
+        (128, 15, 1, 1),
+        (128, 41, 2, 4),
+        (256, 41, 2, 16),
+        (512, 41, 4, 16),
+        (1024, 41, 4, 16),
+        (1024, 41, 1, 16),
+        (1024, 5, 1, 1),
+    )  # (channels, kernel, stride, groups)
 
     def __init__(self, width=1.0, use_spectral_norm=False):
         super().__init__()
@@ -123,6 +134,7 @@ class Discriminators(nn.Module):
 
 # ---------------------------------------------------------------- losses
 
+
 def discriminator_loss(real_logits, fake_logits):
     """Least squares: sum over sub-discriminators of mean (1 - D(real))^2 + mean D(fake)^2."""
     return sum(torch.mean((1 - r.float()) ** 2) + torch.mean(f.float() ** 2) for r, f in zip(real_logits, fake_logits))
@@ -135,8 +147,11 @@ def generator_adv_loss(fake_logits):
 
 def feature_matching_loss(real_fmaps, fake_fmaps):
     """Sum over sub-discriminators and layers of mean |D_l(real) - D_l(G(c))| (real maps detached)."""
-    return sum(torch.mean(torch.abs(r.detach().float() - f.float()))
-               for rs, fs in zip(real_fmaps, fake_fmaps) for r, f in zip(rs, fs))
+    return sum(
+        torch.mean(torch.abs(r.detach().float() - f.float()))
+        for rs, fs in zip(real_fmaps, fake_fmaps)
+        for r, f in zip(rs, fs)
+    )
 
 
 def log_mel_l1(fake, real, reduce=True):
@@ -164,14 +179,14 @@ def mr_stft_distance(fake, real, sizes=STFT_SIZES):
     for n_fft in sizes:
         f, r = stft_magnitude(fake, n_fft), stft_magnitude(real, n_fft)
         floor = n_fft / 4 * 10 ** (STFT_FLOOR_DB / 20)
-        sc = sc + torch.linalg.vector_norm(r - f, dim=(1, 2)) / torch.linalg.vector_norm(r, dim=(1, 2)).clamp_min(
-            floor)
+        sc = sc + torch.linalg.vector_norm(r - f, dim=(1, 2)) / torch.linalg.vector_norm(r, dim=(1, 2)).clamp_min(floor)
         log_mag = log_mag + (r.clamp_min(floor).log() - f.clamp_min(floor).log()).abs().mean((1, 2))
     sc, log_mag = sc / len(sizes), log_mag / len(sizes)
-    return {'mr_stft': sc + log_mag, 'sc': sc, 'log_mag': log_mag}
+    return {"mr_stft": sc + log_mag, "sc": sc, "log_mag": log_mag}
 
 
 # ---------------------------------------------------------------- data
+
 
 class VocoderClips(Dataset):
     """(features (frames, C), waveform (frames * hop,)) pairs of audio files.
@@ -184,22 +199,37 @@ class VocoderClips(Dataset):
     log-mels of silence / zero HuBERT frames). None: whole clips.
     """
 
-    def __init__(self, paths, *, data_type, hop, in_dim, feature_root=None, segment_frames=None, random_crop=True,
-                 seed=0, labels=None, resample=False):
+    def __init__(
+        self,
+        paths,
+        *,
+        data_type,
+        hop,
+        in_dim,
+        feature_root=None,
+        segment_frames=None,
+        random_crop=True,
+        seed=0,
+        labels=None,
+        resample=False,
+    ):
         if data_type not in SILENCE:
-            raise DatasetError(f'data_type={data_type}: choose one of {sorted(SILENCE)}')
-        if data_type != 'melspec' and not feature_root:
-            raise DatasetError(f'data_type={data_type} reads its features from the cache: set feature_root=<folder '
-                               'written by hubert_feature_reader.py>')
+            raise DatasetError(f"data_type={data_type}: choose one of {sorted(SILENCE)}")
+        if data_type != "melspec" and not feature_root:
+            raise DatasetError(
+                f"data_type={data_type} reads its features from the cache: set feature_root=<folder "
+                "written by hubert_feature_reader.py>"
+            )
         self.paths, self.labels = [str(p) for p in paths], labels
         self.features = [feature_path(p, feature_root) for p in self.paths] if feature_root else None
         if self.features:
             missing = [(a, f) for a, f in zip(self.paths, self.features) if not f.is_file()]
             if missing:
                 raise DatasetError(
-                    f'{len(missing)} of {len(self.paths)} clips have no cached features in {feature_root}, e.g. '
-                    f'{missing[0][0]} -> {missing[0][1]}; extract them with `python hubert_feature_reader.py --csv '
-                    f'<split csv> --out {feature_root} --type {data_type}`')
+                    f"{len(missing)} of {len(self.paths)} clips have no cached features in {feature_root}, e.g. "
+                    f"{missing[0][0]} -> {missing[0][1]}; extract them with `python hubert_feature_reader.py --csv "
+                    f"<split csv> --out {feature_root} --type {data_type}`"
+                )
         self.data_type, self.hop, self.in_dim = data_type, hop, in_dim
         self.segment_frames, self.random_crop, self.seed, self.epoch = segment_frames, random_crop, seed, 0
         self.resample = resample
@@ -216,10 +246,11 @@ class VocoderClips(Dataset):
         feats = load_feature_file(self.features[i]) if self.features else log_mel(wav).T
         if feats.dim() != 2 or feats.shape[1] != self.in_dim:
             where = self.features[i] if self.features else self.paths[i]
-            raise DatasetError(f'{where}: features of shape {tuple(feats.shape)}, but the vocoder takes '
-                               f'(frames, {self.in_dim})')
+            raise DatasetError(
+                f"{where}: features of shape {tuple(feats.shape)}, but the vocoder takes (frames, {self.in_dim})"
+            )
         n = min(feats.shape[0], wav.shape[0] // self.hop)
-        return feats[:n], wav[:n * self.hop]
+        return feats[:n], wav[: n * self.hop]
 
     def start(self, i, n_frames):
         """First frame of item i's segment of a clip of n_frames frames."""
@@ -234,7 +265,7 @@ class VocoderClips(Dataset):
         if self.segment_frames:
             L = self.segment_frames
             s = self.start(i, feats.shape[0])
-            feats, wav = feats[s:s + L], wav[s * self.hop:(s + L) * self.hop]
+            feats, wav = feats[s : s + L], wav[s * self.hop : (s + L) * self.hop]
             if feats.shape[0] < L:
                 feats = F.pad(feats, (0, 0, 0, L - feats.shape[0]), value=SILENCE[self.data_type])
                 wav = F.pad(wav, (0, L * self.hop - wav.shape[0]))
@@ -255,6 +286,6 @@ def full_clip_frames(hop, n_samples=16000):
 
 
 def vocode(model, feats, n_samples=None):
-    """(B, L, C) features -> (B, T) waveforms, cut or padded (centred, density.audio.fit_length) to n_samples."""
+    """(B, L, C) features -> (B, T) waveforms, cut or padded (centred, density.audio.signal.fit_length) to n_samples."""
     wav = model(feats).reshape(feats.shape[0], -1).float()
     return wav if n_samples is None else fit_length(wav, n_samples)

@@ -7,17 +7,18 @@ Per-layer w ("ws") are (B, n_ws, w_dim), n_ws = n_layers + 2, in synthesis order
 synthesis layer, the head (`Generator.forward_w`). Low indices act on short, coarse sequences, high ones on
 fine detail. A plain w (B, w_dim) stands for the same w at every layer.
 """
+
 import math
 import warnings
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from density.download import sha256_of
-from density.fileio import WriteError, load_torch, save_torch
+from density.runtime.download import sha256_of
+from density.runtime.fileio import WriteError, load_torch, save_torch
 
 W_AVG_SEED = 12345  # latents for the mean w come from their own fixed stream, apart from any sampling seed
 W_AVG_BATCH = 4096  # mapping-network batch when estimating the mean w
@@ -99,8 +100,7 @@ def w_stats(g, n=W_AVG_SAMPLES, checkpoint=None, progress=False) -> WStats:
             cached = e
         if isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items()):
             return WStats(cached["w_avg"], cached["w_std"])
-        warnings.warn(f"{path} is not the mean-w cache of {checkpoint}; leaving it alone and not caching",
-                      stacklevel=2)
+        warnings.warn(f"{path} is not the mean-w cache of {checkpoint}; leaving it alone and not caching", stacklevel=2)
         return _compute_w_stats(g, n, progress)
     stats = _compute_w_stats(g, n, progress)
     try:
@@ -185,7 +185,7 @@ def lr_schedule(t):
 class Projection(NamedTuple):
     w: torch.Tensor  # (B, w_dim) for spaces 'w' and 'z', (B, n_ws, w_dim) for 'w+'
     error: torch.Tensor  # (B,) final reconstruction error (feature_loss)
-    z: Optional[torch.Tensor]  # (B, z_dim) for space 'z', else None
+    z: torch.Tensor | None  # (B, z_dim) for space 'z', else None
 
 
 def project(g, target, *, stats, space="w", steps=300, lr=0.1, loss="l1", batch_size=64, progress=False):
@@ -202,8 +202,10 @@ def project(g, target, *, stats, space="w", steps=300, lr=0.1, loss="l1", batch_
         raise ValueError(f"steps must be >= 1, got {steps}")
     expected = (g.seq_len, g.c_dim)
     if target.ndim != 3 or tuple(target.shape[1:]) != expected:
-        raise ValueError(f"target features must be (B, {expected[0]}, {expected[1]}) like the generator's output, "
-                         f"got {tuple(target.shape)}")
+        raise ValueError(
+            f"target features must be (B, {expected[0]}, {expected[1]}) like the generator's output, "
+            f"got {tuple(target.shape)}"
+        )
     device = _device(g)
     n_ws = g.n_layers + 2
     if space == "z":
@@ -220,7 +222,7 @@ def project(g, target, *, stats, space="w", steps=300, lr=0.1, loss="l1", batch_
         for i in range(steps):
             opt.param_groups[0]["lr"] = step * lr_schedule((i + 0.5) / steps)
             err = feature_loss(g.forward_w(to_w(v)), chunk, loss)
-            v.grad, = torch.autograd.grad(err.sum(), v)
+            (v.grad,) = torch.autograd.grad(err.sum(), v)
             opt.step()
             bar.update()
             bar.set_postfix(error=f"{err.mean().item():.4f}", refresh=False)

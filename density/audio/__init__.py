@@ -1,0 +1,1 @@
+"""Sound: wav/flac I/O, the log-mel front end (signal) and log-mel pictures (plots)."""

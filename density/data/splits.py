@@ -1,0 +1,129 @@
+"""Split a Speech Commands tree into train/valid/test CSVs (reference note 26).
+
+    python split_data.py --root_path /data/speech_commands_v0.02 --sc09_only true
+
+Reads `validation_list.txt` and `testing_list.txt` (one `<word>/<file>.wav` per line) under the root;
+train is every other .wav, minus folders whose name contains '_' (`_background_noise_`). With
+`--sc09_only` only the ten digit words are kept. Writes CSVs with columns `path` (root/relative) and
+`label` (folder name) to `<out_dir>/sc09-{train,valid,test}.csv` (SC09) or `<out_dir>/{train,valid,test}.csv`.
+Unlike the reference, `--sc09_only false` really means false (the reference's argparse `type=bool`
+made any non-empty string true).
+"""
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from density.runtime import cli
+from density.runtime.fileio import atomic_path
+
+SC09_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+LIST_FILES = {"valid": "validation_list.txt", "test": "testing_list.txt"}
+
+
+class SplitError(ValueError):
+    """A split CSV that is missing or malformed."""
+
+
+def read_split_csv(path):
+    """A `path,label` CSV written by split_data.py -> (paths, labels), lists of str. SplitError names a
+    missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SplitError(
+            f"{path}: no such CSV; write the splits with split_data.py --root_path <tree> --sc09_only true"
+        )
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise SplitError(
+            f"{path}: expected a CSV with columns path,label and at least one row (as split_data.py writes)"
+        )
+    return [r["path"] for r in rows], [r["label"] for r in rows]
+
+
+def class_order(labels):
+    """Output order for a label set: SC09 order when every label is a digit word, else sorted."""
+    names = set(labels)
+    return tuple(c for c in SC09_CLASSES if c in names) if names <= set(SC09_CLASSES) else tuple(sorted(names))
+
+
+def str2bool(s):
+    """Parse true/false/1/0/yes/no (case-insensitive) for argparse."""
+    v = str(s).strip().lower()
+    if v in ("true", "1", "yes", "y", "t"):
+        return True
+    if v in ("false", "0", "no", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false (or 1/0, yes/no), got '{s}'")
+
+
+def _keep(rel, sc09_only):
+    return not sc09_only or Path(rel).parent.name in SC09_CLASSES
+
+
+def _read_list(root, name, sc09_only, on_disk):
+    path = root / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: --root_path must be a Speech Commands folder holding "
+            f"validation_list.txt and testing_list.txt"
+        )
+    rels = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    rels = [r for r in rels if _keep(r, sc09_only)]
+    missing = [r for r in rels if r not in on_disk]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} lists {len(missing)} file(s) that are not under {root}, "
+            f"e.g. {root / missing[0]}; is the dataset fully extracted?"
+        )
+    return set(rels)
+
+
+def make_splits(root, sc09_only):
+    """-> {'train': [...], 'valid': [...], 'test': [...]}, each a sorted list of posix paths relative to root."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--root_path {root} is not a directory")
+    rels = {p.relative_to(root).as_posix() for p in root.rglob("*.wav")}
+    rels = {r for r in rels if _keep(r, sc09_only)}
+    if not rels:
+        what = "digit-word .wav files (zero/ ... nine/)" if sc09_only else ".wav files"
+        raise FileNotFoundError(f"no {what} found under {root}")
+    valid = _read_list(root, LIST_FILES["valid"], sc09_only, rels)
+    test = _read_list(root, LIST_FILES["test"], sc09_only, rels)
+    train = {r for r in rels - valid - test if "_" not in Path(r).parent.name}
+    return {"train": sorted(train), "valid": sorted(valid), "test": sorted(test)}
+
+
+def write_csv(path, root, rels):
+    """Atomically write a `path,label` CSV: path = root/rel, label = lower-cased parent folder name."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label"])
+        for r in rels:
+            w.writerow([str(Path(root) / r), Path(r).parent.name.lower().strip()])
+
+
+def main(argv=None):
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root_path", required=True, help="Speech Commands root (holds <word>/ folders and the lists)")
+    ap.add_argument("--sc09_only", type=str2bool, default=False, help="keep only zero..nine (true/false)")
+    ap.add_argument("--out_dir", default="splits", help="where the CSVs go (default ./splits)")
+    args = ap.parse_args(argv)
+    try:
+        splits = make_splits(args.root_path, args.sc09_only)
+    except FileNotFoundError as e:
+        sys.exit(f"split_data.py: {e}")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = "sc09-" if args.sc09_only else ""
+    for name, rels in splits.items():
+        dest = out / f"{prefix}{name}.csv"
+        write_csv(dest, args.root_path, rels)
+        print(f"wrote {dest} ({len(rels)} files)")
+
+
+if __name__ == "__main__":
+    cli.command(main)

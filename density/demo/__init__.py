@@ -1,0 +1,1 @@
+"""The offline demo: its stages (pipeline) and its report (report)."""
