@@ -235,3 +235,22 @@ def test_bad_device_is_refused_before_loading(tree, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         hfr.main(["--root", str(tree), "--out", str(tmp_path / "o"), "--type", "melspec", "--device", "tpu"])
     assert e.value.code == 2 and "--device tpu: not a device" in capsys.readouterr().err
+
+
+def test_a_csv_row_that_would_escape_the_output_folder_is_refused_before_work(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    (corpus / "eight").mkdir(parents=True)
+    sf.write(corpus / "eight" / "a.wav", np.zeros(16000, dtype=np.float32), 16000)
+    sf.write(corpus / "victim.wav", np.zeros(16000, dtype=np.float32), 16000)
+    victim = tmp_path / "victim.pt"
+    victim.write_bytes(b"not yours")
+    split = tmp_path / "split.csv"
+    split.write_text(
+        f"path,label\n{corpus / 'eight' / 'a.wav'},eight\n{corpus / 'eight' / '..' / 'victim.wav'},eight\n"
+    )
+    out = tmp_path / "features"
+    with pytest.raises(SystemExit) as exit_info:
+        hfr.main(["--csv", str(split), "--out", str(out), "--type", "melspec", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert re.search(r"^error: .*victim\.wav: its output \.\./victim\.pt would lie outside", capsys.readouterr().err)
+    assert victim.read_bytes() == b"not yours" and not out.exists()

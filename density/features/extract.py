@@ -20,6 +20,7 @@ from density.audio.signal import SAMPLE_RATE, AudioError, load_audio
 from density.features.hubert import Featurizer
 from density.runtime import cli
 from density.runtime.fileio import remove_stale_temporaries, save_torch, write_text
+from density.runtime.outputs import confined
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 REPORT_NAME = "extract_report.txt"
@@ -85,8 +86,9 @@ def extract_all(jobs, out, featurize, batch_size=16, resample=False):
     Returns (n_written, n_already_done, [message for each skipped file]).
     """
     out = Path(out)
+    outputs = [confined(out, rel, source=src) for src, rel in jobs]  # every name checked before any work
     remove_stale_temporaries(out, recursive=True)
-    todo = [(src, out / rel) for src, rel in jobs if not _is_done(out / rel)]
+    todo = [(src, dst) for (src, _), dst in zip(jobs, outputs) if not _is_done(dst)]
     buckets, skipped, written = defaultdict(list), [], 0
 
     def flush(items):

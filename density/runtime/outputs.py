@@ -1,0 +1,48 @@
+"""Where a command may write: every output path derived from an input name stays inside the command's output
+folder, two inputs never map to one output, and a file this invocation did not create is replaced only with
+`--overwrite`. Each rule is checked for all outputs before any work starts, so a refused run writes nothing."""
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output that would escape its folder, collide with another, or replace a file without --overwrite."""
+
+
+def confined(folder, relative, source=None) -> Path:
+    """folder / relative, refused (OutputError naming `source`) unless it resolves to a path inside folder."""
+    folder = Path(folder)
+    relative = Path(relative)
+    target = (folder / relative).resolve()
+    if relative.is_absolute() or ".." in relative.parts or not target.is_relative_to(folder.resolve()):
+        raise OutputError(
+            f"{source or relative}: its output {relative} would lie outside {folder}; rename the input "
+            "(a name may not contain '..' or start with '/')"
+        )
+    return folder / relative
+
+
+def plan_outputs(folder, outputs: Iterable[tuple[object, Path]], *, overwrite: bool) -> list[Path]:
+    """Check (source, output relative to folder) pairs before any work; -> the output paths, in order.
+
+    Refused with one OutputError: an output outside folder, two sources with one output, or (without overwrite)
+    an output that exists already.
+    """
+    paths, sources = [], {}
+    for source, relative in outputs:
+        path = confined(folder, relative, source)
+        if path in sources and sources[path] != source:
+            raise OutputError(
+                f"{sources[path]} and {source} would both be written to {path}: rename one of them or give only one"
+            )
+        sources[path] = source
+        paths.append(path)
+    if not overwrite:
+        existing = [p for p in sources if p.exists()]
+        if existing:
+            more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+            raise OutputError(
+                f"{existing[0]}{more} exists already: give --overwrite to replace it, or choose another output folder"
+            )
+    return paths
