@@ -289,7 +289,7 @@ def set_lrs(cfg, step, *optimizers):
 
 
 def make_augmenter(cfg, norm):
-    """The ADA Augmenter; with feature normalisation its noise is ADA_NOISE_STD on the raw scale (/ norm.std)."""
+    """The ADA Augmenter; with feature normalisation its noise std is ADA_NOISE_STD / norm.std: ADA_NOISE_STD raw."""
     noise_std = ADA_NOISE_STD[cfg.data_type] / norm.std if norm.enabled else ADA_NOISE_STD[cfg.data_type]
     return Augmenter(noise_std, cfg.aug_init_p, adapt=cfg.ada_adapt)
 
