@@ -20,7 +20,7 @@ from density.runtime.checkpoint import format_version
 from density.runtime.download import fetch, resolve
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import load_torch
-from density.vocoders.vocoder import GriffinLimVocoder, HifiGAN, hubert_config, load_vocoder, mel_config
+from density.vocoders.vocoder import GriffinLimVocoder, HifiGAN, hifigan_hubert_config, hifigan_mel_config, load_vocoder
 
 N_SAMPLES = 16000  # one second at 16 kHz: the SC09 clip length every generation call returns
 
@@ -166,8 +166,8 @@ def untrained_asgan(device=None, mel=False) -> ASGANInference:
     + a mel HiFi-GAN. For tests and speed measurements; no download."""
     if mel:
         cfg = parse_config(["model=rp_w", "preset=mel"])
-        vocoder = HifiGAN(mel_config())
+        vocoder = HifiGAN(hifigan_mel_config())
     else:
         cfg = parse_config(OFFICIAL_OVERRIDES)
-        vocoder = HifiGAN(hubert_config())
+        vocoder = HifiGAN(hifigan_hubert_config())
     return ASGANInference(Generator(cfg.rp_w_cfg), vocoder.remove_weight_norm(), cfg).to(resolve_device(device))

@@ -29,7 +29,7 @@ MEL_WEIGHT = 45.0  # HiFi-GAN's weights of the generator loss terms
 FM_WEIGHT = 2.0
 STFT_SIZES = (512, 1024, 2048)  # multi-resolution STFT distance (a metric, not a training loss)
 STFT_FLOOR_DB = -80.0  # STFT magnitudes are floored this far below a full-scale sine's peak (n_fft / 4)
-SILENCE = {"melspec": LOG_MEL_SILENCE, "hubert_L6": 0.0}  # feature value of padded (silent) frames
+PAD_VALUE = {"melspec": LOG_MEL_SILENCE, "hubert_L6": 0.0}  # feature value of padded (silent) frames, per data_type
 
 
 # ---------------------------------------------------------------- discriminators
@@ -213,8 +213,8 @@ class VocoderClips(Dataset):
         labels=None,
         resample=False,
     ):
-        if data_type not in SILENCE:
-            raise DatasetError(f"data_type={data_type}: choose one of {sorted(SILENCE)}")
+        if data_type not in PAD_VALUE:
+            raise DatasetError(f"data_type={data_type}: choose one of {sorted(PAD_VALUE)}")
         if data_type != "melspec" and not feature_root:
             raise DatasetError(
                 f"data_type={data_type} reads its features from the cache: set feature_root=<folder "
@@ -267,7 +267,7 @@ class VocoderClips(Dataset):
             s = self.start(i, feats.shape[0])
             feats, wav = feats[s : s + L], wav[s * self.hop : (s + L) * self.hop]
             if feats.shape[0] < L:
-                feats = F.pad(feats, (0, 0, 0, L - feats.shape[0]), value=SILENCE[self.data_type])
+                feats = F.pad(feats, (0, 0, 0, L - feats.shape[0]), value=PAD_VALUE[self.data_type])
                 wav = F.pad(wav, (0, L * self.hop - wav.shape[0]))
         return feats, wav
 

@@ -56,17 +56,17 @@ class HifiGANConfig:
         return hop
 
 
-def hubert_config() -> HifiGANConfig:
+def hifigan_hubert_config() -> HifiGANConfig:
     """HuBERT layer 6: 768-d frames at 50 Hz -> 16 kHz (hop 320)."""
     return HifiGANConfig(768, [10, 8, 2, 2], [20, 16, 4, 4])
 
 
-def mel_config() -> HifiGANConfig:
+def hifigan_mel_config() -> HifiGANConfig:
     """log-mel: 128 bands at 100 Hz -> 16 kHz (hop 160)."""
     return HifiGANConfig(audio.N_MELS, [10, 4, 2, 2], [20, 8, 4, 4])
 
 
-def hifigan_small_mel_config() -> HifiGANConfig:
+def hifigan_mel_small_config() -> HifiGANConfig:
     """log-mel HiFi-GAN with 128 initial channels (the V2 width; V1 has 512): ~1/16 of the V1 compute."""
     return HifiGANConfig(audio.N_MELS, [10, 4, 2, 2], [20, 8, 4, 4], upsample_initial_channel=128)
 
@@ -322,9 +322,9 @@ class GriffinLimVocoder(nn.Module):
 
 FORMATS = {"hifigan": (HifiGAN, HifiGANConfig), "istft": (ISTFTVocoder, ISTFTConfig)}  # file tag -> classes
 VOCODER_CONFIGS = {  # name -> (format, config function), for training command lines (vocoder=istft_mel)
-    "hifigan_hubert": ("hifigan", hubert_config),
-    "hifigan_mel": ("hifigan", mel_config),
-    "hifigan_mel_small": ("hifigan", hifigan_small_mel_config),
+    "hifigan_hubert": ("hifigan", hifigan_hubert_config),
+    "hifigan_mel": ("hifigan", hifigan_mel_config),
+    "hifigan_mel_small": ("hifigan", hifigan_mel_small_config),
     "istft_hubert": ("istft", istft_hubert_config),
     "istft_mel": ("istft", istft_mel_config),
 }
