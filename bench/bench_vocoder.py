@@ -35,7 +35,7 @@ from density.models import Generator  # noqa: E402
 from density.vocoders.vocoder import VOCODER_CONFIGS, HifiGAN, build_vocoder, vocoder_config  # noqa: E402
 
 AUDIO_S = N_SAMPLES / 16000  # seconds of audio per clip
-E2E_BAR = 20  # wav/s end to end that issue 12 asks of the iSTFT HuBERT path on the 2-core CPU
+E2E_BAR = 20  # target wav/s end to end of the iSTFT HuBERT path on the 2-core CPU
 SPEEDUP_BAR = 10  # iSTFT over HiFi-GAN V1 (same features), batch 16
 
 

@@ -257,7 +257,7 @@ def test_hub_entries_and_reference_keyword(monkeypatch):
 
 
 def test_random_bytes_are_errors_naming_the_file(tmp_path):
-    """Issue 10 case 5: a checkpoint or vocoder of random bytes raised IndexError: pop from empty list."""
+    """A checkpoint or vocoder of random bytes used to raise IndexError: pop from empty list."""
     make_checkpoint(tmp_path / "ckpt.pt")
     (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(ValueError, match=r"random\.pt: not a readable ASGAN checkpoint"):
@@ -267,7 +267,7 @@ def test_random_bytes_are_errors_naming_the_file(tmp_path):
 
 
 def test_batch_of_zero_and_wrong_shapes_are_clear_errors(tmp_path):
-    """Issue 10 case 8: an obscure reshape error, and asserts (gone under python -O)."""
+    """These used to be an obscure reshape error, and asserts (gone under python -O)."""
     g = make_checkpoint(tmp_path / "ckpt.pt")
     with pytest.raises(ValueError, match="a batch of 0 latents"):
         g(torch.zeros(0, 16))
@@ -292,7 +292,7 @@ def test_batch_of_zero_and_wrong_shapes_are_clear_errors(tmp_path):
     ],
 )
 def test_short_or_html_downloads_are_never_cached(server, path, message):
-    """Issue 10 case 4: they were cached under the final name and reused after the URL was fixed."""
+    """They used to be cached under the final name and reused after the URL was fixed."""
     httpd, url, root = server
     shutil.copy(root / "asgan_tiny.pt", root / "typed.pt")
     with pytest.raises(DownloadError, match=message):

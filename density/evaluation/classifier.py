@@ -1,4 +1,4 @@
-"""The SC09 evaluation classifier (issue 8): ResNeXt-29 on a 1x32x32 log-power mel image of a 1-s clip.
+"""The SC09 evaluation classifier: ResNeXt-29 on a 1x32x32 log-power mel image of a 1-s clip.
 
 `classifier_input` is the front end of the SaShiMi / pytorch-speech-commands classifier, in torch: the clip is
 cut or zero-padded at the end to 16000 samples, then librosa's melspectrogram (n_fft 2048, hop 512, periodic
