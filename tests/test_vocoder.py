@@ -12,7 +12,6 @@ from torch.package import PackageExporter
 from density.audio import signal as audio
 from density.inference import generate
 from density.inference import hub as hubconf
-from density.inference.asgan import N_SAMPLES
 from density.vocoders.vocoder import (
     VOCODER_CONFIGS,
     GriffinLimVocoder,
@@ -276,7 +275,7 @@ def test_istft_file_through_generate_and_hub(tmp_path):
     )
     z = torch.randn(2, g.z_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = audio.fit_length(vocoder(g(z)).squeeze(1), N_SAMPLES)  # (2, 16000), 16 frames * 320 centred
+        expected = audio.fit_length(vocoder(g(z)).squeeze(1), audio.CLIP_SAMPLES)  # (2, 16000), 16 frames * 320 centred
     assert expected.abs().max() > 1e-3
     wavs = read_wavs(tmp_path / "out")
     for i in range(2):
@@ -298,5 +297,5 @@ def test_mel_vocoder_gets_denormalised_log_mels(tmp_path):
     model = hubconf.asgan_from_checkpoint(tmp_path / "mel.pt", vocoder=tmp_path / "istft_mel.pt", device="cpu")
     z = torch.randn(2, g.z_dim)
     with torch.no_grad():
-        expected = audio.fit_length(vocoder(g(z) * std + mean).squeeze(1), N_SAMPLES)
+        expected = audio.fit_length(vocoder(g(z) * std + mean).squeeze(1), audio.CLIP_SAMPLES)
     torch.testing.assert_close(model.generate_from_latent(z), expected, rtol=1e-4, atol=1e-5)

@@ -20,6 +20,7 @@ from scipy.signal import resample_poly
 from density.runtime.fileio import atomic_path
 
 SAMPLE_RATE = 16000  # SC09 / HuBERT rate
+CLIP_SAMPLES = SAMPLE_RATE  # an SC09 clip (1 s): what the classifier reads and every generation call returns
 N_FFT = 1024  # STFT size = window length
 HOP = 160  # 10 ms hop -> 100 frames per second
 N_MELS = 128  # mel bands

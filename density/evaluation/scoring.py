@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from density import metrics
-from density.audio.signal import check_audio_files, fit_length, log_mel, save_wav
+from density.audio.signal import CLIP_SAMPLES, check_audio_files, fit_length, log_mel, save_wav
 from density.data.splits import read_split_csv
 from density.evaluation.classifier import ClipDataset
 from density.runtime.fileio import atomic_path
@@ -221,7 +221,7 @@ def repeated_row(name, make_scores, reference, repeats=1, ls_trim=0.5, svm_rando
 
 def noise_scores(classifier, n=2048, seed=0, batch_size=64):
     """n white-noise clips (std NOISE_CLIP_STD, seeded) -> Scores."""
-    noise = NOISE_CLIP_STD * torch.randn(n, 16000, generator=torch.Generator().manual_seed(seed))
+    noise = NOISE_CLIP_STD * torch.randn(n, CLIP_SAMPLES, generator=torch.Generator().manual_seed(seed))
     return score_wavs(classifier, noise, batch_size, desc="noise")
 
 

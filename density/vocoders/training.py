@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 from torch.utils.data import Dataset
 
-from density.audio.signal import LOG_MEL_SILENCE, fit_length, load_audio, log_mel
+from density.audio.signal import CLIP_SAMPLES, LOG_MEL_SILENCE, fit_length, load_audio, log_mel
 from density.dataset import DatasetError, feature_path, load_feature_file
+from density.vocoders.vocoder import LRELU_SLOPE
 
-LRELU_SLOPE = 0.1
 PERIODS = (2, 3, 5, 7, 11)
 N_SCALES = 3
 MEL_WEIGHT = 45.0  # HiFi-GAN's weights of the generator loss terms
@@ -280,7 +280,7 @@ def spaced(items, n):
     return [items[k * len(items) // n] for k in range(n)]
 
 
-def full_clip_frames(hop, n_samples=16000):
+def full_clip_frames(hop, n_samples=CLIP_SAMPLES):
     """Frames of a whole clip of n_samples (validation and evaluation score 1-s clips)."""
     return n_samples // hop
 

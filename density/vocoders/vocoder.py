@@ -29,7 +29,7 @@ from density.audio import signal as audio
 from density.runtime.download import fetch
 from density.runtime.fileio import load_torch, save_torch
 
-LRELU_SLOPE = 0.1  # HiFi-GAN's slope inside the generator
+LRELU_SLOPE = 0.1  # HiFi-GAN's slope inside the generator and the discriminators
 POST_LRELU_SLOPE = 0.01  # the final activation before conv_post uses torch's default slope, as HiFi-GAN V1
 INIT_STD = 0.01  # HiFi-GAN init of the up-sampling and residual convolutions
 PACKAGE_MARKER = ".data/extern_modules"  # written by every torch.package archive, never by torch.save
