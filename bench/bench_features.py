@@ -14,9 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import cpu_name, median_seconds  # noqa: E402
+from density.audio.signal import CLIP_SAMPLES  # noqa: E402
 from density.features.hubert import HubertFeatureReader  # noqa: E402
-
-SAMPLE_RATE = 16000  # 1-s clips
 
 
 def main():
@@ -43,7 +42,7 @@ def main():
     )
     print(f"model: HuBERT base config, {n_params / 1e6:.1f} M parameters, layer 6 (blocks 7-12 not run), fp32")
     for bs in args.batch_sizes:
-        x = 0.1 * torch.randn(bs, SAMPLE_RATE, device=dev)
+        x = 0.1 * torch.randn(bs, CLIP_SAMPLES, device=dev)
         assert reader.get_feats_batched(x).shape == (bs, 50, 768)  # also the warm-up call
         med = median_seconds(lambda x=x: reader.get_feats_batched(x), dev, warmup=0, repeats=args.repeats)
         print(f"batch {bs:3d}: median {med * 1e3:8.1f} ms/call, {bs / med:7.1f} clips/s ({args.repeats} calls)")

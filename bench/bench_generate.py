@@ -22,10 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import cpu_name, machine, sync  # noqa: E402
-from density.inference.asgan import N_SAMPLES, untrained_asgan  # noqa: E402
+from density.audio.signal import CLIP_SAMPLES, SAMPLE_RATE  # noqa: E402
+from density.inference.asgan import untrained_asgan  # noqa: E402
 from density.vocoders.vocoder import GriffinLimVocoder, HifiGAN  # noqa: E402
 
-AUDIO_S = N_SAMPLES / 16000  # seconds of audio per returned waveform
+AUDIO_S = CLIP_SAMPLES / SAMPLE_RATE  # seconds of audio per returned waveform
 
 
 def build(name, device):

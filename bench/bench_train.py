@@ -72,7 +72,7 @@ def main():
     g, d = Generator(cfg.rp_w_cfg), Discriminator.from_config(cfg)
     g_opt, d_opt = training.build_optimizers(cfg, g, d)
     G, D = engine.wrap(g, g_opt), engine.wrap(d, d_opt)
-    aug = Augmenter(training.NOISE_STD[cfg.data_type], cfg.aug_init_p)
+    aug = Augmenter(training.ADA_NOISE_STD[cfg.data_type], cfg.aug_init_p)
     real = 0.3 * torch.randn(args.batch, cfg.rp_w_cfg.seq_len, cfg.c_dim)
     z = torch.randn(args.batch, cfg.z_dim)
 

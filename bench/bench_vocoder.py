@@ -29,13 +29,14 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_generate import interleaved_medians  # noqa: E402
 from bench.common import cpu_name, machine, matmul_peak_gflops  # noqa: E402
+from density.audio.signal import CLIP_SAMPLES, SAMPLE_RATE  # noqa: E402
 from density.config import parse_config  # noqa: E402
-from density.inference.asgan import N_SAMPLES, OFFICIAL_OVERRIDES, ASGANInference  # noqa: E402
+from density.inference.asgan import OFFICIAL_OVERRIDES, ASGANInference  # noqa: E402
 from density.models import Generator  # noqa: E402
 from density.vocoders.vocoder import VOCODER_CONFIGS, HifiGAN, build_vocoder, vocoder_config  # noqa: E402
 
-AUDIO_S = N_SAMPLES / 16000  # seconds of audio per clip
-E2E_BAR = 20  # wav/s end to end that issue 12 asks of the iSTFT HuBERT path on the 2-core CPU
+AUDIO_S = CLIP_SAMPLES / SAMPLE_RATE  # seconds of audio per clip
+E2E_BAR = 20  # target wav/s end to end of the iSTFT HuBERT path on the 2-core CPU
 SPEEDUP_BAR = 10  # iSTFT over HiFi-GAN V1 (same features), batch 16
 
 
@@ -50,7 +51,7 @@ def build(name, device):
 
 def frames(model, batch, device):
     """Random (batch, L, in_dim) features for 1-s clips."""
-    return torch.randn(batch, N_SAMPLES // model.cfg.hop, model.cfg.in_dim, device=device)
+    return torch.randn(batch, CLIP_SAMPLES // model.cfg.hop, model.cfg.in_dim, device=device)
 
 
 def gflop_per_audio_s(model, device):

@@ -1,4 +1,4 @@
-"""Projection of held-out real clips into a trained generator's latent space (issue 13), on one CPU thread.
+"""Projection of held-out real clips into a trained generator's latent space (edit.py's projection), on one CPU thread.
 
     OMP_NUM_THREADS=1 python bench/latent_demo.py --checkpoint outputs/demo/asgan/ckpt_00001999.pt \
         --splits outputs/demo/splits --n_test 200 --steps 200

@@ -11,6 +11,7 @@ Decisions on the reference's quirks (docs/reference.md, differences):
 - z_std is used as a variance, as the reference does (reference note 23), so that the same seed gives the same z.
 - Tiling at most once and only for items longer than seq_len/2, and crop starts in 0..l-seq_len-1 (never
   l-seq_len), are kept as in the reference (reference note 24): they define the training distribution.
+- Log-mel items are padded with the reference's value, REFERENCE_MEL_PAD (-11.4), not LOG_MEL_SILENCE (-11.51).
 - HuBERT padding uses zeros unless a silence-vector file is given (`sil_vec_path`); the reference looked for
   the unshipped 'density/runs/hubert_sil_vec.pt' and fell back to zeros.
 - 'wav' items are scaled by 0.99/max|x| (the reference divided by max x, which flips or blows up clips whose
@@ -34,12 +35,11 @@ from torch.distributions import MultivariateNormal
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from density.audio.signal import load_audio, log_mel
+from density.audio.signal import REFERENCE_MEL_PAD, load_audio, log_mel
 
 DATA_TYPES = ("hubert_L6", "melspec", "wav")
 FEATURE_EXT = ".pt"
 AUDIO_EXTS = (".wav", ".mp3", ".flac")  # collected together when train_root holds no .pt files
-MEL_SILENCE = -11.4  # reference padding value for log-mels (about log(1e-5) = -11.51)
 WAV_PEAK = 0.99  # waveform items are scaled to this peak
 PRELOAD_THREADS = 8  # as the reference
 NORM_STD_FLOOR = 0.1  # per-channel std floor of FeatureNorm: log-mel bins that are almost always silent
@@ -234,7 +234,7 @@ class Collate:
         if sil_vec is not None:
             self.silence = torch.as_tensor(sil_vec, dtype=torch.float32).reshape(self.c_dim)
         else:
-            fill = MEL_SILENCE if data_type == "melspec" else 0.0
+            fill = REFERENCE_MEL_PAD if data_type == "melspec" else 0.0
             self.silence = torch.full((self.c_dim,), fill)
 
     @classmethod

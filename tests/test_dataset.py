@@ -10,12 +10,11 @@ import torch
 from torch.distributions import MultivariateNormal
 from torch.utils.data import DataLoader
 
-from density.audio.signal import AudioError, load_audio, log_mel, save_wav
+from density.audio.signal import REFERENCE_MEL_PAD, AudioError, load_audio, log_mel, save_wav
 from density.config import parse_config
 from density.data import splits as split_data
 from density.data.digits import make_digits_corpus
 from density.dataset import (
-    MEL_SILENCE,
     Collate,
     DatasetError,
     DiagonalNormal,
@@ -96,7 +95,7 @@ def test_collate_crop_start_range():
 
 def test_collate_silence_vectors(tmp_path):
     feats = Collate(8, "melspec", c_dim=3)([_item(2)])[0]
-    assert torch.all(feats[0, 2:] == MEL_SILENCE)
+    assert torch.all(feats[0, 2:] == REFERENCE_MEL_PAD)
     sil = torch.tensor([1.0, 2.0, 3.0])
     torch.save(sil, tmp_path / "sil.pt")
     col = Collate.from_config(_cfg(), sil_vec_path=str(tmp_path / "sil.pt"))

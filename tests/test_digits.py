@@ -6,7 +6,8 @@ import pytest
 import soundfile as sf
 
 from density.data import digits
-from density.data.digits import WORDS, make_digits_corpus, plan_corpus, render
+from density.data.digits import make_digits_corpus, plan_corpus, render
+from density.data.splits import SC09_CLASSES
 
 NAME = re.compile(r"^[0-9a-f]{8}_nohash_\d+\.wav$")
 
@@ -25,11 +26,11 @@ def _speaker(rel):
 def test_layout_and_audio(corpus):
     out, n = corpus
     wavs = sorted(out.glob("*/*.wav"))
-    assert n == len(wavs) == 8 * 2 * len(WORDS)
-    assert sorted({p.parent.name for p in wavs}) == sorted(WORDS)
+    assert n == len(wavs) == 8 * 2 * len(SC09_CLASSES)
+    assert sorted({p.parent.name for p in wavs}) == sorted(SC09_CLASSES)
     for p in wavs:
         assert NAME.match(p.name), p.name
-    per_word = {w: sorted(p.name for p in (out / w).glob("*.wav")) for w in WORDS}
+    per_word = {w: sorted(p.name for p in (out / w).glob("*.wav")) for w in SC09_CLASSES}
     assert all(names == per_word["zero"] for names in per_word.values())  # every speaker says every word
     for p in wavs[::7]:
         info = sf.info(str(p))

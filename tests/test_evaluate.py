@@ -10,7 +10,7 @@ from tiny_asgan import make_checkpoint, tiny_vocoder
 from tiny_digits import make_tiny_digits, train_tiny_classifier
 
 from density import metrics as M
-from density.evaluation import evaluate
+from density.evaluation import evaluate, scoring
 from density.vocoders.vocoder import save_vocoder
 
 torch.set_num_threads(1)
@@ -45,13 +45,13 @@ def test_ndb_of_a_set_against_itself_is_zero():
 def test_row_metrics_and_table():
     rng = np.random.default_rng(0)
     logits = np.eye(4)[np.arange(400) % 4] * 20.0
-    scores = evaluate.Scores(rng.normal(size=(400, 3)), logits, rng.normal(size=(400, 5)))
-    ref = evaluate.make_reference(scores, ndb_k=5)
-    row = evaluate.row_metrics("same", scores, ref)
+    scores = scoring.Scores(rng.normal(size=(400, 3)), logits, rng.normal(size=(400, 5)))
+    ref = scoring.make_reference(scores, ndb_k=5)
+    row = scoring.row_metrics("same", scores, ref)
     assert row["n"] == 400 and row["fid"] == pytest.approx(0, abs=1e-9) and row["ndb_over_k"] == 0
     assert row["inception_score"] == pytest.approx(4, rel=0.03) and row["am_score"] == pytest.approx(0, abs=1e-6)
     assert row["linear_separability"] > 0
-    table = evaluate.markdown_table([row, dict(row, name="x", linear_separability=None)]).splitlines()
+    table = scoring.markdown_table([row, dict(row, name="x", linear_separability=None)]).splitlines()
     assert table[0].startswith("| set | N | FID") and table[2].startswith("| same | 400 | 0.000 | 4.0")
     assert table[3].endswith("| – |")
 
@@ -122,7 +122,7 @@ def test_checkpoint_hubert_with_hifigan_file_is_deterministic_and_cached(corpus,
     assert first[0]["name"] == "g.pt" and first[0]["n"] == 24 and "linear_separability" in first[0]
     assert sorted(p.name for p in (tmp_path / "wavs").iterdir())[:2] == ["00000.wav", "00001.wav"]
     assert len(list((tmp_path / "wavs").iterdir())) == 24
-    monkeypatch.setattr(evaluate, "load_batches", lambda *a, **k: pytest.fail("real sets must come from the cache"))
+    monkeypatch.setattr(scoring, "load_batches", lambda *a, **k: pytest.fail("real sets must come from the cache"))
     again = evaluate.main(args)  # same seed: same clips; real-set scores read back from the cache
     assert again == first
 
@@ -176,11 +176,11 @@ def test_generator_api_for_a_report(corpus):
 
     splits, path = corpus
     clf = load_classifier(path)
-    train = evaluate.cached_scores(clf, file_sha256(path), splits / "sc09-train.csv", "real", cache_dir=None)
+    train = scoring.cached_scores(clf, file_sha256(path), splits / "sc09-train.csv", "real", cache_dir=None)
     torch.manual_seed(0)
     cfg = tiny_cfg(mel=True)
     model = ASGANInference(Generator(cfg.rp_w_cfg), GriffinLimVocoder(n_iter=2), cfg)  # "at initialisation"
-    row = evaluate.evaluate_generator(model, clf, evaluate.make_reference(train, ndb_k=5), "init", n=8, batch_size=8)
+    row = scoring.evaluate_generator(model, clf, scoring.make_reference(train, ndb_k=5), "init", n=8, batch_size=8)
     assert row["name"] == "init" and row["n"] == 8 and set(row) >= {"fid", "inception_score", "ndb_over_k"}
 
 

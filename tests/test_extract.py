@@ -159,7 +159,7 @@ def test_cli_errors_and_help(tree, tmp_path, capsys):
 
 @pytest.mark.parametrize("tail", [1, 319, 700])
 def test_a_last_chunk_shorter_than_the_receptive_field_is_encoded(ckpt_path, tail):
-    """Issue 10 case 2: k * max_chunk + 1..319 samples padded to a 320-sample last chunk (scaled down: max_chunk
+    """A file of k * max_chunk + 1..319 samples is padded to a 320-sample last chunk (scaled down: max_chunk
     3200 instead of 1,600,000); other lengths give the features they gave before (chunk by chunk)."""
     reader = HubertFeatureReader(ckpt_path, layer=6, max_chunk=3200)
     wav = 0.1 * torch.randn(2 * 3200 + tail, generator=torch.Generator().manual_seed(0))
@@ -177,7 +177,7 @@ def test_a_last_chunk_shorter_than_the_receptive_field_is_encoded(ckpt_path, tai
 
 
 def test_a_file_that_fails_to_encode_is_reported_and_skipped(tree, tmp_path, ckpt_path, monkeypatch):
-    """Issue 10 case 2: any per-file exception is skipped and reported; the run finishes and writes its report."""
+    """Any per-file exception is skipped and reported; the run finishes and writes its report."""
     extract = HubertFeatureReader.extract
 
     def failing(self, x):

@@ -30,7 +30,7 @@ def umask():
 
 
 def test_outputs_get_the_umask_mode(tmp_path):
-    """Issue 10 case 6: mkstemp's 0600 used to be kept by the rename."""
+    """A regression: mkstemp's 0600 mode used to be kept by the rename."""
     save_torch({"a": torch.zeros(2)}, tmp_path / "c.pt")
     write_text(tmp_path / "t.csv", "a,b\n")
     save_wav(tmp_path / "w.wav", torch.zeros(160))
@@ -40,7 +40,7 @@ def test_outputs_get_the_umask_mode(tmp_path):
 
 
 def test_a_full_disk_is_a_write_error_naming_the_path_and_the_fix(tmp_path):
-    """Issue 10 case 5: torch.save said 'unexpected pos 128 vs 0'. A file-size limit fails writes as a full disk
+    """torch.save used to say 'unexpected pos 128 vs 0'. A file-size limit fails writes as a full disk
     does; nothing is left behind."""
     state = {"w": torch.zeros(100_000)}
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -92,14 +92,14 @@ def test_stale_temporaries_are_told_from_live_ones(tmp_path):
 
 @pytest.mark.parametrize("content", [os.urandom(256), b"", b"<html>not found</html>"])
 def test_load_torch_names_the_file_for_any_failure(tmp_path, content):
-    """Issue 10 case 5: random bytes used to raise IndexError: pop from empty list."""
+    """Random bytes used to raise IndexError: pop from empty list."""
     (tmp_path / "f.pt").write_bytes(content)
     with pytest.raises(ValueError, match=rf"{tmp_path / 'f.pt'}: not a readable ASGAN checkpoint"):
         load_torch(tmp_path / "f.pt", "ASGAN checkpoint")
 
 
 def test_save_wav_refuses_non_finite_audio(tmp_path):
-    """Issue 10 case 6: generate.py --truncation nan wrote garbage wavs."""
+    """A regression: generate.py --truncation nan used to write garbage wavs."""
     with pytest.raises(ValueError, match=r"w\.wav: not written, the audio holds 2 NaN or infinite samples"):
         save_wav(tmp_path / "w.wav", np.array([0.0, np.nan, np.inf, 0.5]))
     assert list(tmp_path.iterdir()) == []

@@ -204,7 +204,7 @@ def test_command_line_help_and_errors(tmp_path):
     ],
 )
 def test_bad_arguments_are_refused_before_the_model_loads(tmp_path, tiny, capsys, monkeypatch, extra, message):
-    """Issue 10 cases 6 and 8: these used to fail after loading (or, for nan, write garbage wavs with status 0)."""
+    """These used to fail after loading (or, for nan, write garbage wavs with status 0)."""
     monkeypatch.setattr(generate, "load_asgan", lambda *a, **k: pytest.fail("model loaded"))
     (tmp_path / "FILE").write_text("")
     extra = [str(tmp_path / "FILE") if a == "FILE" else a for a in extra]

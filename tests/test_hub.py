@@ -21,9 +21,9 @@ import torch
 from tiny_asgan import make_checkpoint, tiny_vocoder
 from torch.package import PackageExporter
 
-from density.audio.signal import fit_length
+from density.audio.signal import CLIP_SAMPLES, fit_length
 from density.inference import hub as hubconf
-from density.inference.asgan import N_SAMPLES, ASGANInference, Conv2SC09Wrapper
+from density.inference.asgan import ASGANInference, Conv2SC09Wrapper
 from density.runtime.download import DownloadError, download, sha256_of
 from density.vocoders.vocoder import GriffinLimVocoder, save_vocoder
 
@@ -105,9 +105,9 @@ def test_official_entry_through_download_path(server, monkeypatch):
     model = hubconf.asgan_hubert_sc09_6(vocoder_url=url + "g_tiny_package.pth", progress=False, device="cpu")
     assert isinstance(model, ASGANInference) and Conv2SC09Wrapper is ASGANInference
     assert type(model.vocoder).__module__.startswith("<torch_package_") and model.hifigan is model.vocoder
-    assert (model.z_dim, model.w_dim, model.seq_len) == (16, 16, N_SAMPLES)
+    assert (model.z_dim, model.w_dim, model.seq_len) == (16, 16, CLIP_SAMPLES)
     audio = model.unconditional_generate(3)
-    assert audio.shape == (3, N_SAMPLES) and audio.dtype == torch.float32 and not audio.requires_grad
+    assert audio.shape == (3, CLIP_SAMPLES) and audio.dtype == torch.float32 and not audio.requires_grad
     assert (audio[0] - audio[1]).abs().max() > 1e-2  # samples differ
     assert cache_files() == ["asgan_tiny.pt", "g_tiny_package.pth"]
     n_requests = len(httpd.requests)
@@ -123,7 +123,7 @@ def test_official_entry_with_a_mel_checkpoint_url_uses_griffin_lim(server, monke
     monkeypatch.setenv("ASGAN_VOCODER_URL", url + "g_tiny_package.pth")  # a HuBERT vocoder: not for mel frames
     model = hubconf.asgan_hubert_sc09_6(checkpoint_url=url + "asgan_mel.pt", progress=False, device="cpu")
     assert isinstance(model.vocoder, GriffinLimVocoder) and cache_files() == ["asgan_mel.pt"]
-    assert model.unconditional_generate(1).shape == (1, N_SAMPLES)
+    assert model.unconditional_generate(1).shape == (1, CLIP_SAMPLES)
 
 
 def test_hubert_base_through_download_path(server, fixtures_dir):
@@ -164,7 +164,7 @@ def test_cached_file_with_wrong_hash_is_refused(tmp_path):
 def test_hub_load_local_untrained_offline():
     model = torch.hub.load(str(REPO), "asgan_hubert_sc09_6", source="local", pretrained=False, device="cpu")
     audio = model.unconditional_generate(2)
-    assert audio.shape == (2, N_SAMPLES) and audio.dtype == torch.float32 and torch.isfinite(audio).all()
+    assert audio.shape == (2, CLIP_SAMPLES) and audio.dtype == torch.float32 and torch.isfinite(audio).all()
     assert sum(p.numel() for p in model.g.parameters()) == 33_384_196  # the released architecture
 
 
@@ -182,10 +182,10 @@ def test_own_checkpoint_entry_and_wrapper_api(tmp_path):
     )
     z = torch.randn(4, 16, generator=torch.Generator().manual_seed(5))
     audio = model.generate_from_latent(z)
-    assert audio.shape == (4, N_SAMPLES)
+    assert audio.shape == (4, CLIP_SAMPLES)
     with torch.no_grad():
         raw = vocoder.remove_weight_norm()(g(z)).squeeze(1)  # (4, 16 * 320)
-    pad = (N_SAMPLES - raw.shape[1]) // 2
+    pad = (CLIP_SAMPLES - raw.shape[1]) // 2
     torch.testing.assert_close(audio[:, pad : pad + raw.shape[1]], raw, rtol=1e-4, atol=1e-5)
     assert audio[:, :pad].abs().max() == 0 and audio[:, pad + raw.shape[1] :].abs().max() == 0
     torch.testing.assert_close(model.unconditional_generate(4, generator=torch.Generator().manual_seed(5)), audio)
@@ -204,7 +204,7 @@ def test_best_fad_checkpoint_falls_back_to_training_g(tmp_path):
         model = hubconf.asgan_from_checkpoint(tmp_path / "ckpt_best_fad.pt", tmp_path / "voc.pt", device="cpu")
     z = torch.randn(2, 16)
     with torch.no_grad():  # the wrapper runs the saved training G
-        expected = fit_length(vocoder.remove_weight_norm()(g(z)).squeeze(1), N_SAMPLES)
+        expected = fit_length(vocoder.remove_weight_norm()(g(z)).squeeze(1), CLIP_SAMPLES)
     torch.testing.assert_close(model.generate_from_latent(z), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -214,9 +214,9 @@ def test_mel_checkpoint_uses_griffin_lim(tmp_path):
     assert isinstance(model.vocoder, GriffinLimVocoder)
     z = torch.randn(2, 16)
     with torch.no_grad():
-        expected = fit_length(GriffinLimVocoder()(g(z)).squeeze(1), N_SAMPLES)
+        expected = fit_length(GriffinLimVocoder()(g(z)).squeeze(1), CLIP_SAMPLES)
     audio = model.generate_from_latent(z)
-    assert audio.shape == (2, N_SAMPLES) and audio.abs().max() > 0
+    assert audio.shape == (2, CLIP_SAMPLES) and audio.abs().max() > 0
     torch.testing.assert_close(audio, expected)
 
 
@@ -257,7 +257,7 @@ def test_hub_entries_and_reference_keyword(monkeypatch):
 
 
 def test_random_bytes_are_errors_naming_the_file(tmp_path):
-    """Issue 10 case 5: a checkpoint or vocoder of random bytes raised IndexError: pop from empty list."""
+    """A checkpoint or vocoder of random bytes used to raise IndexError: pop from empty list."""
     make_checkpoint(tmp_path / "ckpt.pt")
     (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(ValueError, match=r"random\.pt: not a readable ASGAN checkpoint"):
@@ -267,7 +267,7 @@ def test_random_bytes_are_errors_naming_the_file(tmp_path):
 
 
 def test_batch_of_zero_and_wrong_shapes_are_clear_errors(tmp_path):
-    """Issue 10 case 8: an obscure reshape error, and asserts (gone under python -O)."""
+    """These used to be an obscure reshape error, and asserts (gone under python -O)."""
     g = make_checkpoint(tmp_path / "ckpt.pt")
     with pytest.raises(ValueError, match="a batch of 0 latents"):
         g(torch.zeros(0, 16))
@@ -292,7 +292,7 @@ def test_batch_of_zero_and_wrong_shapes_are_clear_errors(tmp_path):
     ],
 )
 def test_short_or_html_downloads_are_never_cached(server, path, message):
-    """Issue 10 case 4: they were cached under the final name and reused after the URL was fixed."""
+    """They used to be cached under the final name and reused after the URL was fixed."""
     httpd, url, root = server
     shutil.copy(root / "asgan_tiny.pt", root / "typed.pt")
     with pytest.raises(DownloadError, match=message):

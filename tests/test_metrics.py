@@ -364,7 +364,7 @@ def test_evaluate_cli_errors_and_help(tmp_path, capsys):
         evaluate.main(["--gen_feats", str(tmp_path / "d.pt"), "--real_feats", str(tmp_path / "d.pt")])
     with pytest.raises(SystemExit, match="missing.pt"):
         evaluate.main(["--gen_logits", str(tmp_path / "missing.pt")])
-    (tmp_path / "random.pt").write_bytes(bytes(range(256)))  # issue 10 case 5: was IndexError
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)))  # torch.load raised IndexError on such bytes
     with pytest.raises(SystemExit, match=r"random\.pt"):
         evaluate.main(["--gen_logits", str(tmp_path / "random.pt")])
     with pytest.raises(SystemExit, match=f"cannot load {tmp_path}"):  # a folder, not a file

@@ -256,7 +256,7 @@ def test_segments_are_cut_at_the_same_place(splits):
     assert vt.spaced(list(range(10)), 3) == [0, 3, 6] and vt.spaced([1, 2], 0) == vt.spaced([1, 2], 5) == [1, 2]
     padded = vt.VocoderClips(paths, data_type="melspec", hop=160, in_dim=128, segment_frames=120)
     feats, wav = padded[0]
-    assert feats.shape == (120, 128) and wav.shape == (19200,) and (feats[100:] == vt.SILENCE["melspec"]).all()
+    assert feats.shape == (120, 128) and wav.shape == (19200,) and (feats[100:] == vt.PAD_VALUE["melspec"]).all()
 
 
 def test_discriminators_losses_and_distance():

@@ -12,7 +12,6 @@ from torch.package import PackageExporter
 from density.audio import signal as audio
 from density.inference import generate
 from density.inference import hub as hubconf
-from density.inference.asgan import N_SAMPLES
 from density.vocoders.vocoder import (
     VOCODER_CONFIGS,
     GriffinLimVocoder,
@@ -21,11 +20,11 @@ from density.vocoders.vocoder import (
     ISTFTConfig,
     ISTFTVocoder,
     build_vocoder,
-    hubert_config,
+    hifigan_hubert_config,
+    hifigan_mel_config,
     istft_hubert_config,
     istft_mel_config,
     load_vocoder,
-    mel_config,
     save_vocoder,
     vocoder_config,
 )
@@ -42,14 +41,14 @@ def tiny_istft(in_dim=FEATURE_DIM, hop=320, n_fft=1280):
 
 
 def test_full_size_configs_shapes():
-    for cfg, hop in [(hubert_config(), 320), (mel_config(), 160)]:
+    for cfg, hop in [(hifigan_hubert_config(), 320), (hifigan_mel_config(), 160)]:
         assert cfg.hop == hop
         model = HifiGAN(cfg).eval()
         with torch.inference_mode():
             y = model(torch.randn(2, 3, cfg.in_dim))
         assert y.shape == (2, 1, 3 * hop)
         assert y.abs().max() <= 1.0
-    assert hubert_config().in_dim == 768 and mel_config().in_dim == 128
+    assert hifigan_hubert_config().in_dim == 768 and hifigan_mel_config().in_dim == 128
 
 
 @pytest.mark.parametrize("L", [1, 2, 7, 50])
@@ -79,7 +78,10 @@ def test_small_hifigan_shapes():
     model = build_vocoder("hifigan", cfg).remove_weight_norm().eval()
     with torch.inference_mode():
         assert model(torch.randn(2, 3, 128)).shape == (2, 1, 3 * 160)
-    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in HifiGAN(mel_config()).parameters()) / 8
+    assert (
+        sum(p.numel() for p in model.parameters())
+        < sum(p.numel() for p in HifiGAN(hifigan_mel_config()).parameters()) / 8
+    )
 
 
 def test_istft_inverts_log_mel_framing_exactly():
@@ -101,7 +103,7 @@ def test_istft_inverts_log_mel_framing_exactly():
 
 def test_registry_and_build_vocoder():
     assert set(VOCODER_CONFIGS) == {"hifigan_hubert", "hifigan_mel", "hifigan_mel_small", "istft_hubert", "istft_mel"}
-    assert vocoder_config("hifigan_hubert") == ("hifigan", hubert_config())  # the released V1 shapes
+    assert vocoder_config("hifigan_hubert") == ("hifigan", hifigan_hubert_config())  # the released V1 shapes
     assert vocoder_config("istft_mel") == ("istft", istft_mel_config())
     model = build_vocoder(
         "istft", {"in_dim": 4, "hop": 160, "n_fft": 640, "dim": 8, "intermediate_dim": 8, "num_layers": 1}
@@ -115,7 +117,7 @@ def test_registry_and_build_vocoder():
     with pytest.raises(ValueError, match="not a ISTFTConfig"):
         build_vocoder("istft", {"in_dim": 4})
     with pytest.raises(ValueError, match="format 'istft' needs a ISTFTConfig"):
-        build_vocoder("istft", hubert_config())
+        build_vocoder("istft", hifigan_hubert_config())
     with pytest.raises(ValueError, match="n_fft 300, hop 160"):
         build_vocoder("istft", ISTFTConfig(4, hop=160, n_fft=300))
 
@@ -273,7 +275,7 @@ def test_istft_file_through_generate_and_hub(tmp_path):
     )
     z = torch.randn(2, g.z_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = audio.fit_length(vocoder(g(z)).squeeze(1), N_SAMPLES)  # (2, 16000), 16 frames * 320 centred
+        expected = audio.fit_length(vocoder(g(z)).squeeze(1), audio.CLIP_SAMPLES)  # (2, 16000), 16 frames * 320 centred
     assert expected.abs().max() > 1e-3
     wavs = read_wavs(tmp_path / "out")
     for i in range(2):
@@ -295,5 +297,5 @@ def test_mel_vocoder_gets_denormalised_log_mels(tmp_path):
     model = hubconf.asgan_from_checkpoint(tmp_path / "mel.pt", vocoder=tmp_path / "istft_mel.pt", device="cpu")
     z = torch.randn(2, g.z_dim)
     with torch.no_grad():
-        expected = audio.fit_length(vocoder(g(z) * std + mean).squeeze(1), N_SAMPLES)
+        expected = audio.fit_length(vocoder(g(z) * std + mean).squeeze(1), audio.CLIP_SAMPLES)
     torch.testing.assert_close(model.generate_from_latent(z), expected, rtol=1e-4, atol=1e-5)

@@ -20,6 +20,7 @@ from scipy.signal import resample_poly
 from density.runtime.fileio import atomic_path
 
 SAMPLE_RATE = 16000  # SC09 / HuBERT rate
+CLIP_SAMPLES = SAMPLE_RATE  # an SC09 clip (1 s): what the classifier reads and every generation call returns
 N_FFT = 1024  # STFT size = window length
 HOP = 160  # 10 ms hop -> 100 frames per second
 N_MELS = 128  # mel bands
@@ -27,6 +28,9 @@ F_MAX = SAMPLE_RATE / 2  # top mel edge: Nyquist
 PAD = (N_FFT - HOP) // 2  # 432 reflect-pad samples per side so a 1-s clip gives exactly 100 frames
 LOG_FLOOR = 1e-5  # clamp before log
 LOG_MEL_SILENCE = math.log(LOG_FLOOR)  # log-mel of digital silence: -11.51
+# The reference's padding value for log-mel training items (the dataset's collate, FAD's real frames): a rounded
+# LOG_MEL_SILENCE kept as the reference wrote it, so that padded batches match the reference exactly.
+REFERENCE_MEL_PAD = -11.4
 
 # Slaney mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above (27 mels per factor 6.4).
 _F_SP = 200.0 / 3

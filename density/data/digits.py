@@ -34,14 +34,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from density.audio.signal import SAMPLE_RATE, fit_length, resample_audio, save_wav
+from density.audio.signal import CLIP_SAMPLES, SAMPLE_RATE, fit_length, resample_audio, save_wav
+from density.data.splits import SC09_CLASSES
 from density.runtime import cli
 from density.runtime.fileio import write_text
 
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = ("en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-gb-x-rp", "en-us-nyc")
 ESPEAK_SR = 22050  # espeak-ng's native output rate
-CLIP_LEN = SAMPLE_RATE  # 1-s clips, as in Speech Commands
 MAX_SPEECH = int(0.9 * SAMPLE_RATE)  # longer words are re-synthesised faster so the clip keeps a margin
 MAX_TRIES = 5  # re-synthesis attempts at a higher rate before giving up
 TRIM_THRESHOLD = 0.02  # leading/trailing samples below 2% of the peak count as silence
@@ -135,7 +134,7 @@ def render(word, voice, rate, pitch, pitch_range, peak, seed):
         rate = int(rate * len(speech) / MAX_SPEECH) + 5  # speak faster until the word fits
     else:
         raise RuntimeError(f"'{word}' with voice '{voice}' stays longer than {MAX_SPEECH} samples even at rate {rate}")
-    return fit_length(torch.from_numpy(speech * (peak / np.abs(speech).max())).float(), CLIP_LEN).numpy()
+    return fit_length(torch.from_numpy(speech * (peak / np.abs(speech).max())).float(), CLIP_SAMPLES).numpy()
 
 
 def _speaker_id(voice):
@@ -183,7 +182,7 @@ def plan_corpus(seed=0, n_speakers=100, per_word=2, valid_frac=0.1, test_frac=0.
     assert len({s["id"] for s in speakers}) == len(speakers), "speaker id collision"
     clips = []
     for s in speakers:
-        for word in WORDS:
+        for word in SC09_CLASSES:
             for k in range(per_word):
                 clips.append(
                     dict(
@@ -225,7 +224,7 @@ def make_digits_corpus(
     settings and seed, so the corpus is the same for any number of workers.
     """
     out = Path(out_dir)
-    existing = [out / w for w in WORDS if (out / w).exists()] + [
+    existing = [out / w for w in SC09_CLASSES if (out / w).exists()] + [
         p for p in (out / "validation_list.txt", out / "testing_list.txt") if p.exists()
     ]
     if existing and not overwrite:
@@ -234,7 +233,7 @@ def make_digits_corpus(
             "--overwrite (removes the .wav files of the ten word folders first)"
         )
     speakers, clips = plan_corpus(seed, n_speakers, per_word, valid_frac, test_frac)
-    for w in WORDS:
+    for w in SC09_CLASSES:
         (out / w).mkdir(parents=True, exist_ok=True)
         for old in (out / w).glob("*.wav"):
             old.unlink()

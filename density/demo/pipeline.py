@@ -194,164 +194,152 @@ def final_checkpoint(run_dir):
     return ckpts[-1]
 
 
+def command(module, *args):
+    """argv of `python -m module args...` with this interpreter."""
+    return [PYTHON, "-m", module, *map(str, args)]
+
+
+def split_csvs(out):
+    """{'train', 'valid', 'test'}: the split CSVs the splits stage writes."""
+    return {s: out / "splits" / f"sc09-{s}.csv" for s in ("train", "valid", "test")}
+
+
+def data_stages(out, setting):
+    """The stages DATA_STAGES names: corpus, splits, log-mel features of train and valid, evaluation classifier."""
+    corpus, csv = out / "corpus", split_csvs(out)
+    corpus_args = ["--out", corpus, "--speakers", setting["speakers"], "--per_word", setting["per_word"]]
+    return [
+        (
+            "corpus",
+            command(
+                "density.data.digits", *corpus_args, "--test_frac", setting["test_frac"], "--seed", SEED, "--overwrite"
+            ),
+        ),
+        (
+            "splits",
+            command("density.data.splits", "--root_path", corpus, "--sc09_only", "true", "--out_dir", out / "splits"),
+        ),
+        *[
+            (
+                f"features_{s}",
+                command("density.features.extract", "--csv", csv[s], "--out", out / "features", "--type", "melspec"),
+            )
+            for s in ("train", "valid")
+        ],
+        (
+            "classifier",
+            command(
+                "density.evaluation.train_classifier",
+                f"train_csv={csv['train']}",
+                f"valid_csv={csv['valid']}",
+                f"test_csv={csv['test']}",
+                f"checkpoint_path={out / 'classifier'}",
+                f"seed={SEED}",
+                "resume_checkpoint=auto",
+                *setting["classifier"],
+            ),
+        ),
+    ]
+
+
+def asgan_training(out, setting, name, max_steps, *extra):
+    """A train_asgan stage (preset mel_small on the demo's features and splits) writing to <out>/<name>;
+    max_steps 0: the preset's."""
+    csv = split_csvs(out)
+    return (
+        name,
+        command(
+            "density.gan.train",
+            "preset=mel_small",
+            f"train_root={out / 'features'}",
+            f"sc09_train_csv={csv['train']}",
+            f"sc09_valid_csv={csv['valid']}",
+            "n_valid=0",
+            f"seed={SEED}",
+            *setting["asgan"],
+            *([f"max_steps={max_steps}"] if max_steps else []),
+            f"checkpoint_path={out / name}",
+            *extra,
+        ),
+    )
+
+
+def samples_stage(out, setting):
+    """generate.py on the trained run's newest checkpoint (argv built when the stage starts)."""
+    return (
+        "samples",
+        lambda: command(
+            "density.inference.generate",
+            "--checkpoint",
+            final_checkpoint(out / "asgan"),
+            "--out_dir",
+            out / "samples",
+            "--n",
+            setting["n_samples"],
+            "--seed",
+            SEED,
+            "--device",
+            "cpu",
+        ),
+    )
+
+
+def metrics_stage(out, setting, run):
+    """evaluate.py on the newest checkpoint of run 'trained' (<out>/asgan) or 'init' (<out>/asgan_init) ->
+    <out>/metrics_<run>.json (argv built when the stage starts)."""
+    csv = split_csvs(out)
+    run_dir = out / ("asgan" if run == "trained" else "asgan_init")
+    return (
+        f"metrics_{run}",
+        lambda: command(
+            "density.evaluation.evaluate",
+            "--classifier",
+            out / "classifier" / "classifier_best.pt",
+            "--train_csv",
+            csv["train"],
+            "--test_csv",
+            csv["test"],
+            "--n",
+            setting["n_eval"],
+            "--seed",
+            SEED,
+            "--device",
+            "cpu",
+            "--cache_dir",
+            out / "eval_cache",
+            "--checkpoint",
+            final_checkpoint(run_dir),
+            "--json",
+            out / f"metrics_{run}.json",
+        ),
+    )
+
+
 def stages(out, setting, steps):
     """The plan: a list of steps run in order; a step is a list of lanes run side by side (see run_lanes); a lane
     is a list of (name, argv or a function of nothing returning argv)."""
-    py = [PYTHON]
-    corpus, splits, feats = out / "corpus", out / "splits", out / "features"
-    csv = {s: splits / f"sc09-{s}.csv" for s in ("train", "valid", "test")}
-    train_args = [
-        f"train_root={feats}",
-        f"sc09_train_csv={csv['train']}",
-        f"sc09_valid_csv={csv['valid']}",
-        "n_valid=0",
-        f"seed={SEED}",
-        *setting["asgan"],
-    ]
-    classifier = out / "classifier" / "classifier_best.pt"
-    evaluate = py + [
-        "-m",
-        "density.evaluation.evaluate",
-        "--classifier",
-        str(classifier),
-        "--train_csv",
-        str(csv["train"]),
-        "--test_csv",
-        str(csv["test"]),
-        "--n",
-        str(setting["n_eval"]),
-        "--seed",
-        str(SEED),
-        "--device",
-        "cpu",
-        "--cache_dir",
-        str(out / "eval_cache"),
-    ]
-    corpus_stage = (
-        "corpus",
-        py
-        + [
-            "-m",
-            "density.data.digits",
-            "--out",
-            str(corpus),
-            "--speakers",
-            str(setting["speakers"]),
-            "--per_word",
-            str(setting["per_word"]),
-            "--test_frac",
-            str(setting["test_frac"]),
-            "--seed",
-            str(SEED),
-            "--overwrite",
-        ],
-    )
-    splits_stage = (
-        "splits",
-        py + ["-m", "density.data.splits", "--root_path", str(corpus), "--sc09_only", "true", "--out_dir", str(splits)],
-    )
-    feature_stages = [
-        (
-            f"features_{s}",
-            py + ["-m", "density.features.extract", "--csv", str(csv[s]), "--out", str(feats), "--type", "melspec"],
-        )
-        for s in ("train", "valid")
-    ]
-    classifier_stage = (
-        "classifier",
-        py
-        + [
-            "-m",
-            "density.evaluation.train_classifier",
-            f"train_csv={csv['train']}",
-            f"valid_csv={csv['valid']}",
-            f"test_csv={csv['test']}",
-            f"checkpoint_path={out / 'classifier'}",
-            f"seed={SEED}",
-            "resume_checkpoint=auto",
-            *setting["classifier"],
-        ],
-    )
-    init_stage = (
-        "asgan_init",
-        py
-        + [
-            "-m",
-            "density.gan.train",
-            "preset=mel_small",
-            *train_args,
-            "max_steps=1",
-            f"checkpoint_path={out / 'asgan_init'}",
-            "overwrite=true",
-        ],
-    )
-    train_stage = (
-        "asgan",
-        py
-        + [
-            "-m",
-            "density.gan.train",
-            "preset=mel_small",
-            *train_args,
-            *([f"max_steps={steps}"] if steps else []),
-            f"checkpoint_path={out / 'asgan'}",
-            "resume_checkpoint=auto",
-        ],
-    )
-    samples_stage = (
-        "samples",
-        lambda: (
-            py
-            + [
-                "-m",
-                "density.inference.generate",
-                "--checkpoint",
-                str(final_checkpoint(out / "asgan")),
-                "--out_dir",
-                str(out / "samples"),
-                "--n",
-                str(setting["n_samples"]),
-                "--seed",
-                str(SEED),
-                "--device",
-                "cpu",
-            ]
-        ),
-    )
-    metrics = {
-        run: (
-            f"metrics_{run}",
-            lambda run=run: (
-                evaluate
-                + [
-                    "--checkpoint",
-                    str(final_checkpoint(out / ("asgan" if run == "trained" else "asgan_init"))),
-                    "--json",
-                    str(out / f"metrics_{run}.json"),
-                ]
-            ),
-        )
-        for run in ("trained", "init")
-    }
-    report_stage = ("report", py + ["-m", "density.demo.report", "--demo_dir", str(out)])
+    corpus, splits, features_train, features_valid, classifier = data_stages(out, setting)
+    init = asgan_training(out, setting, "asgan_init", 1, "overwrite=true")
+    train = asgan_training(out, setting, "asgan", steps, "resume_checkpoint=auto")
     return [
-        [[corpus_stage]],
-        [[splits_stage]],
-        *[[[f]] for f in feature_stages],
-        [[init_stage]],
-        [[classifier_stage, metrics["init"]], [train_stage]],  # side by side: they need nothing of each other
-        [[samples_stage]],
-        [[metrics["trained"]]],
-        [[report_stage]],
+        [[corpus]],
+        [[splits]],
+        [[features_train]],
+        [[features_valid]],
+        [[init]],
+        [[classifier, metrics_stage(out, setting, "init")], [train]],  # side by side: they need nothing of each other
+        [[samples_stage(out, setting)]],
+        [[metrics_stage(out, setting, "trained")]],
+        [[("report", command("density.demo.report", "--demo_dir", out))]],
     ]
 
 
 def vocoder_stages(out, setting):
     """make demo-vocoder's steps after the data: the vocoders side by side, then their scores."""
-    splits = out / "splits"
+    csv = split_csvs(out)
     common = [
-        f"train_csv={splits / 'sc09-train.csv'}",
-        f"valid_csv={splits / 'sc09-valid.csv'}",
+        f"train_csv={csv['train']}",
+        f"valid_csv={csv['valid']}",
         f"feature_root={out / 'features'}",
         f"seed={SEED}",
         "resume_checkpoint=auto",
@@ -360,29 +348,27 @@ def vocoder_stages(out, setting):
     train = [
         (
             f"vocoder_{name}",
-            [PYTHON, "-m", "density.vocoders.train", *common, f"checkpoint_path={out / f'vocoder_{name}'}", *extra],
+            command("density.vocoders.train", *common, f"checkpoint_path={out / f'vocoder_{name}'}", *extra),
         )
         for name, extra in setting["vocoders"].items()
     ]
     scores = (
         "vocoder_metrics",
-        [
-            PYTHON,
-            "-m",
+        command(
             "density.evaluation.vocoders",
             "--test_csv",
-            str(splits / "sc09-test.csv"),
+            csv["test"],
             "--classifier",
-            str(out / "classifier" / "classifier_best.pt"),
+            out / "classifier" / "classifier_best.pt",
             "--n",
-            str(setting["n_vocoder_eval"]),
+            setting["n_vocoder_eval"],
             "--json",
-            str(out / "vocoder_metrics.json"),
+            out / "vocoder_metrics.json",
             *[
                 f"--vocoder={VOCODER_NAMES[name]}={out / f'vocoder_{name}' / 'vocoder_best.pt'}"
                 for name in setting["vocoders"]
             ],
-        ],
+        ),
     )
     return [[[stage] for stage in train], [[scores]]]
 

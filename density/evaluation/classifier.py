@@ -1,4 +1,4 @@
-"""The SC09 evaluation classifier (issue 8): ResNeXt-29 on a 1x32x32 log-power mel image of a 1-s clip.
+"""The SC09 evaluation classifier: ResNeXt-29 on a 1x32x32 log-power mel image of a 1-s clip.
 
 `classifier_input` is the front end of the SaShiMi / pytorch-speech-commands classifier, in torch: the clip is
 cut or zero-padded at the end to 16000 samples, then librosa's melspectrogram (n_fft 2048, hop 512, periodic
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from density.audio.signal import SAMPLE_RATE, load_audio, mel_filterbank
+from density.audio.signal import CLIP_SAMPLES, load_audio, mel_filterbank
 from density.data.splits import SC09_CLASSES
 from density.features.fairseq_checkpoint import (
     Placeholder,
@@ -34,7 +34,6 @@ from density.features.fairseq_checkpoint import (
     restricted_pickle_module,
 )
 
-CLIP_SAMPLES = SAMPLE_RATE  # 1 s
 N_FFT, HOP, N_MELS = 2048, 512, 32  # 32 frames x 32 bands for a 1-s clip
 AMIN, TOP_DB = 1e-10, 80.0  # librosa.power_to_db defaults
 CONFIGS = {

@@ -36,9 +36,8 @@ from density.runtime.engine import resolve_device
 from density.runtime.fileio import write_text
 from density.runtime.run import PERIODIC
 from density.vocoders import training as vt
-from density.vocoders.vocoder import GriffinLimVocoder, load_vocoder
+from density.vocoders.vocoder import GRIFFIN_LIM_LISTENING_ITERS, GriffinLimVocoder, load_vocoder
 
-GRIFFIN_LIM_ITERS = 32  # generate.py's listening default (evaluate.py scores with 8)
 COLUMNS = (
     ("N", "n", "d"),
     ("MR-STFT ↓", "mr_stft", ".3f"),
@@ -107,7 +106,7 @@ def evaluate_vocoders(
     *,
     n=0,
     feature_root=None,
-    griffin_lim_iters=GRIFFIN_LIM_ITERS,
+    griffin_lim_iters=GRIFFIN_LIM_LISTENING_ITERS,
     batch_size=32,
     device="cpu",
 ):
@@ -189,7 +188,7 @@ def main(argv=None):
     )
     p.add_argument("--n", type=int, default=0, help="N clips evenly spaced over the CSV (0: all)")
     p.add_argument("--feature_root", default=None, help="feature cache (needed for non-log-mel vocoders)")
-    p.add_argument("--griffin_lim_iters", type=int, default=GRIFFIN_LIM_ITERS)
+    p.add_argument("--griffin_lim_iters", type=int, default=GRIFFIN_LIM_LISTENING_ITERS)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the rows here")

@@ -43,13 +43,13 @@ from density.audio.signal import LOG_MEL_SILENCE, SAMPLE_RATE, check_audio_files
 from density.config import config_from_yaml, parse_config
 from density.data.splits import read_split_csv
 from density.dataset import Collate, FeatureDataset, FeatureNorm, discover_files
-from density.evaluation import evaluate
+from density.evaluation import scoring
 from density.evaluation.classifier import file_sha256, load_classifier
 from density.gan.training import build_g_optimizer
 from density.models import Discriminator, Generator
 from density.runtime import cli
 from density.runtime.checkpoint import load as load_checkpoint
-from density.vocoders.vocoder import GriffinLimVocoder
+from density.vocoders.vocoder import GRIFFIN_LIM_SCORING_ITERS, GriffinLimVocoder
 
 WORD_LOG_MEL = -8.0  # a frame whose mean log-mel is above this is part of the word
 PNG_CLIPS = 8
@@ -83,7 +83,7 @@ def parse_args(argv=None):
         default=[6, 12, 24],
         help="time resolutions to try, in frames per second (default 6 12 24)",
     )
-    ceiling.add_argument("--griffin_lim_iters", type=int, default=evaluate.GRIFFIN_LIM_ITERS)
+    ceiling.add_argument("--griffin_lim_iters", type=int, default=GRIFFIN_LIM_SCORING_ITERS)
     ceiling.add_argument("--cache_dir", default=None, help="evaluate.py's cache of the training split's scores")
     args = p.parse_args(argv)
     if args.n < 1 or getattr(args, "steps", 1) < 1 or getattr(args, "batch_size", 1) < 1:
@@ -212,9 +212,9 @@ def ceiling(args):
     paths = paths[: args.n]
     check_audio_files(paths)  # before the slow scoring of the training split
     classifier = load_classifier(args.classifier)
-    train = evaluate.cached_scores(classifier, file_sha256(args.classifier), args.train_csv, "real", args.cache_dir)
-    reference = evaluate.make_reference(train, ndb_k=0)
-    wav = torch.cat(list(evaluate.load_batches(paths, BATCH)))  # [n, T]
+    train = scoring.cached_scores(classifier, file_sha256(args.classifier), args.train_csv, "real", args.cache_dir)
+    reference = scoring.make_reference(train, ndb_k=0)
+    wav = torch.cat(list(scoring.load_batches(paths, BATCH)))  # [n, T]
     x = log_mel(wav).transpose(1, 2)  # [n, L, C]
     vocoder = GriffinLimVocoder(n_iter=args.griffin_lim_iters)
     rows = [("real test clips", x), ("word frames set to their mean", edit_words(x, "static"))]
@@ -224,7 +224,7 @@ def ceiling(args):
     )
     for name, clips in rows:
         audio = batched(lambda c: fit_length(vocoder(c).squeeze(1), SAMPLE_RATE), clips)  # [n, 16000]
-        row = evaluate.row_metrics(name, evaluate.score_wavs(classifier, audio, BATCH, desc=name), reference)
+        row = scoring.row_metrics(name, scoring.score_wavs(classifier, audio, BATCH, desc=name), reference)
         print(f"  {name:<32} FID {row['fid']:8.2f}   IS {row['inception_score']:6.2f}")
     return 0
 

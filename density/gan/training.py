@@ -28,7 +28,7 @@ from density.runtime.run import seed_all
 
 log = logging.getLogger("train_asgan")
 
-NOISE_STD = {"hubert_L6": 0.05, "wav": 0.05, "melspec": 0.2}  # ADA noise per data type (reference note 21)
+ADA_NOISE_STD = {"hubert_L6": 0.05, "wav": 0.05, "melspec": 0.2}  # ADA noise per data type (reference note 21)
 NEVER_SKIP_EVERY = 16  # a D phase on a multiple of 16 steps is never turned into a G phase by the ADA skip
 LOSS_SMOOTHING, R1_SMOOTHING = 0.1, 0.2  # EMA factors of the logged smoothed losses
 R1_LOG_MIN = 1e-8  # R1 values at or below this (phases without R1) do not enter the smoothed R1
@@ -289,8 +289,8 @@ def set_lrs(cfg, step, *optimizers):
 
 
 def make_augmenter(cfg, norm):
-    """The ADA Augmenter; with feature normalisation its noise is NOISE_STD on the raw scale (NOISE_STD / std)."""
-    noise_std = NOISE_STD[cfg.data_type] / norm.std if norm.enabled else NOISE_STD[cfg.data_type]
+    """The ADA Augmenter; with feature normalisation its noise std is ADA_NOISE_STD / norm.std: ADA_NOISE_STD raw."""
+    noise_std = ADA_NOISE_STD[cfg.data_type] / norm.std if norm.enabled else ADA_NOISE_STD[cfg.data_type]
     return Augmenter(noise_std, cfg.aug_init_p, adapt=cfg.ada_adapt)
 
 

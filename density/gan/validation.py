@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from density.audio.plots import feature_frames_figure, histogram_figure
-from density.audio.signal import SAMPLE_RATE
+from density.audio.signal import REFERENCE_MEL_PAD, SAMPLE_RATE
 from density.config import ConfigError
-from density.dataset import MEL_SILENCE
 from density.losses import discriminator_loss, generator_loss
 from density.metrics import ApproxKL, closest_dist_pair, fad, feature_statistics, perc_closest
 from density.runtime.run import seed_all
@@ -86,14 +85,14 @@ def real_statistics(valid_ds, encode=None):
     """FAD reference statistics: mean and unbiased covariance of all frames of the uncropped validation items.
 
     With `encode` (see fad_encoder) of their HuBERT features instead: the items are padded to the longest one
-    (log-mels at the front with silence, waveforms at the end with zeros) and encoded FAD_CHUNK at a time.
+    (log-mels at the front with REFERENCE_MEL_PAD, waveforms at the end with zeros) and encoded FAD_CHUNK at a time.
     """
     items = [valid_ds.load(i) for i in tqdm(range(len(valid_ds)), desc="validation statistics", unit="item")]
     if encode is None:
         return feature_statistics(torch.cat([x.reshape(x.shape[0], -1) for x in items]))
     n = max(x.shape[0] for x in items)
     if valid_ds.data_type == "melspec":
-        items = [F.pad(x, (0, 0, n - x.shape[0], 0), value=MEL_SILENCE) for x in items]  # (n, 128) each
+        items = [F.pad(x, (0, 0, n - x.shape[0], 0), value=REFERENCE_MEL_PAD) for x in items]  # (n, 128) each
     else:
         items = [F.pad(x, (0, n - x.shape[0]))[:, None] for x in items]  # (n, 1) each
     chunks = tqdm(range(0, len(items), FAD_CHUNK), desc="validation statistics (HuBERT)", unit="batch")

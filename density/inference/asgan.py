@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from density.audio.signal import fit_length
+from density.audio.signal import CLIP_SAMPLES, fit_length
 from density.config import config_from_yaml, parse_config
 from density.dataset import FeatureNorm
 from density.models import Generator
@@ -20,9 +20,7 @@ from density.runtime.checkpoint import format_version
 from density.runtime.download import fetch, resolve
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import load_torch
-from density.vocoders.vocoder import GriffinLimVocoder, HifiGAN, hubert_config, load_vocoder, mel_config
-
-N_SAMPLES = 16000  # one second at 16 kHz: the SC09 clip length every generation call returns
+from density.vocoders.vocoder import GriffinLimVocoder, HifiGAN, hifigan_hubert_config, hifigan_mel_config, load_vocoder
 
 RELEASE = "https://github.com/RF5/simple-asgan/releases/download/v0/"
 CHECKPOINT_URL = RELEASE + "asgan_hubert_ckpt_00520000_slim.pt"
@@ -56,7 +54,7 @@ class ASGANInference(nn.Module):
         self.g, self.vocoder, self.cfg = g.eval(), vocoder.eval(), cfg
         self.feature_norm = feature_norm if feature_norm is not None else FeatureNorm()
         self.z_dim, self.w_dim = g.z_dim, g.w_dim
-        self.seq_len = N_SAMPLES
+        self.seq_len = CLIP_SAMPLES
 
     @property
     def hifigan(self):
@@ -68,7 +66,7 @@ class ASGANInference(nn.Module):
 
     def _vocode(self, c):
         audio = self.vocoder(self.feature_norm.denormalize(c))  # (N, 1, T)
-        return fit_length(audio.squeeze(1).float(), N_SAMPLES)
+        return fit_length(audio.squeeze(1).float(), CLIP_SAMPLES)
 
     @torch.inference_mode()
     def unconditional_generate(self, N: int, generator: torch.Generator = None):
@@ -166,8 +164,8 @@ def untrained_asgan(device=None, mel=False) -> ASGANInference:
     + a mel HiFi-GAN. For tests and speed measurements; no download."""
     if mel:
         cfg = parse_config(["model=rp_w", "preset=mel"])
-        vocoder = HifiGAN(mel_config())
+        vocoder = HifiGAN(hifigan_mel_config())
     else:
         cfg = parse_config(OFFICIAL_OVERRIDES)
-        vocoder = HifiGAN(hubert_config())
+        vocoder = HifiGAN(hifigan_hubert_config())
     return ASGANInference(Generator(cfg.rp_w_cfg), vocoder.remove_weight_norm(), cfg).to(resolve_device(device))

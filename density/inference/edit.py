@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from density.audio.plots import write_spectrogram_grid
-from density.audio.signal import SAMPLE_RATE, fit_length, load_audio, log_mel, save_wav
+from density.audio.signal import CLIP_SAMPLES, SAMPLE_RATE, fit_length, load_audio, log_mel, save_wav
 from density.data.splits import class_order, read_split_csv
 from density.features.hubert import Featurizer
 from density.inference import latent
-from density.inference.asgan import N_SAMPLES, load_asgan
+from density.inference.asgan import load_asgan
 from density.models import Generator
 from density.runtime import cli
 from density.runtime.download import fetch
@@ -135,7 +135,7 @@ class FrontEnd:
 
     @torch.no_grad()
     def __call__(self, wavs):
-        x = self.featurize(fit_length(wavs, N_SAMPLES)).float()  # (B, frames, C)
+        x = self.featurize(fit_length(wavs, CLIP_SAMPLES)).float()  # (B, frames, C)
         if x.shape[2] != self.c_dim:
             raise ValueError(
                 f"the front end gives {x.shape[2]}-dim features but the generator makes "
@@ -160,7 +160,7 @@ class Tools:
 
     def features(self, paths):
         """Wav files -> (waveforms (B, 16000), features (B, seq_len, c_dim))."""
-        wavs = torch.stack([fit_length(load_audio(p, resample=self.args.resample), N_SAMPLES) for p in paths])
+        wavs = torch.stack([fit_length(load_audio(p, resample=self.args.resample), CLIP_SAMPLES) for p in paths])
         return wavs, self.front_end(wavs)
 
     def project(self, feats, g=None, stats=None, space=None):

@@ -66,7 +66,7 @@ def hubert_hifigan(pretrained=True, progress=True, device=None, model_dir=None, 
     """
     device = resolve_device(device)
     if not pretrained:
-        return _vocoder.HifiGAN(_vocoder.hubert_config()).remove_weight_norm().to(device).eval()
+        return _vocoder.HifiGAN(_vocoder.hifigan_hubert_config()).remove_weight_norm().to(device).eval()
     return _vocoder.load_vocoder(
         _download.resolve(url, _inf.VOCODER_URL_ENV, _inf.VOCODER_URL),
         device,

@@ -19,17 +19,17 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 from torch.utils.data import Dataset
 
-from density.audio.signal import LOG_MEL_SILENCE, fit_length, load_audio, log_mel
+from density.audio.signal import CLIP_SAMPLES, LOG_MEL_SILENCE, fit_length, load_audio, log_mel
 from density.dataset import DatasetError, feature_path, load_feature_file
+from density.vocoders.vocoder import LRELU_SLOPE
 
-LRELU_SLOPE = 0.1
 PERIODS = (2, 3, 5, 7, 11)
 N_SCALES = 3
 MEL_WEIGHT = 45.0  # HiFi-GAN's weights of the generator loss terms
 FM_WEIGHT = 2.0
 STFT_SIZES = (512, 1024, 2048)  # multi-resolution STFT distance (a metric, not a training loss)
 STFT_FLOOR_DB = -80.0  # STFT magnitudes are floored this far below a full-scale sine's peak (n_fft / 4)
-SILENCE = {"melspec": LOG_MEL_SILENCE, "hubert_L6": 0.0}  # feature value of padded (silent) frames
+PAD_VALUE = {"melspec": LOG_MEL_SILENCE, "hubert_L6": 0.0}  # feature value of padded (silent) frames, per data_type
 
 
 # ---------------------------------------------------------------- discriminators
@@ -213,8 +213,8 @@ class VocoderClips(Dataset):
         labels=None,
         resample=False,
     ):
-        if data_type not in SILENCE:
-            raise DatasetError(f"data_type={data_type}: choose one of {sorted(SILENCE)}")
+        if data_type not in PAD_VALUE:
+            raise DatasetError(f"data_type={data_type}: choose one of {sorted(PAD_VALUE)}")
         if data_type != "melspec" and not feature_root:
             raise DatasetError(
                 f"data_type={data_type} reads its features from the cache: set feature_root=<folder "
@@ -267,7 +267,7 @@ class VocoderClips(Dataset):
             s = self.start(i, feats.shape[0])
             feats, wav = feats[s : s + L], wav[s * self.hop : (s + L) * self.hop]
             if feats.shape[0] < L:
-                feats = F.pad(feats, (0, 0, 0, L - feats.shape[0]), value=SILENCE[self.data_type])
+                feats = F.pad(feats, (0, 0, 0, L - feats.shape[0]), value=PAD_VALUE[self.data_type])
                 wav = F.pad(wav, (0, L * self.hop - wav.shape[0]))
         return feats, wav
 
@@ -280,7 +280,7 @@ def spaced(items, n):
     return [items[k * len(items) // n] for k in range(n)]
 
 
-def full_clip_frames(hop, n_samples=16000):
+def full_clip_frames(hop, n_samples=CLIP_SAMPLES):
     """Frames of a whole clip of n_samples (validation and evaluation score 1-s clips)."""
     return n_samples // hop
 
