@@ -226,6 +226,14 @@ def test_a_wrong_hash_is_refused_and_the_file_removed(server, tmp_path, monkeypa
     assert list((tmp_path / "sc").iterdir()) == []  # no archive, no partial, nothing extracted
 
 
+def test_a_failed_request_leaves_no_partial_file(server, tmp_path, monkeypatch):
+    httpd, base = server
+    monkeypatch.setenv(speech_commands.URL_ENV, base + "range/missing.tar.gz")
+    with pytest.raises(DownloadError, match=r"missing\.tar\.gz failed after 0 bytes: HTTP Error 404") as error:
+        split(tmp_path / "sc", tmp_path / "splits")
+    assert "kept" not in str(error.value) and list((tmp_path / "sc").iterdir()) == []
+
+
 def test_a_truncated_archive_is_never_extracted(server, archive, tmp_path, monkeypatch):
     httpd, base = server
     data = archive[1]

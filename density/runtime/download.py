@@ -56,11 +56,16 @@ def cache_dir(model_dir=None) -> Path:
 
 
 def sha256_of(path) -> str:
+    return _digest_of(path).hexdigest()
+
+
+def _digest_of(path):
+    """A hashlib SHA-256 object fed with the bytes of the file `path` (more can be added)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
 
 
 def _check_sha(actual, expected, what):
@@ -211,8 +216,11 @@ def download_resumable(url, dest, sha256, progress=True) -> Path:
         except BlockingIOError:
             raise DownloadError(f"{partial}: another process is downloading it; wait for it to finish") from None
         try:
-            digest = _continue(url, out, _resume_digest(partial), dest.name, progress)
+            digest = _continue(url, out, _digest_of(partial), dest.name, progress)
         except DownloadError as e:
+            if out.tell() == 0:  # nothing to continue from
+                partial.unlink(missing_ok=True)
+                raise
             raise DownloadError(f"{e} ({out.tell()} bytes are kept in {partial}: run again to continue)") from e
     actual = digest.hexdigest()
     if actual.lower() != sha256.lower():
@@ -223,15 +231,6 @@ def download_resumable(url, dest, sha256, progress=True) -> Path:
         )
     os.replace(partial, dest)
     return dest
-
-
-def _resume_digest(partial):
-    """SHA-256 object fed with the bytes already in the partial file."""
-    digest = hashlib.sha256()
-    with open(partial, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest
 
 
 def _continue(url, out, digest, name, progress):
