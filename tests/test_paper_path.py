@@ -219,11 +219,19 @@ def test_a_complete_partial_file_is_verified_and_a_second_download_waits(server,
     assert (folder / ARCHIVE).read_bytes() == archive[1] and len(rows(tmp_path / "splits" / "sc09-test.csv")) == 10
 
 
-def test_a_wrong_hash_is_refused_and_the_file_removed(server, tmp_path, monkeypatch):
+def test_a_wrong_hash_is_refused_and_the_file_removed(server, archive, tmp_path, monkeypatch):
+    httpd, base = server
     monkeypatch.setenv(speech_commands.SHA_ENV, "0" * 64)
     with pytest.raises(DownloadError, match=r"SHA-256 is [0-9a-f]{64}, expected 0{64}; the file was removed"):
         split(tmp_path / "sc", tmp_path / "splits")
     assert list((tmp_path / "sc").iterdir()) == []  # no archive, no partial, nothing extracted
+    monkeypatch.delenv(speech_commands.SHA_ENV)
+    monkeypatch.setenv(speech_commands.URL_ENV, base + "range/" + ARCHIVE)
+    (tmp_path / "sc" / ARCHIVE).write_bytes(archive[1])  # an archive at hand that is not the pinned one
+    n_requests = len(httpd.log)
+    with pytest.raises(DownloadError, match=rf"{ARCHIVE} \(from .*\); delete it to download again"):
+        split(tmp_path / "sc", tmp_path / "splits")
+    assert [p.name for p in (tmp_path / "sc").iterdir()] == [ARCHIVE] and len(httpd.log) == n_requests  # kept
 
 
 def test_a_failed_request_leaves_no_partial_file(server, tmp_path, monkeypatch):
@@ -389,3 +397,17 @@ def test_download_split_features_train_generate_evaluate(
     assert [r["name"] for r in result["rows"]][:2] == ["ckpt_00000003.pt", "real train"]
     assert result["rows"][0]["n"] == 8 and 1 <= result["rows"][0]["inception_score"] <= 10
     assert "| ckpt_00000003.pt |" in capsys.readouterr().out
+
+
+def test_a_member_is_refused_where_a_link_already_on_disk_leads_out_of_the_folder(tmp_path):
+    archive = tmp_path / "sc.tar.gz"
+    with tarfile.open(archive, mode="w:gz") as tar:
+        member = tarfile.TarInfo("./zero/a_nohash_0.wav")
+        member.size = 4
+        tar.addfile(member, io.BytesIO(b"RIFF"))
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "sc").mkdir()
+    (tmp_path / "sc" / "zero").symlink_to(tmp_path / "outside")
+    with pytest.raises(UnsafeArchiveError, match=r"'\./zero/a_nohash_0\.wav' would be written outside the folder"):
+        speech_commands.extract_safely(archive, tmp_path / "sc")
+    assert list((tmp_path / "outside").iterdir()) == []

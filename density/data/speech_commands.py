@@ -76,7 +76,7 @@ def _problem(member, target):
         return f"is a link (to {member.linkname!r})"
     if not (member.isfile() or member.isdir()):
         return "is a device, pipe or other special file"
-    path = os.path.normpath(os.path.join(target, member.name))
+    path = os.path.realpath(os.path.join(target, member.name))  # through links already on disk, too
     if os.path.isabs(member.name) or os.path.commonpath([target, path]) != target:
         return "would be written outside the folder"
     return None
