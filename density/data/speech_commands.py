@@ -2,9 +2,9 @@
 
     fetch_speech_commands("data/speech_commands", version="0.02")   # what split_data.py --download DIR runs
 
-The archive (`speech_commands_v0.0X.tar.gz`, about 2.3 GB for v0.02 and 1.4 GB for v0.01) is downloaded into the folder
-with `density.runtime.download.download_resumable`: a partial download is kept as `<archive>.partial` and
-continued by the next run with an HTTP Range request, and the file gets its final name only when its SHA-256
+The archive (`speech_commands_v0.0X.tar.gz`, about 2.3 GB for v0.02 and 1.4 GB for v0.01) is downloaded into
+the folder with `density.runtime.download.download_resumable`: a partial download is kept as `<archive>.partial`
+and continued by the next run with an HTTP Range request, and the file gets its final name only when its SHA-256
 is the pinned one. Only then is it extracted, after every member has been checked: a link, a device or any
 other non-regular member, or a name that leaves the folder (absolute, or with `..`), refuses the whole archive
 before anything is written. A damaged archive (whose hash was overridden) is refused the same way.
@@ -40,9 +40,9 @@ ARCHIVES = {
 VERSIONS = tuple(ARCHIVES)
 
 
-class UnsafeArchiveError(ValueError):
-    """An archive with a member that could write outside its folder (or is not a plain file or folder), or a
-    damaged archive; nothing of it was extracted."""
+class ArchiveError(ValueError):
+    """An archive that is not extracted: damaged, or with a member that is not a plain file or folder or that
+    would be written outside the target folder."""
 
 
 def archive_name(version):
@@ -52,7 +52,7 @@ def archive_name(version):
 def fetch_speech_commands(folder, version="0.02", url=None, sha256=None, progress=True) -> Path:
     """Download (resuming), verify and extract Speech Commands `version` into `folder` unless done. -> folder.
 
-    Raises DownloadError (network, truncated transfer, wrong SHA-256) or UnsafeArchiveError; in both cases
+    Raises DownloadError (network, truncated transfer, wrong SHA-256) or ArchiveError; in both cases
     nothing is extracted.
     """
     if version not in ARCHIVES:
@@ -83,19 +83,19 @@ def _problem(member, target):
 
 
 def checked_members(tar, archive, target):
-    """Every member of the open `tar`, each checked (see `_problem`) -> list of TarInfo; UnsafeArchiveError
+    """Every member of the open `tar`, each checked (see `_problem`) -> list of TarInfo; ArchiveError
     names the first bad one or the damage that stopped the reading."""
     try:
         members = tar.getmembers()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise UnsafeArchiveError(
+        raise ArchiveError(
             f"{archive}: not a complete tar.gz archive ({type(e).__name__}: {e}); nothing was extracted. "
             "Delete it and run again"
         ) from e
     for member in members:
         problem = _problem(member, target)
         if problem is not None:
-            raise UnsafeArchiveError(
+            raise ArchiveError(
                 f"{archive}: refused, member {member.name!r} {problem}; nothing was extracted. The official "
                 "archive has only plain files and folders: check where the file came from"
             )
@@ -115,5 +115,5 @@ def extract_safely(archive, folder):
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(target, members=members, **safe)
     except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise UnsafeArchiveError(f"{archive}: extraction failed ({type(e).__name__}: {e}); run again") from e
+        raise ArchiveError(f"{archive}: extraction failed ({type(e).__name__}: {e}); run again") from e
     return folder
