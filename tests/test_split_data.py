@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from density.data import speech_commands
 from density.data import splits as split_data
 from density.data.digits import make_digits_corpus
+from density.runtime.download import DownloadError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,3 +130,57 @@ def test_cli_on_generated_corpus(tmp_path):
     assert not speakers["valid"] & speakers["test"]
     listed = (root / "validation_list.txt").read_text().split()
     assert sorted(str(root / r) for r in listed) == [r["path"] for r in parts["valid"]]
+
+
+# torchaudio's pins (torchaudio/datasets/speechcommands.py, _CHECKSUMS): a changed pin must be a deliberate edit here
+PINNED = {
+    "0.02": (
+        "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz",
+        "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58",
+    ),
+    "0.01": (
+        "http://download.tensorflow.org/data/speech_commands_v0.01.tar.gz",
+        "743935421bb51cccdb6bdd152e04c5c70274e935c82119ad7faeec31780d811d",
+    ),
+}
+
+
+def test_download_fetches_the_pinned_archive_of_the_version_unless_overridden(tmp_path, monkeypatch):
+    """What --download asks for (the transfer itself: tests/test_paper_path.py, on a local server)."""
+    asked = []
+
+    def offline(url, dest, sha256, progress=True):
+        asked.append((url, dest, sha256))
+        raise DownloadError(f"download of {url} failed after 0 bytes: offline")
+
+    monkeypatch.setattr(speech_commands, "download_resumable", offline)
+    monkeypatch.delenv(speech_commands.URL_ENV, raising=False)
+    monkeypatch.delenv(speech_commands.SHA_ENV, raising=False)
+    for extra in ([], ["--version", "0.01"]):
+        with pytest.raises(DownloadError, match="offline"):
+            split_data.main(["--download", str(tmp_path / "sc"), "--sc09_only", "true", *extra])
+    monkeypatch.setenv(speech_commands.URL_ENV, "http://127.0.0.1:9/mirror.tar.gz")
+    monkeypatch.setenv(speech_commands.SHA_ENV, "1" * 64)
+    with pytest.raises(DownloadError):
+        split_data.main(["--download", str(tmp_path / "sc"), "--out_dir", str(tmp_path / "splits")])
+    assert asked == [
+        (PINNED["0.02"][0], tmp_path / "sc" / "speech_commands_v0.02.tar.gz", PINNED["0.02"][1]),
+        (PINNED["0.01"][0], tmp_path / "sc" / "speech_commands_v0.01.tar.gz", PINNED["0.01"][1]),
+        ("http://127.0.0.1:9/mirror.tar.gz", tmp_path / "sc" / "speech_commands_v0.02.tar.gz", "1" * 64),
+    ]
+    assert not (tmp_path / "splits").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--download", "sc", "--version", "0.03"], "invalid choice: '0.03'"),
+        (["--root_path", "sc", "--download", "sc"], "not allowed with argument"),
+        (["--root_path", "sc", "--version", "0.01"], "--version goes with --download"),
+        (["--sc09_only", "true"], "one of the arguments --root_path --download is required"),
+    ],
+)
+def test_download_option_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        split_data.main([*argv, "--out_dir", str(tmp_path / "splits")])
+    assert stop.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "splits").exists()

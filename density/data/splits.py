@@ -1,8 +1,12 @@
-"""Split a Speech Commands tree into train/valid/test CSVs (reference note 26).
+"""Split a Speech Commands tree into train/valid/test CSVs (reference note 26), downloading it first if asked.
 
     python split_data.py --root_path /data/speech_commands_v0.02 --sc09_only true
+    python split_data.py --download data/speech_commands --sc09_only true        # [--version 0.01]
 
-Reads `validation_list.txt` and `testing_list.txt` (one `<word>/<file>.wav` per line) under the root;
+`--download DIR` fetches the official archive into DIR (resumable, SHA-256 checked, safely extracted:
+density/data/speech_commands.py; ASGAN_SPEECH_COMMANDS_URL / _SHA256 override the URL and the hash) and then
+splits DIR as `--root_path DIR` does. Reads `validation_list.txt` and `testing_list.txt` (one
+`<word>/<file>.wav` per line) under the root;
 train is every other .wav, minus folders whose name contains '_' (`_background_noise_`). With
 `--sc09_only` only the ten digit words are kept. Writes CSVs with columns `path` (root/relative) and
 `label` (folder name) to `<out_dir>/sc09-{train,valid,test}.csv` (SC09) or `<out_dir>/{train,valid,test}.csv`.
@@ -15,6 +19,7 @@ import csv
 import sys
 from pathlib import Path
 
+from density.data.speech_commands import VERSIONS, fetch_speech_commands
 from density.runtime import cli
 from density.runtime.fileio import atomic_path
 
@@ -108,10 +113,21 @@ def write_csv(path, root, rels):
 
 def main(argv=None):
     ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root_path", required=True, help="Speech Commands root (holds <word>/ folders and the lists)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--root_path", help="Speech Commands root (holds <word>/ folders and the lists)")
+    src.add_argument(
+        "--download",
+        metavar="DIR",
+        help="download the official Speech Commands archive into DIR (resumes; skipped when done), then split DIR",
+    )
+    ap.add_argument("--version", choices=VERSIONS, help=f"Speech Commands version for --download ({VERSIONS[0]})")
     ap.add_argument("--sc09_only", type=str2bool, default=False, help="keep only zero..nine (true/false)")
     ap.add_argument("--out_dir", default="splits", help="where the CSVs go (default ./splits)")
     args = ap.parse_args(argv)
+    if args.version and not args.download:
+        ap.error("--version goes with --download")
+    if args.download:
+        args.root_path = str(fetch_speech_commands(args.download, args.version or VERSIONS[0]))
     try:
         splits = make_splits(args.root_path, args.sc09_only)
     except FileNotFoundError as e:

@@ -8,11 +8,19 @@ downloads are removed by the next one. A download without data for IDLE_TIMEOUT_
 TOTAL_TIMEOUT_S (environment variable ASGAN_DOWNLOAD_TIMEOUT), fails. Every URL has a
 default that an argument or an environment variable overrides (argument first), which lets users point at
 mirrors and tests at a local server.
+
+`download_resumable` is for large files (datasets): it keeps the partial file `<dest>.partial` across runs and
+continues it with an HTTP Range request; a server that ignores the range (status 200) sends the file again from
+byte 0. The SHA-256 is required and checked before the file gets its final name; a mismatch removes the partial.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import os
+import re
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -48,11 +56,16 @@ def cache_dir(model_dir=None) -> Path:
 
 
 def sha256_of(path) -> str:
+    return _digest_of(path).hexdigest()
+
+
+def _digest_of(path):
+    """A hashlib SHA-256 object fed with the bytes of the file `path` (more can be added)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
 
 
 def _check_sha(actual, expected, what):
@@ -126,39 +139,141 @@ def _check_content(path, url, name):
 def _stream(url, out, progress, name) -> str:
     """Copy `url` into the open file `out`; return the SHA-256 of what was written."""
     digest = hashlib.sha256()
-    received = 0
-    limit = float(os.environ.get("ASGAN_DOWNLOAD_TIMEOUT") or TOTAL_TIMEOUT_S)
-    deadline = time.monotonic() + limit
-    try:
+    with _network_errors(url, out):
         with urllib.request.urlopen(url, timeout=IDLE_TIMEOUT_S) as response:
-            if response.headers.get_content_type() == "text/html":
-                raise DownloadError(
-                    f"download of {url} is an HTML page, not {name}: check the URL (a login or error page?)"
-                )
+            _refuse_html(response, url, name)
             length = response.headers.get("Content-Length")
             total = int(length) if length is not None else None
-            read = getattr(response, "read1", response.read)  # returns what has arrived: the deadline is checked
-            with tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress, desc=name
-            ) as bar:
-                while block := read(CHUNK):
-                    out.write(block)
-                    digest.update(block)
-                    received += len(block)
-                    bar.update(len(block))
-                    if time.monotonic() > deadline:
-                        raise DownloadError(
-                            f"download of {url} took over {limit:.0f} s ({received} bytes so far); "
-                            "try again or raise ASGAN_DOWNLOAD_TIMEOUT (seconds)"
-                        )
+            _copy_body(response, out, digest, url, name, total=total, progress=progress)
+    if total is not None and out.tell() != total:
+        raise DownloadError(f"download of {url} was truncated: got {out.tell()} of {total} bytes; try again")
+    return digest.hexdigest()
+
+
+def _refuse_html(response, url, name):
+    if response.headers.get_content_type() == "text/html":
+        raise DownloadError(f"download of {url} is an HTML page, not {name}: check the URL (a login or error page?)")
+
+
+@contextlib.contextmanager
+def _network_errors(url, out):
+    """Turn the network errors of a transfer into DownloadError naming `url` and the bytes in `out` so far."""
+    try:
+        yield
     except TimeoutError as e:
         raise DownloadError(
-            f"download of {url} stalled: no data for {IDLE_TIMEOUT_S} s after {received} bytes; try again"
+            f"download of {url} stalled: no data for {IDLE_TIMEOUT_S} s after {out.tell()} bytes; try again"
         ) from e
     except http.client.HTTPException as e:  # e.g. IncompleteRead: the server closed the connection early
-        raise DownloadError(f"download of {url} was truncated after {received} bytes: {e!r}; try again") from e
+        raise DownloadError(f"download of {url} was truncated after {out.tell()} bytes: {e!r}; try again") from e
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise DownloadError(f"download of {url} failed after {received} bytes: {e}") from e
-    if total is not None and received != total:
-        raise DownloadError(f"download of {url} was truncated: got {received} of {total} bytes; try again")
-    return digest.hexdigest()
+        raise DownloadError(f"download of {url} failed after {out.tell()} bytes: {e}") from e
+
+
+def _copy_body(response, out, digest, url, name, *, total, progress, initial=0):
+    """Append the response body to the open file `out` and to `digest`, within the overall time limit.
+
+    total: the file's size in bytes for the progress bar (None: unknown); initial: bytes the bar starts from.
+    """
+    limit = float(os.environ.get("ASGAN_DOWNLOAD_TIMEOUT") or TOTAL_TIMEOUT_S)
+    deadline = time.monotonic() + limit
+    read = getattr(response, "read1", response.read)  # returns what has arrived: the deadline is checked
+    with tqdm(
+        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress, desc=name
+    ) as bar:
+        while block := read(CHUNK):
+            out.write(block)
+            digest.update(block)
+            bar.update(len(block))
+            if time.monotonic() > deadline:
+                raise DownloadError(
+                    f"download of {url} took over {limit:.0f} s ({out.tell()} bytes so far); "
+                    "try again or raise ASGAN_DOWNLOAD_TIMEOUT (seconds)"
+                )
+
+
+def download_resumable(url, dest, sha256, progress=True) -> Path:
+    """Fetch `url` to the path `dest` unless it is there; continue `<dest>.partial` of an earlier run. -> dest.
+
+    The partial file is appended to from its end with an HTTP Range request; a server that answers 200 instead
+    of 206 (no range support) sends the whole file, which replaces the partial. A transfer that stops early
+    (network error, stall, overall time limit, fewer bytes than announced) raises DownloadError and keeps the
+    partial for the next run. A complete file whose SHA-256 is not `sha256` is removed (DownloadError); one
+    that matches is renamed to `dest`. An existing `dest` is checked against `sha256`. One download per `dest`
+    at a time (a lock on the partial).
+    """
+    if not sha256:
+        raise ValueError(f"download_resumable({url}): an expected SHA-256 is required")
+    dest = Path(dest)
+    if dest.is_file():
+        _check_sha(sha256_of(dest), sha256, f"{dest} (from {url}); delete it to download again")
+        return dest
+    partial = dest.with_name(dest.name + ".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "ab") as out:
+        try:
+            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DownloadError(f"{partial}: another process is downloading it; wait for it to finish") from None
+        try:
+            digest = _continue(url, out, _digest_of(partial), dest.name, progress)
+        except DownloadError as e:
+            if out.tell() == 0:  # nothing to continue from
+                partial.unlink(missing_ok=True)
+                raise
+            raise DownloadError(f"{e} ({out.tell()} bytes are kept in {partial}: run again to continue)") from e
+    actual = digest.hexdigest()
+    if actual.lower() != sha256.lower():
+        partial.unlink(missing_ok=True)
+        raise DownloadError(
+            f"download of {url}: SHA-256 is {actual}, expected {sha256}; the file was removed. It is corrupt or not "
+            "the one intended: check the URL and the expected hash, then run again"
+        )
+    os.replace(partial, dest)
+    return dest
+
+
+def _continue(url, out, digest, name, progress):
+    """Append the rest of `url` to `out` (open for appending, holding what `digest` has seen), resuming at its
+    end with a Range request, or from byte 0 (`out` truncated) where the server sends the whole file.
+    -> the SHA-256 object of everything in `out`."""
+    offset = out.seek(0, os.SEEK_END)
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with _network_errors(url, out):
+        try:
+            response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=IDLE_TIMEOUT_S)
+        except urllib.error.HTTPError as e:
+            if e.code != 416 or not offset:  # 416: nothing after `offset`; the partial may be complete (checked)
+                raise
+            e.close()
+            return digest
+        with response:
+            _refuse_html(response, url, name)
+            start, total = _range_of(response, offset)
+            if start != offset:
+                out.seek(0)
+                out.truncate()
+                digest = hashlib.sha256()
+                if start is None:
+                    raise DownloadError(
+                        f"download of {url}: asked for bytes {offset}- and got "
+                        f"'{response.headers.get('Content-Range')}': the partial file was emptied"
+                    )
+                if offset:
+                    print(f"{url}: the server does not resume (HTTP Range); downloading from byte 0", file=sys.stderr)
+            _copy_body(response, out, digest, url, name, total=total, progress=progress, initial=start)
+    if total is not None and out.tell() != total:
+        raise DownloadError(f"download of {url} was truncated: got {out.tell()} of {total} bytes")
+    return digest
+
+
+def _range_of(response, offset):
+    """-> (the byte the body starts at, the file's whole size or None) of a response to a request from `offset`;
+    start None for a 206 answer that is not the range asked for."""
+    length = response.headers.get("Content-Length")
+    if getattr(response, "status", None) != 206:
+        return 0, int(length) if length is not None else None
+    m = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (response.headers.get("Content-Range") or "").strip())
+    if m is None or int(m[1]) != offset:
+        return None, None
+    return offset, int(m[2]) if m[2] != "*" else None
