@@ -54,6 +54,18 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("done before, skipped") == len(timings["stages"]) - 1  # all but the report, rewritten
 
+    # a marker whose outputs are gone does not count; a cache beside the checkpoints is not taken as the newest one
+    (out / "samples" / "seed0_00003.wav").unlink()
+    (out / "metrics_trained.json").unlink()
+    (out / "asgan" / "ckpt_00000005.pt.w_avg-0123abcd-n100.pt").write_bytes(b"generate.py's mean-w cache")
+    repaired = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert repaired.returncode == 0, repaired.stdout[-3000:] + repaired.stderr[-3000:]
+    for stage in ("samples", "metrics_trained"):
+        assert f"== {stage}: done before, but " in repaired.stdout
+    assert repaired.stdout.count("done before, skipped") == len(timings["stages"]) - 3
+    assert len(list((out / "samples").glob("*.wav"))) == 8
+    assert json.loads((out / "metrics_trained.json").read_text())["rows"][0]["name"] == "ckpt_00000005.pt"
+
     # make demo-vocoder on the same folder: the data stages are skipped, the two vocoders train side by side
     vocoders = subprocess.run(env_cmd + ["--vocoders"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert vocoders.returncode == 0, vocoders.stdout[-3000:] + vocoders.stderr[-3000:]

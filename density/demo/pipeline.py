@@ -30,8 +30,11 @@ import threading
 import time
 from pathlib import Path
 
+from density.data.splits import read_split_csv
+from density.dataset import feature_path
 from density.runtime import cli
 from density.runtime.fileio import write_text
+from density.runtime.run import PERIODIC
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder holding `density`: the commands run there as `-m`
 PYTHON = sys.executable
@@ -117,15 +120,21 @@ class StageFailed(Exception):
     """A stage's command exited non-zero."""
 
 
-def run_stage(name, out, argv, log, log_file=None, env=None):
-    """Run one command unless <out>/.done/<name> exists; record its seconds in `log`.
+def run_stage(name, out, argv, log, *, outputs=None, log_file=None, env=None):
+    """Run one command unless <out>/.done/<name> exists and its outputs are all there; record its seconds in `log`.
 
+    outputs: a function of nothing -> the files the stage leaves behind (None: none checked). The marker is written
+    only when they exist after the command; a marker whose outputs are gone does not count (the stage runs again).
     log_file: send the command's output there instead of the terminal. env: its environment (None: ours).
     """
     marker = out / ".done" / name
     if marker.exists():
-        print(f"== {name}: done before, skipped", flush=True)
-        return
+        missing = missing_outputs(outputs)
+        if not missing:
+            print(f"== {name}: done before, skipped", flush=True)
+            return
+        print(f"== {name}: done before, but {missing[0]} is missing: running it again", flush=True)
+        marker.unlink()
     print(f"== {name}: {shlex.join(argv)}" + (f"  (output: {log_file})" if log_file else ""), flush=True)
     start = time.perf_counter()
     if log_file is None:
@@ -141,21 +150,35 @@ def run_stage(name, out, argv, log, log_file=None, env=None):
             f"demo: stage {name} failed (exit {proc.returncode}); fix the error {where} and run the "
             "demo again: finished stages are skipped"
         )
-    marker.parent.mkdir(parents=True, exist_ok=True)
+    missing = missing_outputs(outputs)
+    if missing:
+        raise StageFailed(f"demo: stage {name} exited 0 but did not write {missing[0]}")
     write_text(marker, f"{seconds:.1f}\n")
     log[name] = seconds
     print(f"== {name}: {seconds:.0f} s", flush=True)
 
 
-def run_lanes(lanes, out, log):
-    """Run lanes (lists of (name, argv)) side by side, each stage after the one before it in its lane.
+def missing_outputs(outputs):
+    """The files of a stage's `outputs` function that do not exist (all of them when it cannot list them)."""
+    if outputs is None:
+        return []
+    try:
+        paths = list(outputs())
+    except (OSError, ValueError) as e:  # e.g. a split CSV that is gone
+        return [f"its outputs ({e})"]
+    return [p for p in paths if not Path(p).is_file()]
+
+
+def run_lanes(lanes, out, log, outputs):
+    """Run lanes (lists of (name, argv)) side by side, each stage after the one before it in its lane; outputs:
+    {stage name: function -> the files it leaves behind} (stage_outputs).
 
     One lane runs in the foreground with every thread. Several share the CPU: one thread each, and all but the
     last lane write to <out>/logs/<stage>.log (the last keeps the terminal for its progress bars).
     """
     if len(lanes) == 1:
         for name, argv in lanes[0]:
-            run_stage(name, out, argv() if callable(argv) else argv, log)
+            run_stage(name, out, argv() if callable(argv) else argv, log, outputs=outputs.get(name))
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     errors = []
@@ -168,8 +191,9 @@ def run_lanes(lanes, out, log):
                     out,
                     argv() if callable(argv) else argv,
                     log,
-                    out / "logs" / f"{name}.log" if quiet else None,
-                    env,
+                    outputs=outputs.get(name),
+                    log_file=out / "logs" / f"{name}.log" if quiet else None,
+                    env=env,
                 )
         except StageFailed as e:
             errors.append(str(e))
@@ -187,8 +211,9 @@ def run_lanes(lanes, out, log):
 
 
 def final_checkpoint(run_dir):
-    """The newest periodic checkpoint of a training run folder."""
-    ckpts = sorted(Path(run_dir).glob("ckpt_[0-9]*.pt"))
+    """The newest periodic checkpoint of a training run folder (only names the trainer writes, not caches beside
+    them such as generate.py's mean-w file)."""
+    ckpts = sorted(p for p in Path(run_dir).glob("ckpt_*.pt") if PERIODIC.fullmatch(p.name))
     if not ckpts:
         raise SystemExit(f"demo: {run_dir} holds no checkpoint")
     return ckpts[-1]
@@ -197,6 +222,36 @@ def final_checkpoint(run_dir):
 def command(module, *args):
     """argv of `python -m module args...` with this interpreter."""
     return [PYTHON, "-m", module, *map(str, args)]
+
+
+def stage_outputs(out, setting):
+    """{stage name: function of nothing -> the files the stage leaves behind}: a stage counts as done only with them."""
+    csv = split_csvs(out)
+
+    def features(split):
+        return lambda: [feature_path(p, out / "features") for p in read_split_csv(csv[split])[0]]
+
+    return {
+        "corpus": lambda: [out / "corpus" / "speakers.csv"],
+        "splits": lambda: list(csv.values()),
+        "features_train": features("train"),
+        "features_valid": features("valid"),
+        "classifier": lambda: [out / "classifier" / "classifier_best.pt", out / "classifier" / "test_results.json"],
+        "asgan_init": lambda: [final_checkpoint(out / "asgan_init")],
+        "asgan": lambda: [final_checkpoint(out / "asgan")],
+        "samples": lambda: (
+            [out / "samples" / "spectrograms.png"]
+            + [out / "samples" / f"seed{SEED}_{i:05d}.wav" for i in range(setting["n_samples"])]
+        ),
+        "metrics_init": lambda: [out / "metrics_init.json"],
+        "metrics_trained": lambda: [out / "metrics_trained.json"],
+        "report": lambda: [out / "report.md", out / "report.html"],
+        **{
+            f"vocoder_{name}": (lambda name=name: [out / f"vocoder_{name}" / "vocoder_best.pt"])
+            for name in VOCODER_NAMES
+        },
+        "vocoder_metrics": lambda: [out / "vocoder_metrics.json"],
+    }
 
 
 def split_csvs(out):
@@ -400,15 +455,13 @@ def main(argv=None):
     seconds = json.loads(timings_path.read_text())["stages"] if timings_path.exists() else {}
     setting = TINY if args.tiny else FULL
     demo_plan = stages(out, setting, args.steps)
+    outputs = stage_outputs(out, setting)
     plan, extra = demo_plan, vocoder_stages(out, setting)
     if args.vocoders:
         by_name = {name: (name, argv) for step in demo_plan for lane in step for name, argv in lane}
         report = [step for step in demo_plan if step[0][0][0] == "report"]
-        plan = (
-            [[[by_name[name]]] for name in DATA_STAGES]
-            + extra
-            + (report if (out / ".done" / "metrics_trained").exists() else [])
-        )
+        demo_done = (out / ".done" / "metrics_trained").exists() and not missing_outputs(outputs["metrics_trained"])
+        plan = [[[by_name[name]]] for name in DATA_STAGES] + extra + (report if demo_done else [])
     names = [name for step in demo_plan + extra for lane in step for name, _ in lane]
 
     def save_timings():  # plan order, whatever order the side-by-side stages finished in; the total is make demo's
@@ -427,7 +480,7 @@ def main(argv=None):
             if step[0][0][0] == "report":  # the report shows every stage's time, so it is written last and anew
                 save_timings()
                 (out / ".done" / "report").unlink(missing_ok=True)
-            run_lanes(step, out, seconds)
+            run_lanes(step, out, seconds, outputs)
             save_timings()
     except StageFailed as e:
         raise SystemExit(str(e)) from None
