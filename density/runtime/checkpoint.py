@@ -76,9 +76,14 @@ def load(path, required=REQUIRED_KEYS, what="an asgan training checkpoint"):
 def format_version(state, path):
     """The checkpoint's layout version (0 without the key); CheckpointError for one newer than this code reads."""
     version = state.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise CheckpointError(
-            f"{path}: checkpoint format_version {version!r}; this code reads versions up to "
+            f"{path}: checkpoint format_version {version!r} is not a version (an integer 0..{FORMAT_VERSION}); "
+            "the file was not written by asgan or was edited: use the checkpoint the run wrote"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format_version {version}; this code reads versions up to "
             f"{FORMAT_VERSION}: update asgan"
         )
     return version
