@@ -32,7 +32,16 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from density.audio.signal import check_audio_files
-from density.config import ConfigError, check_minimums, parse_overrides, require_keys
+from density.config import (
+    ConfigError,
+    Range,
+    above,
+    at_least,
+    check_ranges,
+    parse_overrides,
+    require_keys,
+    within,
+)
 from density.data.splits import class_order, read_split_csv
 from density.evaluation.classifier import (
     CONFIGS,
@@ -96,41 +105,24 @@ class ClassifierConfig:
     summary_interval: int = 10  # steps between tensorboard training scalars
 
 
+RANGES = {  # checked by parse_config: `error: key=value: must be <range>`
+    **dict.fromkeys(
+        ("batch_size", "n_epochs", "validation_interval", "checkpoint_interval", "summary_interval"), at_least(1)
+    ),
+    **dict.fromkeys(("max_steps", "num_workers", "num_threads", "keep_last_checkpoints", "weight_decay"), at_least(0)),
+    "lr": above(0),
+    **dict.fromkeys(("warmup_frac", "shift_s", "noise_prob"), within(0, 1)),
+    "gain_range": Range(lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high"),
+    "snr_db_range": Range(lambda v: len(v) == 2 and v[0] <= v[1], "[low, high] with low <= high"),
+}
+
+
 def parse_config(argv):
     cfg = parse_overrides(OmegaConf.structured(ClassifierConfig), argv, "train_classifier.py")
     require_keys(cfg, ("train_csv", "valid_csv", "checkpoint_path"))
     if cfg.arch not in CONFIGS:
         raise ConfigError(f"arch={cfg.arch}: choose one of {sorted(CONFIGS)}")
-    check_minimums(
-        cfg,
-        (
-            ("batch_size", 1),
-            ("n_epochs", 1),
-            ("max_steps", 0),
-            ("num_workers", 0),
-            ("num_threads", 0),
-            ("validation_interval", 1),
-            ("checkpoint_interval", 1),
-            ("keep_last_checkpoints", 0),
-            ("summary_interval", 1),
-        ),
-    )
-    for key, low, high in (
-        ("lr", 0, math.inf),
-        ("weight_decay", 0, math.inf),
-        ("warmup_frac", 0, 1),
-        ("shift_s", 0, 1),
-        ("noise_prob", 0, 1),
-    ):
-        if not low <= cfg[key] <= high or (key == "lr" and cfg.lr == 0):
-            raise ConfigError(f"{key}={cfg[key]}: must be in [{low}, {high}]" + (" and > 0" if key == "lr" else ""))
-    for key in ("gain_range", "snr_db_range"):
-        lo, hi = (list(cfg[key]) + [None, None])[:2]
-        if len(cfg[key]) != 2 or lo > hi or (key == "gain_range" and lo <= 0):
-            raise ConfigError(
-                f"{key}={list(cfg[key])}: give [low, high] with low <= high"
-                + (" and low > 0" if key == "gain_range" else "")
-            )
+    check_ranges(cfg, RANGES)
     return cfg
 
 

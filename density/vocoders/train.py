@@ -49,7 +49,18 @@ from tqdm import tqdm
 
 from density.audio.plots import spectrogram_figure
 from density.audio.signal import N_MELS, SAMPLE_RATE, check_audio_files, log_mel
-from density.config import ConfigError, DistributedConfig, check_minimums, parse_overrides, require_keys
+from density.config import (
+    BETAS,
+    SEED,
+    ConfigError,
+    DistributedConfig,
+    Range,
+    above,
+    at_least,
+    check_ranges,
+    parse_overrides,
+    require_keys,
+)
 from density.data.splits import read_split_csv
 from density.runtime import checkpoint as ckpt
 from density.runtime import cli
@@ -119,6 +130,25 @@ class VocoderTrainConfig:
     audio_samples: int = 4  # of them with audio and spectrograms in tensorboard
 
 
+RANGES = {  # checked by parse_config: `error: key=value: must be <range>`
+    **dict.fromkeys(
+        ("segment_frames", "batch_size", "max_steps", "n_valid", "checkpoint_interval", "validation_interval"),
+        at_least(1),
+    ),
+    "summary_interval": at_least(1),
+    **dict.fromkeys(
+        ("lr_decay_every", "adv_start_step", "num_workers", "num_threads", "audio_samples", "keep_last_checkpoints"),
+        at_least(0),
+    ),
+    **dict.fromkeys(("max_nonfinite_steps", "weight_decay", "grad_clip", "mel_weight", "fm_weight"), at_least(0)),
+    "lr": above(0),
+    "d_width": Range(lambda v: 0 < v <= 4, "in (0, 4]"),
+    "lr_decay": Range(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "seed": SEED,
+    "betas": BETAS,
+}
+
+
 def parse_config(argv):
     """Overrides onto VocoderTrainConfig -> (cfg, vocoder format, vocoder config dataclass); ConfigError else."""
     fields = [a for a in argv if a.startswith("vocoder_config.")]  # free-form: checked against the vocoder's config
@@ -139,39 +169,7 @@ def parse_config(argv):
         raise ConfigError(
             f"vocoder_config: {e} (fields of {type(config).__name__}: {[f.name for f in dataclasses.fields(config)]})"
         ) from None
-    check_minimums(
-        cfg,
-        (
-            ("segment_frames", 1),
-            ("batch_size", 1),
-            ("max_steps", 1),
-            ("lr_decay_every", 0),
-            ("adv_start_step", 0),
-            ("num_workers", 0),
-            ("num_threads", 0),
-            ("keep_last_checkpoints", 0),
-            ("max_nonfinite_steps", 0),
-            ("checkpoint_interval", 1),
-            ("validation_interval", 1),
-            ("summary_interval", 1),
-            ("n_valid", 1),
-            ("audio_samples", 0),
-        ),
-    )
-    for key, ok, allowed in (
-        ("lr", cfg.lr > 0, "> 0"),
-        ("d_width", 0 < cfg.d_width <= 4, "in (0, 4]"),
-        ("lr_decay", 0 < cfg.lr_decay <= 1, "in (0, 1]"),
-        ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
-        ("grad_clip", cfg.grad_clip >= 0, ">= 0"),
-        ("mel_weight", cfg.mel_weight >= 0, ">= 0"),
-        ("fm_weight", cfg.fm_weight >= 0, ">= 0"),
-        ("seed", 0 <= cfg.seed < 2**31, "in [0, 2**31)"),
-    ):
-        if not ok:
-            raise ConfigError(f"{key}={cfg[key]}: must be {allowed}")
-    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
-        raise ConfigError(f"betas={list(cfg.betas)}: give two numbers in [0, 1), e.g. [0.8,0.99]")
+    check_ranges(cfg, RANGES)
     data_type = "melspec" if config.in_dim == N_MELS else "hubert_L6"
     if data_type != "melspec" and not cfg.feature_root:
         raise ConfigError(
