@@ -111,7 +111,7 @@ class TrainConfig:
     checkpoint_path: str = MISSING
     train_root: str = MISSING
     n_valid: int = MISSING
-    resume_checkpoint: str = ""  # a checkpoint file, or 'auto': the newest in checkpoint_path (density/run.py)
+    resume_checkpoint: str = ""  # a checkpoint file, or 'auto': the newest in checkpoint_path (density/runtime/run.py)
     aug_init_p: float = 0.05
     adapt_d_lr: bool = False
     d_lr_mult: float = 1.0
