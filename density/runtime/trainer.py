@@ -14,8 +14,8 @@
 
 A trainer's loop object is an `EpochLoop`: which batches an epoch has, what a step does, and what follows each
 step (logging, validation, stopping on every rank alike, checkpoints). `run_epochs` drives it and owns exact
-resume: a resumed epoch starts at its next batch, and the RNG states saved with the checkpoint are restored once
-that data position is reached, so that the run continues as if it had never stopped. Imports no model code.
+resume: a resumed epoch starts at its next batch, and the RNG states saved with the checkpoint are restored where
+they were saved, so that the run continues as if it had never stopped. Imports no model code.
 """
 
 import logging
@@ -162,15 +162,20 @@ class EpochLoop(Protocol):
 
 def run_epochs(loop: EpochLoop, position, *, steps_per_epoch, show_progress=True):
     """Epochs of loop.step until loop.end_of_step says the last step is done, from `position` (a Position, or an
-    object with the same four fields) on: see the module doc for how a resumed run continues exactly."""
+    object with the same four fields) on.
+
+    A resumed run continues exactly: its epoch starts at the next batch (loop.epoch_batches draws the ones before
+    it again), and the RNG states saved with the checkpoint are restored where the checkpoint was written: before
+    the next epoch's batches are drawn when it ended an epoch, else once the batches before the next one are.
+    """
     if position.batch_index >= steps_per_epoch:  # the checkpoint was written after an epoch's last batch
         position.epoch, position.batch_index = position.epoch + 1, 0
     while loop.more_epochs():
         first = position.batch_index
+        if first == 0:
+            restore_rng(position)
         batches = loop.epoch_batches(position.epoch, first)
-        if position.rng is not None:  # after the data position: the next batch is drawn exactly as before
-            ckpt.set_rng_state(position.rng)
-            position.rng = None
+        restore_rng(position)
         with tqdm(
             total=steps_per_epoch,
             initial=first,
@@ -184,3 +189,10 @@ def run_epochs(loop: EpochLoop, position, *, steps_per_epoch, show_progress=True
                 if loop.end_of_step(outcome, pbar):
                     return
         position.epoch, position.batch_index = position.epoch + 1, 0
+
+
+def restore_rng(position):
+    """Put back the RNG states a resumed position carries, once."""
+    if position.rng is not None:
+        ckpt.set_rng_state(position.rng)
+        position.rng = None
