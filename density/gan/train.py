@@ -36,7 +36,7 @@ from density.models import Discriminator, Generator
 from density.runtime import checkpoint as ckpt
 from density.runtime import cli
 from density.runtime.engine import make_engine
-from density.runtime.run import Harness, ignore_stop_signals, seed_all
+from density.runtime.run import BEST_FAD, Harness, ignore_stop_signals, seed_all
 from density.runtime.trainer import (
     Engine,
     Trainable,
@@ -52,7 +52,6 @@ from density.runtime.trainer import (
 )
 
 log = logging.getLogger("train_asgan")
-BEST = "ckpt_best_fad.pt"
 
 
 def main(argv):
@@ -82,8 +81,7 @@ def main(argv):
                     *(sum(p.numel() for p in m.module.parameters()) for m in (loop.G, loop.D)),
                     len(data.loader),
                 )
-                with harness.stop_signals():
-                    train(loop)
+                train(loop)
         finally:
             engine.close()
 
@@ -256,7 +254,7 @@ class Loop:
             if self.engine.is_main:
                 log.info("step %d: saved %s", step, path)
         if best:
-            self.harness.save(checkpoint, BEST)
+            self.harness.save(checkpoint, BEST_FAD)
 
     def checkpoint_dict(self, rng_states):
         """The checkpoint (density/runtime/checkpoint.py KEYS) after the last finished step."""
@@ -362,7 +360,8 @@ def train(loop):
     if engine.is_main:
         loop.logger = StepLogger(loop.cfg, loop.writer, loop.G, loop.D, engine.device, state.steps)
     try:
-        run_epochs(loop, state, steps_per_epoch=len(loop.data.loader), show_progress=engine.is_main)
+        with loop.harness.stop_signals():
+            run_epochs(loop, state, steps_per_epoch=len(loop.data.loader), show_progress=engine.is_main)
     except DatasetError as e:  # a bad file met mid-run: keep the steps since the last checkpoint, then stop
         message = str(e).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]  # a worker's error is a traceback
         if engine.world_size == 1 and state.steps > 0 and state.steps - 1 != loop.harness.saved_step:

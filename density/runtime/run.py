@@ -53,7 +53,8 @@ LOCK_NAME = "run.lock"
 HEARTBEAT_S = 30
 STALE_S = 300  # a lock not refreshed for this long belongs to a dead run (10 missed heartbeats)
 PERIODIC = re.compile(r"ckpt_(\d{8,})\.pt")
-OTHERS = ("ckpt_best_fad.pt",)
+BEST_FAD = "ckpt_best_fad.pt"  # train_asgan.py's best checkpoint, never pruned
+OTHERS = (BEST_FAD,)
 
 
 class RunError(ValueError):
