@@ -12,11 +12,12 @@ stored in an official checkpoint merges onto these schemas unchanged. Difference
 import difflib
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -110,7 +111,7 @@ class TrainConfig:
     checkpoint_path: str = MISSING
     train_root: str = MISSING
     n_valid: int = MISSING
-    resume_checkpoint: str = ""  # a checkpoint file, or 'auto': the newest in checkpoint_path (density/run.py)
+    resume_checkpoint: str = ""  # a checkpoint file, or 'auto': the newest in checkpoint_path (density/runtime/run.py)
     aug_init_p: float = 0.05
     adapt_d_lr: bool = False
     d_lr_mult: float = 1.0
@@ -143,6 +144,8 @@ class TrainConfig:
 
 RP_W_Config = RPWConfig
 
+# The presets (`preset=NAME`, applied before a --config file and the command line): defined here only;
+# configs/mel.yaml and configs/mel_small.yaml just name them.
 PRESETS = {
     "hubert": [],
     "mel": [
@@ -194,6 +197,79 @@ PRESETS = {
 }
 INIT_PARTS = ("G", "D", "G_ema")
 CHOICES = {"engine": ("torch", "deepspeed"), "data_type": ("hubert_L6", "melspec", "wav"), "preset": tuple(PRESETS)}
+
+
+# ---------------------------------------------------------------- value ranges, one mechanism for every command
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a config key allows: `test(value)` (a list value comes as a Python list) and the range in
+    words, as the error states it (e.g. '>= 1', 'in (0, 4]')."""
+
+    test: Callable[[Any], bool]
+    allowed: str
+
+
+def at_least(low, note=""):
+    """value >= low (NaN fails); `note` is added to the words in brackets."""
+    return Range(lambda v: v >= low, f">= {low}" + (f" ({note})" if note else ""))
+
+
+def above(low, note=""):
+    """value > low (NaN fails)."""
+    return Range(lambda v: v > low, f"> {low}" + (f" ({note})" if note else ""))
+
+
+def within(low, high, note=""):
+    """low <= value <= high (NaN fails)."""
+    return Range(lambda v: low <= v <= high, f"in [{low}, {high}]" + (f" ({note})" if note else ""))
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _layer_specs_ok(specs):
+    shapes = len(specs) > 0 and all(
+        isinstance(s, list)
+        and len(s) == 3
+        and _is_int(s[0])
+        and _is_int(s[1])
+        and s[0] >= 1
+        and s[1] >= 1
+        and _is_number(s[2])
+        and s[2] > 0
+        for s in specs
+    )
+    return shapes and all(b[2] in (a[2], 2 * a[2]) for a, b in zip(specs[:-1], specs[1:]))
+
+
+SEED = Range(lambda v: 0 <= v < 2**31, "in [0, 2**31)")
+BETAS = Range(
+    lambda v: len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1), e.g. [0.8,0.99]"
+)
+KEY_EQUALS = "{key}={value}: must be {allowed}"  # the wording of the commands that take key=value (as typed)
+KEY_IS = "Config key '{key}' is {value}; it must be {allowed}."  # train_asgan.py's wording (its other errors too)
+
+
+def check_ranges(cfg: DictConfig, ranges: dict[str, Range], wording: str = KEY_EQUALS) -> None:
+    """ConfigError for the first key of `ranges` (dotted keys) whose value is outside its Range, naming the key,
+    the value and the allowed range in `wording`; a mandatory value still missing (???) is not checked here."""
+    for key, allowed in ranges.items():
+        if OmegaConf.is_missing(cfg, key):
+            continue
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, (ListConfig, DictConfig)):
+            value = OmegaConf.to_container(value)
+        if not allowed.test(value):
+            raise ConfigError(wording.format(key=key, value=value, allowed=allowed.allowed))
+
+
 _POSITIVE_INTS = (
     "distributed.n_nodes",
     "distributed.n_gpus_per_node",
@@ -227,93 +303,64 @@ _COUNTS = (
     "rp_w_cfg.num_critical",
     "audio_samples",
 )
-# key -> (test, the allowed range in words) for every numeric field; a missing mandatory value is not checked here
+_CUTOFF = Range(lambda v: 0 < v <= 0.5, "in (0, 0.5] (a fraction of the sample rate)")
+# The allowed range of every numeric and list field of TrainConfig (check_values)
 RANGES = {
-    **{k: (lambda v: v >= 1, ">= 1") for k in _POSITIVE_INTS},
-    **{k: (lambda v: v >= 0, ">= 0") for k in _COUNTS},
-    "seed": (lambda v: 0 <= v < 2**31, "in [0, 2**31)"),
-    "lr": (lambda v: v > 0, "> 0"),
-    "d_lr_mult": (lambda v: v > 0, "> 0"),
-    "lr_final_mult": (lambda v: 0 <= v <= 1, "in [0, 1] (1 keeps the lr constant)"),
-    "z_std": (lambda v: v > 0, "> 0 (it is the variance of each z entry)"),
-    "z_mean": (math.isfinite, "finite"),
-    "d_loss_update_max_threshold": (lambda v: not math.isnan(v), "a number"),
-    "d_loss_update_min_threshold": (lambda v: not math.isnan(v), "a number"),
-    "grad_clip": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
-    "aug_init_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "rp_w_cfg.w_lr_mult": (lambda v: v > 0, "> 0"),
-    "rp_w_cfg.init_B_std": (lambda v: v >= 0, ">= 0"),
-    "rp_w_cfg.r1_gamma": (lambda v: v >= 0, ">= 0"),
-    "rp_w_cfg.first_cutoff": (lambda v: 0 < v <= 0.5, "in (0, 0.5] (a fraction of the sample rate)"),
-    "rp_w_cfg.last_cutoff": (lambda v: 0 < v <= 0.5, "in (0, 0.5] (a fraction of the sample rate)"),
-    "rp_w_cfg.lrelu_coeff": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "rp_w_cfg.g_ema_weight": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    **{k: at_least(1) for k in _POSITIVE_INTS},
+    **{k: at_least(0) for k in _COUNTS},
+    "seed": SEED,
+    "lr": above(0),
+    "d_lr_mult": above(0),
+    "lr_final_mult": within(0, 1, "1 keeps the lr constant"),
+    "z_std": above(0, "it is the variance of each z entry"),
+    "z_mean": Range(math.isfinite, "finite"),
+    "d_loss_update_max_threshold": Range(lambda v: not math.isnan(v), "a number"),
+    "d_loss_update_min_threshold": Range(lambda v: not math.isnan(v), "a number"),
+    "grad_clip": at_least(0, "0 disables clipping"),
+    "aug_init_p": within(0, 1),
+    "rp_w_cfg.w_lr_mult": above(0),
+    "rp_w_cfg.init_B_std": at_least(0),
+    "rp_w_cfg.r1_gamma": at_least(0),
+    "rp_w_cfg.first_cutoff": _CUTOFF,
+    "rp_w_cfg.last_cutoff": _CUTOFF,
+    "rp_w_cfg.lrelu_coeff": Range(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "rp_w_cfg.g_ema_weight": within(0, 1),
+    "betas": BETAS,
+    "rp_w_cfg.layer_specs": Range(
+        _layer_specs_ok,
+        "a non-empty list of [channels >= 1, kernel >= 1, length > 0], with lengths that stay or double from one "
+        "layer to the next",
+    ),
+    "rp_w_cfg.head_spec": Range(
+        lambda v: len(v) == 2 and all(_is_int(x) and x >= 1 for x in v), "[channels >= 1, kernel >= 1]"
+    ),
+    "init_parts": Range(
+        lambda v: bool(v) and set(v) <= set(INIT_PARTS) and len(set(v)) == len(v),
+        f"a non-empty list of distinct parts from {list(INIT_PARTS)}",
+    ),
+    "rp_w_cfg.D_block_repeats": Range(
+        lambda v: len(v) > 0 and all(_is_int(x) and x >= 1 for x in v), "a non-empty list of integers >= 1"
+    ),
 }
 
 
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _list_errors(cfg):
-    """-> [(key, value, what it must be)] for the list fields."""
-    r, errors = cfg.rp_w_cfg, []
-    betas = list(cfg.betas)
-    if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
-        errors.append(("betas", betas, "two numbers in [0, 1), e.g. [0.8,0.99]"))
-    specs = r.layer_specs
-    if not (
-        isinstance(specs, ListConfig)
-        and len(specs) > 0
-        and all(
-            isinstance(s, ListConfig)
-            and len(s) == 3
-            and _is_int(s[0])
-            and _is_int(s[1])
-            and s[0] >= 1
-            and s[1] >= 1
-            and _is_number(s[2])
-            and s[2] > 0
-            for s in specs
-        )
-    ):
-        errors.append(("rp_w_cfg.layer_specs", specs, "a non-empty list of [channels >= 1, kernel >= 1, length > 0]"))
-    elif any(b[2] not in (a[2], 2 * a[2]) for a, b in zip(specs[:-1], specs[1:])):
-        errors.append(("rp_w_cfg.layer_specs", specs, "lengths that stay or double from one layer to the next"))
-    elif not r.num_critical < len(specs):
-        errors.append(("rp_w_cfg.num_critical", r.num_critical, f"< the number of layer_specs ({len(specs)})"))
-    head = r.head_spec
-    if not (len(head) == 2 and all(_is_int(v) and v >= 1 for v in head)):
-        errors.append(("rp_w_cfg.head_spec", head, "[channels >= 1, kernel >= 1]"))
-    parts = list(cfg.init_parts)
-    if not (parts and set(parts) <= set(INIT_PARTS) and len(set(parts)) == len(parts)):
-        errors.append(("init_parts", parts, f"a non-empty list of distinct parts from {list(INIT_PARTS)}"))
-    repeats = r.D_block_repeats
-    if not (len(repeats) > 0 and all(_is_int(v) and v >= 1 for v in repeats)):
-        errors.append(("rp_w_cfg.D_block_repeats", repeats, "a non-empty list of integers >= 1"))
-    return errors
-
-
-def validate(cfg: DictConfig) -> DictConfig:
-    """Check every choice, numeric range and list shape in one pass; ConfigError names the key, the value and
-    the allowed range."""
+def check_values(cfg: DictConfig) -> DictConfig:
+    """Check every choice, numeric range and list shape of a TrainConfig in one pass; ConfigError names the key,
+    the value and the allowed range."""
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"Config key '{key}' is {value!r}; choose one of {list(choices)}.")
-    for key, (test, allowed) in RANGES.items():
-        if OmegaConf.is_missing(cfg, key):
-            continue
-        value = OmegaConf.select(cfg, key)
-        if not test(value):
-            raise ConfigError(f"Config key '{key}' is {value}; it must be {allowed}.")
-    for key, value, allowed in _list_errors(cfg):
-        value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
-        raise ConfigError(f"Config key '{key}' is {value}; it must be {allowed}.")
+    check_ranges(cfg, RANGES, KEY_IS)
+    n_layers = len(cfg.rp_w_cfg.layer_specs)
+    if not cfg.rp_w_cfg.num_critical < n_layers:
+        raise ConfigError(
+            KEY_IS.format(
+                key="rp_w_cfg.num_critical",
+                value=cfg.rp_w_cfg.num_critical,
+                allowed=f"< the number of layer_specs ({n_layers})",
+            )
+        )
     return cfg
 
 
@@ -363,13 +410,6 @@ def require_keys(cfg: DictConfig, keys) -> None:
     for key in keys:
         if OmegaConf.is_missing(cfg, key):
             raise ConfigError(f"config key '{key}' is mandatory: add {key}=... to the command")
-
-
-def check_minimums(cfg: DictConfig, minimums) -> None:
-    """ConfigError for the first (key, low) of `minimums` whose value is below low."""
-    for key, low in minimums:
-        if cfg[key] < low:
-            raise ConfigError(f"{key}={cfg[key]}: must be >= {low}")
 
 
 def default_config() -> DictConfig:
@@ -447,7 +487,7 @@ def parse_config(argv: list[str] | None = None) -> DictConfig:
         cfg.rp_w_cfg.layer_specs = mel_layer_specs(cfg.rp_w_cfg.seq_len)
     elif "rp_w_cfg.seq_len" in given and "rp_w_cfg.layer_specs" not in given:
         cfg.rp_w_cfg.layer_specs = hubert_layer_specs(cfg.rp_w_cfg.seq_len)
-    return validate(cfg)
+    return check_values(cfg)
 
 
 MANDATORY = ("checkpoint_path", "train_root")  # of a training run
@@ -455,13 +495,9 @@ SPLIT_KEYS = ("sc09_train_csv", "sc09_valid_csv")  # mandatory with use_sc09_spl
 
 
 def check_config(cfg: DictConfig) -> None:
-    """What a training run needs beyond `validate`: the mandatory keys and the combinations train_asgan.py
+    """What a training run needs beyond `check_values`: the mandatory keys and the combinations train_asgan.py
     supports; ConfigError says what to add or change."""
-    for key in MANDATORY + (SPLIT_KEYS if cfg.use_sc09_splits else ()):
-        try:
-            getattr(cfg, key)
-        except MissingMandatoryValue:
-            raise ConfigError(f"config key '{key}' is mandatory: add {key}=... to the command") from None
+    require_keys(cfg, MANDATORY + (SPLIT_KEYS if cfg.use_sc09_splits else ()))
     if cfg.model != "rp_w":
         raise ConfigError(
             f"model={cfg.model}: only model=rp_w is implemented (the reference default 'rv_w' "

@@ -1,4 +1,5 @@
-"""Run folders (density/run.py): resume conventions, refusals, the heartbeat lock and pruning."""
+"""Run folders (density/runtime/run.py): resume conventions, refusals, the heartbeat lock and pruning; the epoch loop
+of density/runtime/trainer.py: a resumed run continues exactly."""
 
 import json
 import os
@@ -10,7 +11,9 @@ import time
 import pytest
 import torch
 
+from density.runtime import checkpoint as ckpt
 from density.runtime.run import LOCK_NAME, RunError, open_run
+from density.runtime.trainer import Position, run_epochs
 
 
 def put(folder, name, run_id=None):
@@ -153,3 +156,46 @@ def test_temporaries_of_killed_writes_are_removed(tmp_path):
     (run / ".keep_me").write_text("not ours")
     open_run(run, "", False).close()
     assert names(run) == [".keep_me"]
+
+
+class RandomSteps:
+    """A stand-in trainer for run_epochs: 3 batches an epoch, each step draws a random number; a checkpoint (the
+    position and the RNG states) is kept after every step, and training ends after `last` steps."""
+
+    def __init__(self, position, last):
+        self.position, self.last, self.seen, self.checkpoints = position, last, [], {}
+
+    def more_epochs(self):
+        return self.position.steps < self.last
+
+    def epoch_batches(self, epoch, first):
+        torch.rand(1)  # drawing an epoch's order moves the RNG, as a DataLoader may: a resume restores it after
+        return [(epoch, b) for b in range(first, 3)]
+
+    def step(self, batch):
+        return (*batch, torch.rand(()).item())
+
+    def end_of_step(self, outcome, pbar):
+        self.seen.append(outcome)
+        self.position.steps += 1
+        self.position.batch_index += 1
+        self.checkpoints[self.position.steps - 1] = dict(self.position.checkpoint_entries(), rng=ckpt.rng_state())
+        return self.position.steps >= self.last
+
+
+def test_run_epochs_resumes_mid_epoch_and_after_an_epoch_as_if_never_stopped():
+    torch.manual_seed(0)
+    straight = RandomSteps(Position(), last=8)
+    run_epochs(straight, straight.position, steps_per_epoch=3, show_progress=False)
+    assert [s[:2] for s in straight.seen] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]
+    for step in (3, 2):  # mid-epoch (batch 1 of epoch 1 next), and after an epoch's last batch
+        saved = straight.checkpoints[step]
+        assert saved["batch_index"] == (1 if step == 3 else 3)
+        torch.manual_seed(123)  # another process: other RNG states until the saved ones are restored
+        resumed = RandomSteps(Position.after(saved, saved["rng"]), last=8)
+        run_epochs(resumed, resumed.position, steps_per_epoch=3, show_progress=False)
+        assert resumed.seen == straight.seen[step + 1 :]
+        assert resumed.position == Position(steps=8, epoch=2, batch_index=2)
+    done = RandomSteps(Position(steps=8), last=8)
+    run_epochs(done, done.position, steps_per_epoch=3, show_progress=False)
+    assert done.seen == []

@@ -126,6 +126,13 @@ def test_bad_settings_and_files_fail_before_any_work(splits, tmp_path):
         train_classifier.main([f"train_csv={splits / 'sc09-train.csv'}", f"valid_csv={splits / 'sc09-valid.csv'}"])
     with pytest.raises(ConfigError, match="arch=big"):
         train_classifier.main(classifier_args(splits, run, "arch=big"))
+    for extra, message in (
+        ("gain_range=[2,1]", r"^gain_range=\[2.0, 1.0\]: must be \[low, high\] with 0 < low <= high$"),
+        ("lr=0", r"^lr=0.0: must be > 0$"),
+        ("warmup_frac=2", r"^warmup_frac=2.0: must be in \[0, 1\]$"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            train_classifier.main(classifier_args(splits, run, extra))
     with pytest.raises(RunError, match=f"resume_checkpoint={tmp_path / 'nope.pt'} does not exist"):
         train_classifier.main(classifier_args(splits, run, f"resume_checkpoint={tmp_path / 'nope.pt'}"))
     bad = tmp_path / "bad.csv"

@@ -1,4 +1,4 @@
-"""Train the evaluation classifier (issue 8) on the split CSVs of a Speech-Commands-style tree.
+"""Train the evaluation classifier on the split CSVs of a Speech-Commands-style tree.
 
     python split_data.py --root_path data/digits --sc09_only true --out_dir data/digits_splits
     python train_classifier.py train_csv=data/digits_splits/sc09-train.csv \\
@@ -8,7 +8,7 @@
 
 Writes to checkpoint_path: classifier_best.pt (best validation accuracy; what evaluate.py --classifier takes),
 ckpt_XXXXXXXX.pt (periodic and final, with everything needed to resume exactly: resume_checkpoint=auto or a file;
-the run-folder rules of train_asgan.py apply, see density/run.py),
+the run-folder rules of train_asgan.py apply, see density/runtime/run.py),
 logs/ (tensorboard) and, when test_csv is given, test_results.json (test accuracy and confusion matrix of
 classifier_best.pt). Ctrl-C / SIGTERM finish the step, write a checkpoint and exit 0.
 A user error ends with one `error: ...` line and status 2; `--debug` shows its traceback.
@@ -16,6 +16,9 @@ A user error ends with one `error: ...` line and status 2; `--debug` shows its t
 Each step: a batch of clips (fixed per-epoch order from `seed`), augmented in the main process (random time shift
 up to `shift_s`, gain in `gain_range`, white noise at an SNR in `snr_db_range` with probability `noise_prob`),
 the 32x32 log-mel front end, cross-entropy, AdamW with a linear warm-up then cosine decay to 0 over all steps.
+The file reads top to bottom: the config, augmentation and scoring, the splits, `main`, the loop state (`Loop`:
+step, end_of_step), `build` (optimiser, schedule, resume) and `train`, which runs the epoch loop of
+density/runtime/trainer.py and then scores the test split.
 """
 
 import json
@@ -26,27 +29,41 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from density.audio.signal import check_audio_files
-from density.config import ConfigError, check_minimums, parse_overrides, require_keys
-from density.data.splits import class_order, read_split_csv
-from density.evaluation.classifier import (
-    CONFIGS,
-    ClipDataset,
-    ResNeXt,
-    checkpoint_dict,
-    classifier_input,
-    load_classifier,
+from density.config import (
+    ConfigError,
+    Range,
+    above,
+    at_least,
+    check_ranges,
+    parse_overrides,
+    require_keys,
+    within,
 )
+from density.data.splits import class_order, read_split_csv
+from density.evaluation.classifier import CONFIGS, ClipDataset, ResNeXt, classifier_input, load_classifier
+from density.evaluation.classifier import checkpoint_dict as classifier_checkpoint
 from density.runtime import checkpoint as ckpt
 from density.runtime import cli
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import write_text
 from density.runtime.run import Harness, ignore_stop_signals, seed_all
+from density.runtime.trainer import (
+    Position,
+    agreed_resume,
+    log_per_rank,
+    log_stopped,
+    on_interval,
+    open_harness,
+    run_epochs,
+    show_help,
+)
 
 log = logging.getLogger("train_classifier")
 
@@ -96,41 +113,24 @@ class ClassifierConfig:
     summary_interval: int = 10  # steps between tensorboard training scalars
 
 
+RANGES = {  # checked by parse_config: `error: key=value: must be <range>`
+    **dict.fromkeys(
+        ("batch_size", "n_epochs", "validation_interval", "checkpoint_interval", "summary_interval"), at_least(1)
+    ),
+    **dict.fromkeys(("max_steps", "num_workers", "num_threads", "keep_last_checkpoints", "weight_decay"), at_least(0)),
+    "lr": above(0),
+    **dict.fromkeys(("warmup_frac", "shift_s", "noise_prob"), within(0, 1)),
+    "gain_range": Range(lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high"),
+    "snr_db_range": Range(lambda v: len(v) == 2 and v[0] <= v[1], "[low, high] with low <= high"),
+}
+
+
 def parse_config(argv):
     cfg = parse_overrides(OmegaConf.structured(ClassifierConfig), argv, "train_classifier.py")
     require_keys(cfg, ("train_csv", "valid_csv", "checkpoint_path"))
     if cfg.arch not in CONFIGS:
         raise ConfigError(f"arch={cfg.arch}: choose one of {sorted(CONFIGS)}")
-    check_minimums(
-        cfg,
-        (
-            ("batch_size", 1),
-            ("n_epochs", 1),
-            ("max_steps", 0),
-            ("num_workers", 0),
-            ("num_threads", 0),
-            ("validation_interval", 1),
-            ("checkpoint_interval", 1),
-            ("keep_last_checkpoints", 0),
-            ("summary_interval", 1),
-        ),
-    )
-    for key, low, high in (
-        ("lr", 0, math.inf),
-        ("weight_decay", 0, math.inf),
-        ("warmup_frac", 0, 1),
-        ("shift_s", 0, 1),
-        ("noise_prob", 0, 1),
-    ):
-        if not low <= cfg[key] <= high or (key == "lr" and cfg.lr == 0):
-            raise ConfigError(f"{key}={cfg[key]}: must be in [{low}, {high}]" + (" and > 0" if key == "lr" else ""))
-    for key in ("gain_range", "snr_db_range"):
-        lo, hi = (list(cfg[key]) + [None, None])[:2]
-        if len(cfg[key]) != 2 or lo > hi or (key == "gain_range" and lo <= 0):
-            raise ConfigError(
-                f"{key}={list(cfg[key])}: give [low, high] with low <= high"
-                + (" and low > 0" if key == "gain_range" else "")
-            )
+    check_ranges(cfg, RANGES)
     return cfg
 
 
@@ -184,194 +184,252 @@ def lr_lambda(total, warmup):
     return factor
 
 
-def make_datasets(cfg):
-    """-> (classes, train, valid, test or None); every file's header is checked first."""
-    splits = {}
-    for name in ("train", "valid", "test"):
-        csv_path = cfg[f"{name}_csv"]
-        if csv_path:
-            paths, labels = read_split_csv(csv_path)
-            check_audio_files(
-                tqdm(paths, desc=f"checking {name} files", unit="file", leave=False), resample=cfg.resample
-            )
-            splits[name] = (paths, labels)
-    classes = class_order(splits["train"][1])
-    return (
-        classes,
-        *(
-            ClipDataset(*splits[n], classes=classes, resample=cfg.resample) if n in splits else None
-            for n in ("train", "valid", "test")
-        ),
-    )
+@dataclass
+class Splits:
+    """The class names (the training split's, in order) and the clips of each split (test: None without
+    test_csv); every file's header is checked first."""
+
+    classes: tuple[str, ...]
+    train: ClipDataset
+    valid: ClipDataset
+    test: ClipDataset | None
+
+    @classmethod
+    def read(cls, cfg):
+        splits = {}
+        for name in ("train", "valid", "test"):
+            csv_path = cfg[f"{name}_csv"]
+            if csv_path:
+                paths, labels = read_split_csv(csv_path)
+                check_audio_files(
+                    tqdm(paths, desc=f"checking {name} files", unit="file", leave=False), resample=cfg.resample
+                )
+                splits[name] = (paths, labels)
+        classes = class_order(splits["train"][1])
+        return cls(
+            classes,
+            *(
+                ClipDataset(*splits[n], classes=classes, resample=cfg.resample) if n in splits else None
+                for n in ("train", "valid", "test")
+            ),
+        )
 
 
 def main(argv):
-    if "--help" in argv or "-h" in argv:
-        print(
-            __doc__
-            + "\nDefault config (override any key with key=value):\n\n"
-            + OmegaConf.to_yaml(OmegaConf.structured(ClassifierConfig))
-        )
+    if show_help(argv, __doc__, ClassifierConfig):
         return None
     cfg = parse_config(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    log_per_rank()
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    classes, train_ds, valid_ds, test_ds = make_datasets(cfg)
-    steps_per_epoch = len(train_ds) // cfg.batch_size
+    splits = Splits.read(cfg)
+    steps_per_epoch = len(splits.train) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ConfigError(f"{len(train_ds)} training clips make no full batch of batch_size={cfg.batch_size}")
-    total = cfg.max_steps or cfg.n_epochs * steps_per_epoch
+        raise ConfigError(f"{len(splits.train)} training clips make no full batch of batch_size={cfg.batch_size}")
     seed_all(cfg.seed)
-    model = ResNeXt.from_arch(cfg.arch, classes).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, max(1, round(cfg.warmup_frac * total))))
-    with Harness(
-        cfg.checkpoint_path, cfg.resume_checkpoint, cfg.overwrite, keep_last=cfg.keep_last_checkpoints
-    ) as harness:
-        return train(
-            cfg, harness, model, opt, sched, classes, train_ds, valid_ds, test_ds, steps_per_epoch, total, device
+    model = ResNeXt.from_arch(cfg.arch, splits.classes).to(device)
+    with open_harness(cfg) as harness:
+        return train(build(cfg, harness, model, splits, steps_per_epoch, device))
+
+
+def loader(cfg, dataset, batches=None):
+    """Training batches in the given order, or the whole split in order (EVAL_BATCH per batch)."""
+    sizes = dict(batch_sampler=batches) if batches is not None else dict(batch_size=EVAL_BATCH)
+    return DataLoader(
+        dataset, **sizes, num_workers=cfg.num_workers, worker_init_fn=ignore_stop_signals, generator=torch.Generator()
+    )
+
+
+@dataclass
+class StepResult:
+    """A step's logits (B, classes), labels (B,) and loss."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    loss: torch.Tensor
+
+
+@dataclass
+class Loop:
+    """What the training loop works with: config, Harness, the classifier, its optimiser and learning-rate
+    schedule, the splits, the length of an epoch and of the run in steps, the device, the position in the run, the
+    best validation scores and the tensorboard writer. The loop of density/runtime/trainer.py drives it:
+    epoch_batches, step, end_of_step."""
+
+    cfg: DictConfig
+    harness: Harness
+    model: ResNeXt
+    opt: torch.optim.AdamW
+    sched: LambdaLR
+    splits: Splits
+    steps_per_epoch: int
+    total_steps: int
+    device: torch.device
+    position: Position = field(default_factory=Position)
+    best: dict[str, float] = field(default_factory=lambda: {"accuracy": -1.0, "loss": math.inf})
+    writer: SummaryWriter | None = None
+    stopped: bool = False  # by a stop signal
+
+    def more_epochs(self):
+        return self.position.steps < self.total_steps
+
+    def epoch_batches(self, epoch, first):
+        """The epoch's batches from batch `first` on, in an order fixed by seed and epoch."""
+        size = self.cfg.batch_size
+        order = torch.randperm(len(self.splits.train), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+        batches = order[: self.steps_per_epoch * size].view(self.steps_per_epoch, size).tolist()
+        return loader(self.cfg, self.splits.train, batches[first:])
+
+    def step(self, batch):
+        """One AdamW step on a batch of clips (B, T) and labels (B,), augmented -> StepResult."""
+        wav, labels = batch
+        logits, _ = self.model(classifier_input(augment(wav, self.cfg).to(self.device)))
+        loss = F.cross_entropy(logits, labels.to(self.device))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return StepResult(logits, labels, loss)
+
+    def end_of_step(self, result, pbar):
+        """Finish the step: training scalars, validation (classifier_best.pt when it is the best so far) and the
+        periodic or final checkpoint -> whether training ends here (a stop signal or the last step)."""
+        cfg, position, step = self.cfg, self.position, self.position.steps
+        if step % cfg.summary_interval == 0:
+            accuracy = (result.logits.argmax(1).cpu() == result.labels).float().mean().item()
+            self.writer.add_scalar("train/loss", result.loss.item(), step)
+            self.writer.add_scalar("train/accuracy", accuracy, step)
+            self.writer.add_scalar("opt/lr", self.opt.param_groups[0]["lr"], step)
+            pbar.set_postfix(loss=f"{result.loss.item():.3f}", acc=f"{accuracy:.2f}")
+        self.stopped = self.harness.stop_requested
+        final = self.stopped or step + 1 >= self.total_steps
+        if step % cfg.validation_interval == 0 or final:
+            self.validate_and_keep_best(step)
+        position.steps += 1
+        position.batch_index += 1
+        if on_interval(step, cfg.checkpoint_interval) or final:
+            self.harness.save_periodic(self.checkpoint_dict(), step)
+        return final
+
+    def validate_and_keep_best(self, step):
+        """Validation loss and accuracy (tensorboard); classifier_best.pt when the accuracy (then the loss) is the
+        best so far."""
+        loss, accuracy, _ = evaluate_split(
+            self.model, loader(self.cfg, self.splits.valid), len(self.splits.classes), self.device, "validation"
+        )
+        self.writer.add_scalar("valid/loss", loss, step)
+        self.writer.add_scalar("valid/accuracy", accuracy, step)
+        tqdm.write(f"step {step}: validation accuracy {accuracy:.4f}, loss {loss:.4f}")
+        if (accuracy, -loss) > (self.best["accuracy"], -self.best["loss"]):
+            self.best = {"accuracy": accuracy, "loss": loss, "steps": step}
+            weights = classifier_checkpoint(
+                self.model, arch=self.cfg.arch, steps=step, valid_accuracy=accuracy, valid_loss=loss
+            )
+            self.harness.save(weights, BEST)
+
+    def checkpoint_dict(self):
+        """The periodic checkpoint (RESUME_KEYS and more) after the last finished step."""
+        return classifier_checkpoint(
+            self.model,
+            arch=self.cfg.arch,
+            optim_state_dict=self.opt.state_dict(),
+            sched_state_dict=self.sched.state_dict(),
+            **self.position.checkpoint_entries(),
+            best=self.best,
+            rng_state=ckpt.rng_state(),
+            cfg_yaml=OmegaConf.to_yaml(self.cfg),
+            run_id=self.harness.run.run_id,
         )
 
 
-def train(cfg, harness, model, opt, sched, classes, train_ds, valid_ds, test_ds, steps_per_epoch, total, device):
-    run, folder = harness.run, harness.folder
-    steps, epoch, first, best, resume_rng = 0, 0, 0, {"accuracy": -1.0, "loss": math.inf}, None
-    if run.resume:
-        state = ckpt.load(run.resume, RESUME_KEYS, "a train_classifier.py checkpoint")
-        if tuple(state["classes"]) != classes or state["config"] != model.config:
+def build(cfg, harness, model, splits, steps_per_epoch, device):
+    """The optimiser and the warm-up + cosine schedule over all steps, and the loop state: resumed from
+    the checkpoint the run folder chose (which must be of the same classes and architecture), else new."""
+    total = cfg.max_steps or cfg.n_epochs * steps_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = LambdaLR(opt, lr_lambda(total, max(1, round(cfg.warmup_frac * total))))
+    loop = Loop(cfg, harness, model, opt, sched, splits, steps_per_epoch, total, device)
+    resume = agreed_resume(harness)
+    if resume:
+        checkpoint = ckpt.load(resume, RESUME_KEYS, "a train_classifier.py checkpoint")
+        if tuple(checkpoint["classes"]) != splits.classes or checkpoint["config"] != model.config:
             raise ckpt.CheckpointError(
-                f"{run.resume}: written for classes {state['classes']} and "
-                f"{state['config']}, but this run has {list(classes)} and {model.config}"
+                f"{resume}: written for classes {checkpoint['classes']} and "
+                f"{checkpoint['config']}, but this run has {list(splits.classes)} and {model.config}"
             )
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optim_state_dict"])
-        sched.load_state_dict(state["sched_state_dict"])
-        steps, epoch, first, best = state["steps"] + 1, state["epoch"], state["batch_index"], state["best"]
-        if first >= steps_per_epoch:
-            epoch, first = epoch + 1, 0
-        resume_rng = state["rng_state"]
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", run.resume, steps, epoch, first)
+        model.load_state_dict(checkpoint["state_dict"])
+        opt.load_state_dict(checkpoint["optim_state_dict"])
+        sched.load_state_dict(checkpoint["sched_state_dict"])
+        loop.position, loop.best = Position.after(checkpoint, checkpoint["rng_state"]), checkpoint["best"]
+        at = loop.position
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume, at.steps, at.epoch, at.batch_index)
     log.info(
         "%s classifier (%d parameters), %d classes, %d/%d/%d train/valid/test clips, %d steps on %s",
         cfg.arch,
         sum(p.numel() for p in model.parameters()),
-        len(classes),
-        len(train_ds),
-        len(valid_ds),
-        len(test_ds) if test_ds else 0,
+        len(splits.classes),
+        len(splits.train),
+        len(splits.valid),
+        len(splits.test) if splits.test else 0,
         total,
-        device,
+        loop.device,
     )
+    return loop
 
-    def loader(ds, batches=None):
-        """Training batches in the given order, or the whole split in order (128 per batch)."""
-        sizes = dict(batch_sampler=batches) if batches is not None else dict(batch_size=EVAL_BATCH)
-        return DataLoader(
-            ds, **sizes, num_workers=cfg.num_workers, worker_init_fn=ignore_stop_signals, generator=torch.Generator()
-        )
 
-    writer = SummaryWriter(str(folder / "logs"))
-    valid_loader = loader(valid_ds)
-    t0, stopped = time.perf_counter(), False
-    model.train()
-    with harness.stop_signals():
-        while steps < total and not stopped:
-            order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-            batches = order[: steps_per_epoch * cfg.batch_size].view(steps_per_epoch, cfg.batch_size).tolist()
-            if resume_rng is not None:
-                ckpt.set_rng_state(resume_rng)
-                resume_rng = None
-            pbar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch}", unit="batch")
-            for i, (wav, y) in enumerate(loader(train_ds, batches[first:]), start=first):
-                logits, _ = model(classifier_input(augment(wav, cfg).to(device)))
-                loss = F.cross_entropy(logits, y.to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                pbar.update(1)
-                if steps % cfg.summary_interval == 0:
-                    acc = (logits.argmax(1).cpu() == y).float().mean().item()
-                    writer.add_scalar("train/loss", loss.item(), steps)
-                    writer.add_scalar("train/accuracy", acc, steps)
-                    writer.add_scalar("opt/lr", opt.param_groups[0]["lr"], steps)
-                    pbar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
-                stopped = harness.stop_requested
-                final = stopped or steps + 1 >= total
-                if steps % cfg.validation_interval == 0 or final:
-                    v_loss, v_acc, _ = evaluate_split(model, valid_loader, len(classes), device, "validation")
-                    writer.add_scalar("valid/loss", v_loss, steps)
-                    writer.add_scalar("valid/accuracy", v_acc, steps)
-                    tqdm.write(f"step {steps}: validation accuracy {v_acc:.4f}, loss {v_loss:.4f}")
-                    if (v_acc, -v_loss) > (best["accuracy"], -best["loss"]):
-                        best = {"accuracy": v_acc, "loss": v_loss, "steps": steps}
-                        harness.save(
-                            checkpoint_dict(model, arch=cfg.arch, steps=steps, valid_accuracy=v_acc, valid_loss=v_loss),
-                            BEST,
-                        )
-                if (steps > 0 and steps % cfg.checkpoint_interval == 0) or final:
-                    harness.save_periodic(
-                        checkpoint_dict(
-                            model,
-                            arch=cfg.arch,
-                            optim_state_dict=opt.state_dict(),
-                            sched_state_dict=sched.state_dict(),
-                            steps=steps,
-                            epoch=epoch,
-                            batch_index=i + 1,
-                            best=best,
-                            rng_state=ckpt.rng_state(),
-                            cfg_yaml=OmegaConf.to_yaml(cfg),
-                            run_id=run.run_id,
-                        ),
-                        steps,
-                    )
-                steps += 1
-                if final:
-                    break
-            pbar.close()
-            epoch, first = epoch + 1, 0
-    train_seconds = time.perf_counter() - t0
-    if stopped:
-        writer.close()
-        log.warning(
-            "stopped by signal after step %d; resume with resume_checkpoint=%s",
-            steps - 1,
-            ckpt.periodic_path(folder, steps - 1),
+def train(loop):
+    """Epochs of steps until the last step or a stop signal, then the test split scored with classifier_best.pt
+    -> the test results (also test_results.json), or None without test_csv or when a stop signal ended training."""
+    folder = loop.harness.folder
+    loop.writer = SummaryWriter(str(folder / "logs"))
+    try:
+        t0 = time.perf_counter()
+        loop.model.train()
+        with loop.harness.stop_signals():
+            run_epochs(loop, loop.position, steps_per_epoch=loop.steps_per_epoch)
+        train_seconds = time.perf_counter() - t0
+        if loop.stopped:
+            log_stopped(log, loop.position.steps - 1, folder)
+            return None
+        log.info(
+            "trained %d steps in %.1f s; best validation accuracy %.4f at step %d",
+            loop.position.steps,
+            train_seconds,
+            loop.best["accuracy"],
+            loop.best.get("steps", -1),
         )
-        return None
-    log.info(
-        "trained %d steps in %.1f s; best validation accuracy %.4f at step %d",
-        steps,
-        train_seconds,
-        best["accuracy"],
-        best.get("steps", -1),
+        return score_test_split(loop, train_seconds) if loop.splits.test is not None else None
+    finally:
+        loop.writer.close()
+
+
+def score_test_split(loop, train_seconds):
+    """Score classifier_best.pt on the test split: tensorboard, test_results.json and a printed confusion matrix
+    -> the results."""
+    folder, splits, steps = loop.harness.folder, loop.splits, loop.position.steps
+    best_model = load_classifier(folder / BEST, loop.device)
+    t_loss, t_acc, confusion = evaluate_split(
+        best_model, loader(loop.cfg, splits.test), len(splits.classes), loop.device, "test"
     )
-    result = None
-    if test_ds is not None:
-        best_model = load_classifier(folder / BEST, device)
-        t_loss, t_acc, confusion = evaluate_split(best_model, loader(test_ds), len(classes), device, "test")
-        writer.add_scalar("test/accuracy", t_acc, steps - 1)
-        result = dict(
-            test_accuracy=t_acc,
-            test_loss=t_loss,
-            n_test=len(test_ds),
-            classes=list(classes),
-            confusion_matrix=confusion.tolist(),
-            checkpoint=str(folder / BEST),
-            best_step=best["steps"],
-            valid_accuracy=best["accuracy"],
-            train_seconds=round(train_seconds, 1),
-            steps=steps,
-        )
-        write_text(folder / RESULTS, json.dumps(result, indent=2))
-        print(
-            f"test accuracy {t_acc:.4f} ({len(test_ds)} clips), {folder / BEST}\n"
-            f"confusion matrix (rows: true, columns: predicted):\n{confusion_table(confusion, classes)}"
-        )
-    writer.close()
+    loop.writer.add_scalar("test/accuracy", t_acc, steps - 1)
+    result = dict(
+        test_accuracy=t_acc,
+        test_loss=t_loss,
+        n_test=len(splits.test),
+        classes=list(splits.classes),
+        confusion_matrix=confusion.tolist(),
+        checkpoint=str(folder / BEST),
+        best_step=loop.best["steps"],
+        valid_accuracy=loop.best["accuracy"],
+        train_seconds=round(train_seconds, 1),
+        steps=steps,
+    )
+    write_text(folder / RESULTS, json.dumps(result, indent=2))
+    print(
+        f"test accuracy {t_acc:.4f} ({len(splits.test)} clips), {folder / BEST}\n"
+        f"confusion matrix (rows: true, columns: predicted):\n{confusion_table(confusion, splits.classes)}"
+    )
     return result
 
 

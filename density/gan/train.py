@@ -6,26 +6,28 @@
     deepspeed --num_gpus 4 train_asgan.py model=rp_w engine=deepspeed ...   (DeepSpeed)
     python train_asgan.py --help                                            (all keys and defaults)
 
-A user error ends with one `error: ...` line and status 2; `--debug` shows its traceback (density/cli.py).
-The file reads top to bottom: parse the config, set up engine, data, models and optimisers, resume, loop. The
-loop's pieces live in density/training.py (state, schedule, D and G steps, logging), density/validation.py,
-density/checkpoint.py (the checkpoint schema) and density/run.py (run folder, signals, non-finite guard).
+A user error ends with one `error: ...` line and status 2; `--debug` shows its traceback (density/runtime/cli.py).
+The file reads top to bottom: parse the config, set up engine and data, build (models, optimisers, resume), then
+the loop of density/runtime/trainer.py (epochs with exact resume) over `Loop.step` and `Loop.end_of_step`. The
+steps' pieces live in density/gan/training.py (state, schedule, D and G steps, logging), density/gan/validation.py,
+density/runtime/checkpoint.py (the checkpoint schema) and density/runtime/run.py (run folder, signals,
+non-finite guard).
 Deliberate differences from the reference are listed in the README (training section).
 """
 
 import contextlib
 import copy
 import logging
-import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
-from density.config import ConfigError, check_config, config_to_yaml, default_config, parse_config
+from density.config import ConfigError, TrainConfig, check_config, config_to_yaml, parse_config
 from density.dataset import Collate, DatasetError, FeatureNorm, build_datasets, stop_workers
 from density.gan import training
 from density.gan.training import LOG_AFTER, StepLogger, TrainState, build_optimizers, next_phase, set_lrs, update_ema
@@ -34,37 +36,74 @@ from density.models import Discriminator, Generator
 from density.runtime import checkpoint as ckpt
 from density.runtime import cli
 from density.runtime.engine import make_engine
-from density.runtime.run import Harness, ignore_stop_signals, seed_all
+from density.runtime.run import BEST_FAD, Harness, ignore_stop_signals, seed_all
+from density.runtime.trainer import (
+    Engine,
+    Trainable,
+    agreed_resume,
+    any_rank,
+    log_per_rank,
+    log_stopped,
+    on_interval,
+    open_harness,
+    run_epochs,
+    show_help,
+    without_launcher_arguments,
+)
 
 log = logging.getLogger("train_asgan")
 
 
 def main(argv):
-    # ------------------------------------------------------------------ config
-    argv = [a for a in argv if not a.startswith("--local_rank")]  # added by the deepspeed launcher
-    if "--help" in argv or "-h" in argv:
-        print(__doc__ + "\nDefault config (override any key with key=value):\n\n" + config_to_yaml(default_config()))
+    argv = without_launcher_arguments(argv)
+    if show_help(argv, __doc__, TrainConfig):
         return
     cfg = parse_config(argv)
     check_config(cfg)
-
-    # ------------------------------------------------------------------ engine and data
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=(f"[rank {rank}] " if world_size > 1 else "") + "%(levelname)s %(message)s",
-    )
+    log_per_rank()
     train_ds, valid_ds = build_datasets(cfg)
     collate = Collate.from_config(cfg)
     engine = make_engine(cfg)
-    device = engine.device
     seed_all(cfg.seed + engine.rank)  # rank 0 is seeded like the reference; other ranks draw their own z
-    torch.backends.cudnn.benchmark = device.type == "cuda"
+    torch.backends.cudnn.benchmark = engine.device.type == "cuda"
     torch.set_flush_denormal(True)  # CPU: a fresh G's outputs (~1e-7) make subnormal floats in D, 10x slower
+    data = training_batches(cfg, engine, train_ds, collate)
+    with open_harness(cfg, main=engine.is_main) as harness:
+        try:
+            loop = build(cfg, engine, harness, data)
+            with open_logs(cfg, engine, valid_ds, collate) as (loop.writer, loop.validation):
+                log.info(
+                    "engine=%s precision=%s device=%s world_size=%d; G %d params, D %d params; %d batches per epoch",
+                    cfg.engine,
+                    engine.precision,
+                    engine.device,
+                    engine.world_size,
+                    *(sum(p.numel() for p in m.module.parameters()) for m in (loop.G, loop.D)),
+                    len(data.loader),
+                )
+                train(loop)
+        finally:
+            engine.close()
+
+
+@dataclass
+class TrainData:
+    """This rank's training batches: the sampler (its share of the items, reshuffled every epoch), the generator
+    that seeds the DataLoader workers per (epoch, rank), independent of the training RNG, the DataLoader, and the
+    current epoch's iterator (its workers are stopped when training ends)."""
+
+    sampler: DistributedSampler
+    loader_rng: torch.Generator
+    loader: DataLoader
+    batches: Iterator | None = None
+
+
+def training_batches(cfg, engine, train_ds, collate):
+    """-> TrainData of full batches of batch_size per rank; ConfigError when the split makes none."""
     sampler = DistributedSampler(
         train_ds, num_replicas=engine.world_size, rank=engine.rank, shuffle=True, seed=cfg.seed, drop_last=True
     )
-    loader_rng = torch.Generator()  # worker seeds per (epoch, rank), independent of the training RNG
+    loader_rng = torch.Generator()
     loader = DataLoader(
         train_ds,
         cfg.batch_size,
@@ -72,7 +111,7 @@ def main(argv):
         num_workers=cfg.num_workers,
         collate_fn=collate,
         drop_last=True,
-        pin_memory=device.type == "cuda",
+        pin_memory=engine.device.type == "cuda",
         generator=loader_rng,
         worker_init_fn=ignore_stop_signals,
     )
@@ -81,55 +120,159 @@ def main(argv):
             f"{len(train_ds)} training items give no full batch of batch_size={cfg.batch_size} "
             f"per rank ({engine.world_size} ranks); lower batch_size or add data"
         )
+    return TrainData(sampler, loader_rng, loader)
 
-    # ------------------------------------------------------------------ run folder, models, resume, logs, loop
-    with Harness(
-        cfg.checkpoint_path,
-        cfg.resume_checkpoint,
-        cfg.overwrite,
-        main=engine.is_main,
-        keep_last=cfg.keep_last_checkpoints,
-        max_nonfinite=cfg.max_nonfinite_steps,
-    ) as harness:
-        try:
-            loop = build(cfg, engine, harness, train_ds)
-            with open_logs(cfg, engine, valid_ds, collate) as (loop.writer, loop.validation):
-                log.info(
-                    "engine=%s precision=%s device=%s world_size=%d; G %d params, D %d params; %d batches per epoch",
-                    cfg.engine,
-                    engine.precision,
-                    device,
-                    engine.world_size,
-                    *(sum(p.numel() for p in m.module.parameters()) for m in (loop.G, loop.D)),
-                    len(loader),
-                )
-                with harness.stop_signals():
-                    train(loop, sampler, loader_rng, loader)
-        finally:
-            engine.close()
+
+@dataclass
+class Validation:
+    """What validation needs (main rank): the validation batches, the FAD reference statistics (mean (C,),
+    covariance (C, C)) of the real items, the FAD encoder (None: raw frames), and the fixed z (audio_samples,
+    z_dim) and vocoder of the tensorboard audio (None: no audio)."""
+
+    loader: DataLoader
+    real_stats: tuple[torch.Tensor, torch.Tensor]
+    encode: Callable | None
+    audio: tuple[torch.Tensor, Callable] | None
 
 
 @dataclass
 class Loop:
-    """What the training loop works with: config, engine, the wrapped G and D (density/engine.py Trainables),
-    the EMA G, FeatureNorm, TrainState, Harness, and on the main rank the tensorboard writer and validation."""
+    """What the training loop works with: config, engine, the wrapped G and D (density/runtime/engine.py
+    Trainables), the EMA G, FeatureNorm, TrainState (the position in the run and what a checkpoint continues),
+    Harness, the training batches, and on the main rank the tensorboard writer, validation and step logger.
+    The loop of density/runtime/trainer.py drives it: epoch_batches, step, end_of_step."""
 
-    cfg: object
-    engine: object
-    G: object
-    D: object
-    g_ema: torch.nn.Module
+    cfg: DictConfig
+    engine: Engine
+    G: Trainable
+    D: Trainable
+    g_ema: Generator
     norm: FeatureNorm
     state: TrainState
     harness: Harness
-    writer: object = None
-    validation: object = None
+    data: TrainData
+    writer: SummaryWriter | None = None
+    validation: Validation | None = None
+    logger: StepLogger | None = None
+
+    def more_epochs(self):
+        return self.state.epoch < self.cfg.n_epochs
+
+    def epoch_batches(self, epoch, first):
+        """The epoch's batches from batch `first` on: the batches before it are drawn again and dropped, so that
+        every random draw of the data pipeline happens as it did before a resume."""
+        data, engine = self.data, self.engine
+        data.sampler.set_epoch(epoch)
+        data.loader_rng.manual_seed(self.cfg.seed + epoch * engine.world_size + engine.rank)
+        data.batches = iter(data.loader)
+        for _ in range(first):
+            next(data.batches)
+        return data.batches
+
+    def step(self, batch):
+        """One D or G step on a batch (reference note 29) -> the gradient norms it measured for the main rank's
+        gradient summary (a dict), or None when none is due."""
+        cfg, engine, state, step = self.cfg, self.engine, self.state, self.state.steps
+        real, _, _, z = batch
+        real, z = self.norm.normalize(real.to(engine.device, non_blocking=True)), z.to(engine.device, non_blocking=True)
+        phase = next_phase(engine, state)
+        set_lrs(cfg, step, self.G.optimizer, self.D.optimizer)
+        grad_norms = {} if engine.is_main and step % cfg.grad_summary_interval == 0 else None
+        if phase == "D":
+            stats = training.d_step(
+                cfg,
+                engine,
+                self.G,
+                self.D,
+                state.ada,
+                real,
+                z,
+                steps=step,
+                batch_index=state.batch_index,
+                grad_norms=grad_norms,
+            )
+        else:
+            stats = training.g_step(cfg, engine, self.G, self.D, state.ada, real, z, steps=step, grad_norms=grad_norms)
+        self.harness.check_finite(state.record(stats, cfg.update_ratio), step)
+        return grad_norms
+
+    def end_of_step(self, grad_norms, pbar):
+        """Finish the step: logging, the EMA generator and validation on the main rank, then agree on stopping
+        across ranks and write the periodic, final and best checkpoints.
+        -> whether training ends here (a stop signal, max_steps, or the last batch of the last epoch)."""
+        cfg, state, step = self.cfg, self.state, self.state.steps
+        save_best = self.log_and_validate(grad_norms, pbar) if self.engine.is_main else False
+        stop, save_best = any_rank(self.engine, self.harness.stop_requested, save_best)  # every rank alike
+        last_batch = state.epoch == cfg.n_epochs - 1 and state.batch_index == len(self.data.loader) - 1
+        final = stop or bool(cfg.max_steps and step + 1 >= cfg.max_steps) or last_batch
+        periodic = on_interval(step, cfg.checkpoint_interval) or final
+        state.steps += 1
+        state.batch_index += 1
+        if periodic or save_best:
+            self.save_checkpoints(step, periodic=periodic, best=save_best)
+        if stop:
+            log_stopped(log, step, cfg.checkpoint_path)
+        return final
+
+    def log_and_validate(self, grad_norms, pbar):
+        """Main rank: stdout and tensorboard scalars, the EMA generator, and validation when due.
+        -> whether this step's validation FAD is the best so far."""
+        cfg, state, step = self.cfg, self.state, self.state.steps
+        if step > LOG_AFTER:
+            self.logger(state, grad_norms, pbar)
+        if step > 0 and step % (cfg.ema_every or cfg.checkpoint_interval) == 0:
+            update_ema(self.g_ema, self.G.module, cfg.rp_w_cfg.g_ema_weight)
+        if self.validation is None or not on_interval(step, cfg.validation_interval):
+            return False
+        v = self.validation
+        fad_value = validate(
+            cfg,
+            self.G.module,
+            self.D.module,
+            v.loader,
+            v.real_stats,
+            self.writer,
+            step,
+            self.engine.device,
+            self.norm,
+            v.encode,
+            v.audio,
+        )
+        log.info("step %d: validation FAD %.4f (best %.4f)", step, fad_value, state.best_fad)
+        if fad_value < state.best_fad:
+            state.best_fad = fad_value
+            return True
+        return False
+
+    def save_checkpoints(self, step, *, periodic, best):
+        """Write ckpt_<step>.pt (periodic) and ckpt_best_fad.pt (best) on the main rank; every rank gives its
+        RNG states."""
+        rng_states = self.engine.all_gather_object(ckpt.rng_state())  # per rank, to resume
+        checkpoint = self.checkpoint_dict(rng_states) if self.engine.is_main else None
+        if periodic:
+            path = self.harness.save_periodic(checkpoint, step)
+            if self.engine.is_main:
+                log.info("step %d: saved %s", step, path)
+        if best:
+            self.harness.save(checkpoint, BEST_FAD)
+
+    def checkpoint_dict(self, rng_states):
+        """The checkpoint (density/runtime/checkpoint.py KEYS) after the last finished step."""
+        return ckpt.training_checkpoint(
+            G=self.G,
+            D=self.D,
+            g_ema=self.g_ema,
+            train_state=self.state.state_dict(rng_states),
+            cfg_yaml=config_to_yaml(self.cfg),
+            run_id=self.harness.run.run_id,
+            feature_norm=self.norm.to_checkpoint(),
+        )
 
 
-def build(cfg, engine, harness, train_ds):
+def build(cfg, engine, harness, data):
     """Models, optimisers, FeatureNorm and TrainState: from the checkpoint rank 0 resumes, else from scratch with
     the weights of init_checkpoint when given."""
-    resume = engine.all_gather_object(str(harness.run.resume or "") if harness.run else "")[0]  # rank 0 decides
+    resume = agreed_resume(harness, engine)
     g, d = Generator(cfg.rp_w_cfg), Discriminator.from_config(cfg)
     g_ema = copy.deepcopy(g).eval().requires_grad_(False)
     checkpoint = ckpt.load(resume) if resume else None
@@ -146,7 +289,7 @@ def build(cfg, engine, harness, train_ds):
     if checkpoint is not None and checkpoint.get("feature_norm"):  # the statistics the run started with
         norm = FeatureNorm.from_checkpoint(checkpoint)
     else:
-        norm = FeatureNorm.fit(train_ds) if cfg.normalize_features else FeatureNorm()
+        norm = FeatureNorm.fit(data.loader.dataset) if cfg.normalize_features else FeatureNorm()
     norm.to(engine.device)
     G, D = (engine.wrap(m, opt) for m, opt in zip((g, d), build_optimizers(cfg, g, d)))
     g_ema.to(engine.device)
@@ -163,12 +306,12 @@ def build(cfg, engine, harness, train_ds):
             )
         harness.saved_step = state.steps - 1  # a bad data file met before the next step writes nothing new
         log.info("resumed from %s at step %d, epoch %d, batch %d", resume, state.steps, state.epoch, state.batch_index)
-    return Loop(cfg, engine, G, D, g_ema, norm, state, harness)
+    return Loop(cfg, engine, G, D, g_ema, norm, state, harness, data)
 
 
 @contextlib.contextmanager
 def open_logs(cfg, engine, valid_ds, collate):
-    """Main rank: -> (tensorboard writer, validation dict or None), the writer closed on exit; (None, None) elsewhere.
+    """Main rank: -> (tensorboard writer, Validation or None), the writer closed on exit; (None, None) elsewhere.
 
     The vocoder and the FAD encoder come first, so that a bad fad_vocoder or fad_hubert_checkpoint fails before the
     logs exist.
@@ -200,12 +343,7 @@ def open_logs(cfg, engine, valid_ds, collate):
         )
         validation = None
         if len(loader):
-            validation = {
-                "loader": loader,
-                "real_stats": real_statistics(valid_ds, encode),
-                "encode": encode,
-                "audio": audio,
-            }
+            validation = Validation(loader, real_statistics(valid_ds, encode), encode, audio)
         else:
             log.warning(
                 "%d validation items make no full batch of %d: validation is off", len(valid_ds), cfg.batch_size
@@ -215,127 +353,23 @@ def open_logs(cfg, engine, valid_ds, collate):
         writer.close()
 
 
-def train(loop, sampler, loader_rng, loader):
+def train(loop):
     """Epochs of steps until n_epochs, max_steps or a stop signal; a bad data file met on the way is named after
     a checkpoint of the steps done (one process)."""
-    cfg, engine, state = loop.cfg, loop.engine, loop.state
-    logger = StepLogger(cfg, loop.writer, loop.G, loop.D, engine.device, state.steps) if engine.is_main else None
-    batches, start_epoch = None, state.epoch
+    engine, state = loop.engine, loop.state
+    if engine.is_main:
+        loop.logger = StepLogger(loop.cfg, loop.writer, loop.G, loop.D, engine.device, state.steps)
     try:
-        for epoch in range(start_epoch, cfg.n_epochs):
-            sampler.set_epoch(epoch)
-            loader_rng.manual_seed(cfg.seed + epoch * engine.world_size + engine.rank)
-            batches = iter(loader)
-            first = state.batch_index if epoch == start_epoch else 0
-            for _ in range(first):  # replay the data position of a resumed epoch ...
-                next(batches)
-            if state.rng is not None:  # ... then the generators, so the next batch is drawn exactly as before
-                ckpt.set_rng_state(state.rng)
-                state.rng = None
-            state.epoch, state.batch_index = epoch, first
-            with tqdm(
-                total=len(loader), initial=first, desc=f"epoch {epoch}", unit="batch", disable=not engine.is_main
-            ) as pbar:
-                for i, (real, _, _, z) in enumerate(batches, start=first):
-                    save_best = train_step(loop, real, z, i, pbar, logger)
-                    if end_of_step(
-                        loop, save_best=save_best, last_batch=epoch == cfg.n_epochs - 1 and i == len(loader) - 1
-                    ):
-                        return
+        with loop.harness.stop_signals():
+            run_epochs(loop, state, steps_per_epoch=len(loop.data.loader), show_progress=engine.is_main)
     except DatasetError as e:  # a bad file met mid-run: keep the steps since the last checkpoint, then stop
         message = str(e).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]  # a worker's error is a traceback
         if engine.world_size == 1 and state.steps > 0 and state.steps - 1 != loop.harness.saved_step:
-            path = loop.harness.save_periodic(checkpoint_dict(loop, [ckpt.rng_state()]), state.steps - 1, keep_last=0)
+            path = loop.harness.save_periodic(loop.checkpoint_dict([ckpt.rng_state()]), state.steps - 1, keep_last=0)
             message += f"; checkpoint written: {path}"
         raise DatasetError(f"{message} (fix or delete that file, then resume with resume_checkpoint=auto)") from e
     finally:
-        stop_workers(batches)  # now, not at interpreter exit, where a live worker could block it forever
-
-
-def train_step(loop, real, z, batch_index, pbar, logger):
-    """One D or G step on a batch (reference note 29), then logging, the EMA generator and validation (main rank).
-    -> whether this step's validation FAD is the best so far."""
-    cfg, engine, state, step = loop.cfg, loop.engine, loop.state, loop.state.steps
-    real, z = loop.norm.normalize(real.to(engine.device, non_blocking=True)), z.to(engine.device, non_blocking=True)
-    phase = next_phase(engine, state)
-    set_lrs(cfg, step, loop.G.optimizer, loop.D.optimizer)
-    grad_norms = {} if engine.is_main and step % cfg.grad_summary_interval == 0 else None
-    if phase == "D":
-        stats = training.d_step(
-            cfg, engine, loop.G, loop.D, state.ada, real, z, steps=step, batch_index=batch_index, grad_norms=grad_norms
-        )
-    else:
-        stats = training.g_step(cfg, engine, loop.G, loop.D, state.ada, real, z, steps=step, grad_norms=grad_norms)
-    loop.harness.check_finite(state.record(stats, cfg.update_ratio), step)
-    pbar.update(1)
-    if not engine.is_main:
-        return False
-    if step > LOG_AFTER:
-        logger(state, grad_norms, pbar)
-    if step > 0 and step % (cfg.ema_every or cfg.checkpoint_interval) == 0:
-        update_ema(loop.g_ema, loop.G.module, cfg.rp_w_cfg.g_ema_weight)
-    if loop.validation is not None and step > 0 and step % cfg.validation_interval == 0:
-        fad_value = validate(
-            cfg,
-            loop.G.module,
-            loop.D.module,
-            loop.validation["loader"],
-            loop.validation["real_stats"],
-            loop.writer,
-            step,
-            engine.device,
-            loop.norm,
-            loop.validation["encode"],
-            loop.validation["audio"],
-        )
-        log.info("step %d: validation FAD %.4f (best %.4f)", step, fad_value, state.best_fad)
-        if fad_value < state.best_fad:
-            state.best_fad = fad_value
-            return True
-    return False
-
-
-def end_of_step(loop, *, save_best, last_batch):
-    """Finish the step: agree on stopping across ranks, write the periodic, final and best checkpoints.
-    -> whether training ends here (a stop signal, max_steps, or the last batch of the last epoch)."""
-    cfg, engine, state, harness, step = loop.cfg, loop.engine, loop.state, loop.harness, loop.state.steps
-    flags = torch.tensor([float(harness.stop_requested), float(save_best)])
-    if engine.world_size > 1:  # every rank stops alike and joins the RNG-state gather below
-        flags = engine.all_sum(flags.to(engine.device))
-    stop, save_best = (bool(v) for v in flags.tolist())
-    final = stop or (cfg.max_steps and step + 1 >= cfg.max_steps) or last_batch
-    periodic = step > 0 and step % cfg.checkpoint_interval == 0
-    state.steps += 1
-    state.batch_index += 1
-    if periodic or final or save_best:
-        rng_states = engine.all_gather_object(ckpt.rng_state())  # per rank, to resume
-        checkpoint = checkpoint_dict(loop, rng_states) if engine.is_main else None
-        if periodic or final:
-            path = harness.save_periodic(checkpoint, step)
-            if engine.is_main:
-                log.info("step %d: saved %s", step, path)
-        if save_best:
-            harness.save(checkpoint, "ckpt_best_fad.pt")
-    if stop:
-        log.warning(
-            "stopped by signal after step %d; resume with resume_checkpoint=%s",
-            step,
-            ckpt.periodic_path(cfg.checkpoint_path, step),
-        )
-    return final
-
-
-def checkpoint_dict(loop, rng_states):
-    """The checkpoint (density/checkpoint.py KEYS) after the last finished step."""
-    return ckpt.training_checkpoint(
-        G=loop.G,
-        D=loop.D,
-        g_ema=loop.g_ema,
-        train_state=loop.state.state_dict(rng_states),
-        cfg_yaml=config_to_yaml(loop.cfg),
-        run_id=loop.harness.run.run_id,
-        feature_norm=loop.norm.to_checkpoint(),
-    )
+        stop_workers(loop.data.batches)  # now, not at interpreter exit, where a live worker could block it forever
 
 
 if __name__ == "__main__":

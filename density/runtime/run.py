@@ -1,5 +1,6 @@
 """What every trainer shares: run folders (one run per folder, the resume conventions, a heartbeat lock, pruning),
-seeding, stopping cleanly on SIGINT/SIGTERM, and `Harness`, which puts them together for a training loop.
+seeding, stopping cleanly on SIGINT/SIGTERM, and `Harness`, which puts them together for a training loop
+(density/runtime/trainer.py builds the trainers' common skeleton on it).
 
     with Harness(checkpoint_path, resume_checkpoint, overwrite, keep_last=2) as harness:  # opens the run folder
         ... load harness.run.resume if not None; store harness.run.run_id in every checkpoint as 'run_id' ...
@@ -52,7 +53,8 @@ LOCK_NAME = "run.lock"
 HEARTBEAT_S = 30
 STALE_S = 300  # a lock not refreshed for this long belongs to a dead run (10 missed heartbeats)
 PERIODIC = re.compile(r"ckpt_(\d{8,})\.pt")
-OTHERS = ("ckpt_best_fad.pt",)
+BEST_FAD = "ckpt_best_fad.pt"  # train_asgan.py's best checkpoint, never pruned
+OTHERS = (BEST_FAD,)
 
 
 class RunError(ValueError):

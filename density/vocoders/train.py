@@ -1,4 +1,5 @@
-"""Train a vocoder (HiFi-GAN or the iSTFT/Vocos-style one of density/vocoder.py) on (feature, waveform) pairs.
+"""Train a vocoder (HiFi-GAN or the iSTFT/Vocos-style one of density/vocoders/vocoder.py) on (feature, waveform)
+pairs.
 
     python train_vocoder.py vocoder=hifigan_mel_small train_csv=<splits>/sc09-train.csv \\
         valid_csv=<splits>/sc09-valid.csv feature_root=<features> checkpoint_path=runs/vocoder [key=value ...]
@@ -7,13 +8,13 @@
     deepspeed --num_gpus 4 train_vocoder.py engine=deepspeed ...      (DeepSpeed)
     python train_vocoder.py --help                                    (all keys and defaults)
 
-`vocoder` names a config of density.vocoder.VOCODER_CONFIGS (hifigan_hubert, hifigan_mel, hifigan_mel_small,
-istft_hubert, istft_mel); `vocoder_config.<field>=...` changes one of its fields. Data: the clips of the split
-CSVs (split_data.py) and their features in the cache of hubert_feature_reader.py (`feature_root`, the folder
-train_asgan.py reads); log-mels may instead be computed from the wavs (feature_root empty). Features are raw,
-not normalised (an ASGAN run with normalize_features de-normalises before its vocoder).
+`vocoder` names a config of density.vocoders.vocoder.VOCODER_CONFIGS (hifigan_hubert, hifigan_mel,
+hifigan_mel_small, istft_hubert, istft_mel); `vocoder_config.<field>=...` changes one of its fields. Data: the
+clips of the split CSVs (split_data.py) and their features in the cache of hubert_feature_reader.py
+(`feature_root`, the folder train_asgan.py reads); log-mels may instead be computed from the wavs (feature_root
+empty). Features are raw, not normalised (an ASGAN run with normalize_features de-normalises before its vocoder).
 
-The recipe is HiFi-GAN's (density/vocoder_training.py): random segments of `segment_frames` frames cut at the
+The recipe is HiFi-GAN's (density/vocoders/training.py): random segments of `segment_frames` frames cut at the
 same place in the features and the audio; multi-period and multi-scale discriminators; least-squares adversarial
 loss, feature matching (x fm_weight) and L1 between log-mels (x mel_weight); AdamW (lr, betas, weight_decay)
 with the learning rate multiplied by lr_decay once per epoch (or every lr_decay_every steps). The first
@@ -22,39 +23,69 @@ adv_start_step steps train the generator on the log-mel loss alone (no discrimin
 
 Writes to checkpoint_path: ckpt_XXXXXXXX.pt (periodic and final: G, D, optimisers, schedulers, loss scalers, RNG
 states per rank, step and data position, to resume exactly with resume_checkpoint=auto or a file; the run-folder
-rules of train_asgan.py apply, see density/run.py), vocoder_best.pt (the generator with the lowest validation
-log-mel L1) and vocoder.pt (the final generator), both in the format of density.vocoder.save_vocoder that
-generate.py --vocoder, evaluate.py --vocoder and hubconf.asgan_from_checkpoint(vocoder=...) load, and logs/
+rules of train_asgan.py apply, see density/runtime/run.py), vocoder_best.pt (the generator with the lowest
+validation log-mel L1) and vocoder.pt (the final generator), both in the format of
+density.vocoders.vocoder.save_vocoder that generate.py --vocoder, evaluate.py --vocoder and
+hubconf.asgan_from_checkpoint(vocoder=...) load, and logs/
 (tensorboard: losses, learning rate, gradient norms; validation log-mel L1 and multi-resolution STFT distance on
 n_valid clips spread over valid_csv, audio and spectrograms of audio_samples of them). Ctrl-C / SIGTERM finish
 the step, write a checkpoint and exit 0. A user error ends with one `error: ...` line and status 2 (--debug shows
 its traceback).
+
+The file reads top to bottom: the config, the data, `main`, the loop state (`Loop`: step, end_of_step), `build`
+(models, optimisers, resume) and `train`, which runs the epoch loop of density/runtime/trainer.py.
 """
 
 import dataclasses
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch.optim.lr_scheduler import ExponentialLR
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from density.audio.plots import spectrogram_figure
 from density.audio.signal import N_MELS, SAMPLE_RATE, check_audio_files, log_mel
-from density.config import ConfigError, DistributedConfig, check_minimums, parse_overrides, require_keys
+from density.config import (
+    BETAS,
+    SEED,
+    ConfigError,
+    DistributedConfig,
+    Range,
+    above,
+    at_least,
+    check_ranges,
+    parse_overrides,
+    require_keys,
+)
 from density.data.splits import read_split_csv
 from density.runtime import checkpoint as ckpt
 from density.runtime import cli
 from density.runtime.engine import make_engine, mean_over_ranks, optimise
 from density.runtime.run import Harness, ignore_stop_signals, seed_all
+from density.runtime.trainer import (
+    Engine,
+    Position,
+    Trainable,
+    agreed_resume,
+    any_rank,
+    log_per_rank,
+    log_stopped,
+    on_interval,
+    open_harness,
+    rank_rng,
+    run_epochs,
+    show_help,
+    without_launcher_arguments,
+)
 from density.vocoders import training as vt
 from density.vocoders.vocoder import VOCODER_CONFIGS, build_vocoder, save_vocoder, vocoder_config
 
@@ -85,7 +116,7 @@ class VocoderTrainConfig:
     valid_csv: str = MISSING
     checkpoint_path: str = MISSING  # run folder
     feature_root: str = ""  # feature cache of hubert_feature_reader.py; '' = log-mels computed from the wavs
-    vocoder: str = "hifigan_mel_small"  # a name of density.vocoder.VOCODER_CONFIGS
+    vocoder: str = "hifigan_mel_small"  # a name of density.vocoders.vocoder.VOCODER_CONFIGS
     vocoder_config: dict[str, Any] = field(default_factory=dict)  # fields of that config to change
     d_width: float = 1.0  # channel multiplier of the discriminators (1: HiFi-GAN's; 0.125-0.25 for a CPU)
     segment_frames: int = 32  # frames per training segment (x hop samples: 5120 for log-mels, 10240 for HuBERT)
@@ -119,6 +150,25 @@ class VocoderTrainConfig:
     audio_samples: int = 4  # of them with audio and spectrograms in tensorboard
 
 
+RANGES = {  # checked by parse_config: `error: key=value: must be <range>`
+    **dict.fromkeys(
+        ("segment_frames", "batch_size", "max_steps", "n_valid", "checkpoint_interval", "validation_interval"),
+        at_least(1),
+    ),
+    "summary_interval": at_least(1),
+    **dict.fromkeys(
+        ("lr_decay_every", "adv_start_step", "num_workers", "num_threads", "audio_samples", "keep_last_checkpoints"),
+        at_least(0),
+    ),
+    **dict.fromkeys(("max_nonfinite_steps", "weight_decay", "grad_clip", "mel_weight", "fm_weight"), at_least(0)),
+    "lr": above(0),
+    "d_width": Range(lambda v: 0 < v <= 4, "in (0, 4]"),
+    "lr_decay": Range(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "seed": SEED,
+    "betas": BETAS,
+}
+
+
 def parse_config(argv):
     """Overrides onto VocoderTrainConfig -> (cfg, vocoder format, vocoder config dataclass); ConfigError else."""
     fields = [a for a in argv if a.startswith("vocoder_config.")]  # free-form: checked against the vocoder's config
@@ -139,39 +189,7 @@ def parse_config(argv):
         raise ConfigError(
             f"vocoder_config: {e} (fields of {type(config).__name__}: {[f.name for f in dataclasses.fields(config)]})"
         ) from None
-    check_minimums(
-        cfg,
-        (
-            ("segment_frames", 1),
-            ("batch_size", 1),
-            ("max_steps", 1),
-            ("lr_decay_every", 0),
-            ("adv_start_step", 0),
-            ("num_workers", 0),
-            ("num_threads", 0),
-            ("keep_last_checkpoints", 0),
-            ("max_nonfinite_steps", 0),
-            ("checkpoint_interval", 1),
-            ("validation_interval", 1),
-            ("summary_interval", 1),
-            ("n_valid", 1),
-            ("audio_samples", 0),
-        ),
-    )
-    for key, ok, allowed in (
-        ("lr", cfg.lr > 0, "> 0"),
-        ("d_width", 0 < cfg.d_width <= 4, "in (0, 4]"),
-        ("lr_decay", 0 < cfg.lr_decay <= 1, "in (0, 1]"),
-        ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
-        ("grad_clip", cfg.grad_clip >= 0, ">= 0"),
-        ("mel_weight", cfg.mel_weight >= 0, ">= 0"),
-        ("fm_weight", cfg.fm_weight >= 0, ">= 0"),
-        ("seed", 0 <= cfg.seed < 2**31, "in [0, 2**31)"),
-    ):
-        if not ok:
-            raise ConfigError(f"{key}={cfg[key]}: must be {allowed}")
-    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
-        raise ConfigError(f"betas={list(cfg.betas)}: give two numbers in [0, 1), e.g. [0.8,0.99]")
+    check_ranges(cfg, RANGES)
     data_type = "melspec" if config.in_dim == N_MELS else "hubert_L6"
     if data_type != "melspec" and not cfg.feature_root:
         raise ConfigError(
@@ -203,269 +221,350 @@ def make_datasets(cfg, config, seed):
 
 
 def main(argv):
-    # ------------------------------------------------------------------ config
-    argv = [a for a in argv if not a.startswith("--local_rank")]  # added by the deepspeed launcher
-    if "--help" in argv or "-h" in argv:
-        print(
-            __doc__
-            + "\nDefault config (override any key with key=value):\n\n"
-            + OmegaConf.to_yaml(OmegaConf.structured(VocoderTrainConfig))
-        )
+    argv = without_launcher_arguments(argv)
+    if show_help(argv, __doc__, VocoderTrainConfig):
         return None
     cfg, fmt, config = parse_config(argv)
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=(f"[rank {rank}] " if world_size > 1 else "") + "%(levelname)s %(message)s",
-    )
+    log_per_rank()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-
-    # ------------------------------------------------------------------ data and engine
     train_ds, valid_ds = make_datasets(cfg, config, cfg.seed)
     engine = make_engine(cfg)
     sampler = DistributedSampler(
         train_ds, num_replicas=engine.world_size, rank=engine.rank, shuffle=True, seed=cfg.seed, drop_last=True
     )
-    steps_per_epoch = len(sampler) // cfg.batch_size
-    if steps_per_epoch == 0:
+    data = TrainData(train_ds, sampler, steps_per_epoch=len(sampler) // cfg.batch_size)
+    if data.steps_per_epoch == 0:
         engine.close()
         raise ConfigError(
             f"{len(train_ds)} training clips give no full batch of batch_size={cfg.batch_size} per "
             f"rank ({engine.world_size} ranks); lower batch_size or add data"
         )
-    with Harness(
-        cfg.checkpoint_path,
-        cfg.resume_checkpoint,
-        cfg.overwrite,
-        main=engine.is_main,
-        keep_last=cfg.keep_last_checkpoints,
-        max_nonfinite=cfg.max_nonfinite_steps,
-    ) as harness:
+    with open_harness(cfg, main=engine.is_main) as harness:
         try:
-            return train(cfg, fmt, config, engine, harness, sampler, train_ds, valid_ds, steps_per_epoch)
+            return train(build(cfg, fmt, config, engine, harness, data, valid_ds))
         finally:
             engine.close()
 
 
-def train(cfg, fmt, config, engine, harness, sampler, train_ds, valid_ds, steps_per_epoch):
-    device, folder = engine.device, Path(cfg.checkpoint_path)
-    # ------------------------------------------------------------------ models, optimisers, resume
-    resume = engine.all_gather_object(str(harness.run.resume or "") if harness.run else "")[0]  # rank 0 decides
+@dataclass
+class TrainData:
+    """This rank's training batches: the segments, the sampler (this rank's share, reshuffled every epoch) and the
+    number of full batches per epoch."""
+
+    dataset: vt.VocoderClips
+    sampler: DistributedSampler
+    steps_per_epoch: int
+
+
+@dataclass
+class TrainTime:
+    """Training time across resumes: the wall-clock and CPU seconds of the runs before, this run's start, and the
+    (time, step) of the last training summary."""
+
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    start: float = 0.0
+    cpu_start: float = 0.0
+    last_summary: tuple[float, int] = (0.0, 0)
+
+    def begin(self, step):
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.last_summary = (self.start, step)
+
+    def totals(self):
+        """The checkpoint's 'train_seconds' and 'train_cpu_seconds'."""
+        return {
+            "train_seconds": self.seconds + time.perf_counter() - self.start,
+            "train_cpu_seconds": self.cpu_seconds + time.process_time() - self.cpu_start,
+        }
+
+    def seconds_per_step(self, step):
+        """Mean wall-clock seconds per step since the last summary, which this one becomes."""
+        now, (then, then_step) = time.perf_counter(), self.last_summary
+        self.last_summary = (now, step)
+        return (now - then) / max(1, step - then_step)
+
+
+@dataclass
+class StepResult:
+    """A step's losses (means over ranks: g_loss, mel_l1, g_adv, feature_matching, d_loss) and the gradient norms
+    of G and D (NaN: a skipped update; D's is 0 before adversarial training starts)."""
+
+    losses: dict[str, float]
+    g_norm: float
+    d_norm: float
+
+
+@dataclass
+class Loop:
+    """What the training loop works with: config, engine, Harness, the vocoder's identity (what a resumed
+    checkpoint must match), the generator g and discriminators d, plain and wrapped for training (G, D:
+    density/runtime/engine.py Trainables), their learning-rate schedules, the data, the position in the run, the
+    best validation scores, the training time and (main rank) the tensorboard writer. The loop of
+    density/runtime/trainer.py drives it: epoch_batches, step, end_of_step."""
+
+    cfg: DictConfig
+    engine: Engine
+    harness: Harness
+    identity: dict[str, Any]
+    g: torch.nn.Module
+    d: vt.Discriminators
+    G: Trainable
+    D: Trainable
+    g_sched: ExponentialLR
+    d_sched: ExponentialLR
+    data: TrainData
+    valid_ds: vt.VocoderClips
+    position: Position = field(default_factory=Position)
+    best: dict[str, float] = field(default_factory=lambda: {"mel_l1": math.inf})
+    time: TrainTime = field(default_factory=TrainTime)
+    writer: SummaryWriter | None = None
+    stopped: bool = False  # by a stop signal (on any rank)
+
+    def more_epochs(self):
+        return self.position.steps < self.cfg.max_steps
+
+    def epoch_batches(self, epoch, first):
+        """The epoch's batches from batch `first` on (segment crops and order fixed per epoch)."""
+        data, size = self.data, self.cfg.batch_size
+        data.sampler.set_epoch(epoch)
+        data.dataset.set_epoch(epoch)
+        order = list(data.sampler)
+        batches = [order[k * size : (k + 1) * size] for k in range(data.steps_per_epoch)]
+        return DataLoader(
+            data.dataset,
+            batch_sampler=batches[first:],
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.engine.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals,
+            generator=torch.Generator(),
+        )
+
+    def step(self, batch):
+        """One step on a batch of segments (features (B, frames, C), waveforms (B, T)): the discriminators' step
+        (once adversarial training has started), then the generator's -> StepResult."""
+        cfg, engine, step = self.cfg, self.engine, self.position.steps
+        feats, wav = batch
+        feats, real = feats.to(engine.device, non_blocking=True), wav.to(engine.device, non_blocking=True).unsqueeze(1)
+        adversarial = step >= cfg.adv_start_step
+        with engine.autocast():
+            fake = self.G(feats)
+        fake = fake.float()
+        loss_d, d_norm = (
+            self.discriminator_step(real, fake) if adversarial else (torch.zeros((), device=engine.device), 0.0)
+        )
+        losses, g_norm = self.generator_step(real, fake, loss_d, adversarial=adversarial)
+        finite = math.isfinite(g_norm) and (not adversarial or math.isfinite(d_norm))
+        if not finite:
+            log.warning(
+                "step %d: non-finite loss or gradient (G %s, D %s); update skipped",
+                step,
+                losses["g_loss"],
+                losses["d_loss"],
+            )
+        self.harness.check_finite(finite, step)
+        return StepResult(losses, g_norm, d_norm)
+
+    def discriminator_step(self, real, fake):
+        """Least-squares loss of the discriminators on real and generated waveforms (B, 1, T) and their update
+        -> (loss, gradient norm; NaN when the loss is not finite on some rank and the update is skipped)."""
+        self.D.zero_grad()
+        with self.engine.autocast():
+            logits, _ = self.D(torch.cat([real, fake.detach()]))
+        loss_d = vt.discriminator_loss(*zip(*(x.chunk(2) for x in logits)))
+        (l_d,) = mean_over_ranks(self.engine, loss_d)
+        return loss_d, optimise(self.D, loss_d, "D", self.position.steps) if math.isfinite(l_d) else math.nan
+
+    def generator_step(self, real, fake, loss_d, *, adversarial):
+        """The generator's loss (log-mel L1, plus adversarial and feature-matching losses when adversarial) and
+        its update -> (the step's losses as means over ranks, the generator's gradient norm)."""
+        cfg, engine, zero = self.cfg, self.engine, torch.zeros((), device=self.engine.device)
+        self.G.zero_grad()
+        loss_mel, loss_adv, loss_fm = vt.log_mel_l1(fake, real), zero, zero
+        if adversarial:
+            self.D.module.requires_grad_(False)  # no gradients for D, and DDP's D is not involved
+            with engine.autocast():
+                logits, fmaps = self.D.module(torch.cat([real, fake]))
+            self.D.module.requires_grad_(True)
+            loss_adv = vt.generator_adv_loss([x.chunk(2)[1] for x in logits])
+            loss_fm = vt.feature_matching_loss(
+                [[m.chunk(2)[0] for m in f] for f in fmaps], [[m.chunk(2)[1] for m in f] for f in fmaps]
+            )
+        loss_g = loss_adv + cfg.fm_weight * loss_fm + cfg.mel_weight * loss_mel
+        means = mean_over_ranks(engine, loss_g, loss_mel, loss_adv, loss_fm, loss_d)
+        g_norm = optimise(self.G, loss_g, "G", self.position.steps) if math.isfinite(means[0]) else math.nan
+        return dict(zip(("g_loss", "mel_l1", "g_adv", "feature_matching", "d_loss"), means)), g_norm
+
+    def end_of_step(self, result, pbar):
+        """Finish the step: learning-rate decay, logging and validation (main rank), then agree on stopping
+        across ranks and write the periodic or final checkpoint -> whether training ends here."""
+        cfg, position, step = self.cfg, self.position, self.position.steps
+        every = cfg.lr_decay_every
+        if (every and (step + 1) % every == 0) or (not every and position.batch_index + 1 == self.data.steps_per_epoch):
+            self.g_sched.step()
+            self.d_sched.step()
+        final = step + 1 >= cfg.max_steps
+        if self.engine.is_main:
+            self.log_and_validate(result, pbar, final=final)
+        (self.stopped,) = any_rank(self.engine, self.harness.stop_requested)  # every rank stops at the same step
+        final = final or self.stopped
+        position.steps += 1
+        position.batch_index += 1
+        if on_interval(step, cfg.checkpoint_interval) or final:
+            rng_states = self.engine.all_gather_object(ckpt.rng_state())
+            path = self.harness.save_periodic(self.checkpoint_dict(rng_states) if self.engine.is_main else None, step)
+            log.info("step %d: saved %s", step, path)
+        return final
+
+    def log_and_validate(self, result, pbar, *, final):
+        """Main rank: training scalars every summary_interval steps; validation every validation_interval steps,
+        at the last step and on a stop signal, saving vocoder_best.pt when its log-mel L1 is the lowest so far."""
+        cfg, step, losses = self.cfg, self.position.steps, result.losses
+        if step % cfg.summary_interval == 0:
+            scalars = {f"train/{k}": v for k, v in losses.items()} | {
+                "opt/g_grad_norm": result.g_norm,
+                "opt/d_grad_norm": result.d_norm,
+                "opt/lr": self.G.optimizer.param_groups[0]["lr"],
+                "time/sec_per_step": self.time.seconds_per_step(step),
+            }
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
+            pbar.set_postfix(mel=f"{losses['mel_l1']:.3f}", d=f"{losses['d_loss']:.3f}", adv=f"{losses['g_adv']:.3f}")
+        if step % cfg.validation_interval == 0 or final or self.harness.stop_requested:
+            scores = validate_vocoder(self.g, self.valid_ds, self.engine.device, self.writer, step, cfg.audio_samples)
+            tqdm.write(f"step {step}: validation log-mel L1 {scores['mel_l1']:.4f}, MR-STFT {scores['mr_stft']:.4f}")
+            if scores["mel_l1"] < self.best["mel_l1"]:
+                self.best = dict(scores, steps=step)
+                save_vocoder(self.g, Path(cfg.checkpoint_path) / BEST)
+
+    def checkpoint_dict(self, rng_states):
+        """The checkpoint (RESUME_KEYS and more) after the last finished step."""
+        (g_optim, g_scaler), (d_optim, d_scaler) = self.G.state_dict(), self.D.state_dict()
+        return {
+            "g_state_dict": ckpt.cpu_state(self.g),
+            "d_state_dict": ckpt.cpu_state(self.d),
+            "g_optim_state_dict": g_optim,
+            "d_optim_state_dict": d_optim,
+            "g_scaler_state_dict": g_scaler,
+            "d_scaler_state_dict": d_scaler,
+            "g_sched_state_dict": self.g_sched.state_dict(),
+            "d_sched_state_dict": self.d_sched.state_dict(),
+            **self.position.checkpoint_entries(),
+            "best": self.best,
+            "rng_state": rng_states,
+            **self.time.totals(),
+            "cfg_yaml": OmegaConf.to_yaml(self.cfg),
+            "vocoder": self.identity,
+            "run_id": self.harness.run.run_id if self.harness.run else None,
+        }
+
+
+def build(cfg, fmt, config, engine, harness, data, valid_ds):
+    """Generator, discriminators, optimisers and schedules: from the checkpoint rank 0 resumes (which must be of
+    the same vocoder), else new, with the same initial weights on every rank."""
+    resume = agreed_resume(harness, engine)
     seed_all(cfg.seed)  # every rank builds the same initial weights
     g, d = build_vocoder(fmt, config), vt.Discriminators(cfg.d_width)
     identity = {"name": cfg.vocoder, "format": fmt, "config": dataclasses.asdict(config), "d_width": cfg.d_width}
-    state = ckpt.load(resume, RESUME_KEYS, "a train_vocoder.py checkpoint") if resume else None
-    if state is not None:
-        if state["vocoder"] != identity:
+    checkpoint = ckpt.load(resume, RESUME_KEYS, "a train_vocoder.py checkpoint") if resume else None
+    if checkpoint is not None:
+        if checkpoint["vocoder"] != identity:
             raise ckpt.CheckpointError(
-                f"{resume}: written for the vocoder {state['vocoder']}, but this run trains "
+                f"{resume}: written for the vocoder {checkpoint['vocoder']}, but this run trains "
                 f"{identity}; use the settings of the run that wrote it"
             )
-        g.load_state_dict(state["g_state_dict"])
-        d.load_state_dict(state["d_state_dict"])
+        g.load_state_dict(checkpoint["g_state_dict"])
+        d.load_state_dict(checkpoint["d_state_dict"])
     G, D = (
         engine.wrap(m, torch.optim.AdamW(m.parameters(), cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay))
         for m in (g, d)
     )
-    g_sched, d_sched = (torch.optim.lr_scheduler.ExponentialLR(t.optimizer, cfg.lr_decay) for t in (G, D))
-    steps, epoch, first, best, seconds, cpu_seconds, rng = 0, 0, 0, {"mel_l1": math.inf}, 0.0, 0.0, None
-    if state is not None:
-        G.load_state_dict(state["g_optim_state_dict"], state.get("g_scaler_state_dict"))
-        D.load_state_dict(state["d_optim_state_dict"], state.get("d_scaler_state_dict"))
-        g_sched.load_state_dict(state["g_sched_state_dict"])
-        d_sched.load_state_dict(state["d_sched_state_dict"])
-        steps, epoch, first, best = state["steps"] + 1, state["epoch"], state["batch_index"], state["best"]
-        seconds, cpu_seconds = state.get("train_seconds", 0.0), state.get("train_cpu_seconds", 0.0)
-        if engine.rank < len(state["rng_state"]):
-            rng = state["rng_state"][engine.rank]
-        else:  # a rank the writing run did not have
-            seed_all(cfg.seed + engine.rank + steps * engine.world_size)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume, steps, epoch, first)
+    schedules = (ExponentialLR(t.optimizer, cfg.lr_decay) for t in (G, D))
+    loop = Loop(cfg, engine, harness, identity, g, d, G, D, *schedules, data, valid_ds)
+    if checkpoint is not None:
+        resume_from(loop, checkpoint)
+        at = loop.position
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume, at.steps, at.epoch, at.batch_index)
     else:
         seed_all(cfg.seed + engine.rank)
-    if first >= steps_per_epoch:
-        epoch, first = epoch + 1, 0
+    log_sizes(loop, fmt, config)
+    return loop
+
+
+def resume_from(loop, checkpoint):
+    """Optimiser, loss-scaler and schedule states, the position, best scores and training time of a checkpoint."""
+    engine = loop.engine
+    loop.G.load_state_dict(checkpoint["g_optim_state_dict"], checkpoint.get("g_scaler_state_dict"))
+    loop.D.load_state_dict(checkpoint["d_optim_state_dict"], checkpoint.get("d_scaler_state_dict"))
+    loop.g_sched.load_state_dict(checkpoint["g_sched_state_dict"])
+    loop.d_sched.load_state_dict(checkpoint["d_sched_state_dict"])
+    rng = rank_rng(
+        checkpoint["rng_state"],
+        rank=engine.rank,
+        world_size=engine.world_size,
+        seed=loop.cfg.seed,
+        steps=checkpoint["steps"] + 1,
+    )
+    loop.position = Position.after(checkpoint, rng)
+    loop.best = checkpoint["best"]
+    loop.time = TrainTime(checkpoint.get("train_seconds", 0.0), checkpoint.get("train_cpu_seconds", 0.0))
+
+
+def log_sizes(loop, fmt, config):
+    cfg, engine = loop.cfg, loop.engine
     log.info(
         "%s (%s, hop %d): G %d params, D %d params (d_width %g); %d train clips, %d validation clips, "
         "%d steps per epoch per rank; engine=%s precision=%s device=%s world_size=%d",
         cfg.vocoder,
         fmt,
         config.hop,
-        sum(p.numel() for p in g.parameters()),
-        sum(p.numel() for p in d.parameters()),
+        sum(p.numel() for p in loop.g.parameters()),
+        sum(p.numel() for p in loop.d.parameters()),
         cfg.d_width,
-        len(train_ds),
-        len(valid_ds),
-        steps_per_epoch,
+        len(loop.data.dataset),
+        len(loop.valid_ds),
+        loop.data.steps_per_epoch,
         cfg.engine,
         engine.precision,
-        device,
+        engine.device,
         engine.world_size,
     )
 
-    def checkpoint(rng_states):
-        (g_optim, g_scaler), (d_optim, d_scaler) = G.state_dict(), D.state_dict()
-        return {
-            "g_state_dict": ckpt.cpu_state(g),
-            "d_state_dict": ckpt.cpu_state(d),
-            "g_optim_state_dict": g_optim,
-            "d_optim_state_dict": d_optim,
-            "g_scaler_state_dict": g_scaler,
-            "d_scaler_state_dict": d_scaler,
-            "g_sched_state_dict": g_sched.state_dict(),
-            "d_sched_state_dict": d_sched.state_dict(),
-            "steps": steps,
-            "epoch": epoch,
-            "batch_index": i + 1,
-            "best": best,
-            "rng_state": rng_states,
-            "train_seconds": seconds + time.perf_counter() - t0,
-            "train_cpu_seconds": cpu_seconds + time.process_time() - c0,
-            "cfg_yaml": OmegaConf.to_yaml(cfg),
-            "vocoder": identity,
-            "run_id": harness.run.run_id if harness.run else None,
-        }
 
-    writer = SummaryWriter(str(folder / "logs")) if engine.is_main else None
-    if writer is not None:
-        writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
-    t0, c0, clock = time.perf_counter(), time.process_time(), [time.perf_counter(), steps]
-    stop, final = False, steps >= cfg.max_steps
-    # ------------------------------------------------------------------ training loop
-    try:
-        with harness.stop_signals():
-            while not final:
-                sampler.set_epoch(epoch)
-                train_ds.set_epoch(epoch)
-                order = list(sampler)
-                batches = [order[k * cfg.batch_size : (k + 1) * cfg.batch_size] for k in range(steps_per_epoch)]
-                loader = DataLoader(
-                    train_ds,
-                    batch_sampler=batches[first:],
-                    num_workers=cfg.num_workers,
-                    pin_memory=device.type == "cuda",
-                    worker_init_fn=ignore_stop_signals,
-                    generator=torch.Generator(),
-                )
-                if rng is not None:
-                    ckpt.set_rng_state(rng)
-                    rng = None
-                pbar = tqdm(
-                    total=steps_per_epoch,
-                    initial=first,
-                    desc=f"epoch {epoch}",
-                    unit="batch",
-                    disable=not engine.is_main,
-                )
-                for i, (feats, wav) in enumerate(loader, start=first):
-                    feats, real = feats.to(device, non_blocking=True), wav.to(device, non_blocking=True).unsqueeze(1)
-                    adversarial = steps >= cfg.adv_start_step
-                    # -------------------------------------------- generator forward
-                    with engine.autocast():
-                        fake = G(feats)
-                    fake = fake.float()
-                    # -------------------------------------------- discriminator step
-                    loss_d, d_norm = torch.zeros((), device=device), 0.0
-                    if adversarial:
-                        D.zero_grad()
-                        with engine.autocast():
-                            logits, _ = D(torch.cat([real, fake.detach()]))
-                        loss_d = vt.discriminator_loss(*zip(*(x.chunk(2) for x in logits)))
-                        (l_d,) = mean_over_ranks(engine, loss_d)
-                        d_norm = optimise(D, loss_d, "D", steps) if math.isfinite(l_d) else math.nan
-                    # -------------------------------------------- generator step
-                    G.zero_grad()
-                    loss_mel = vt.log_mel_l1(fake, real)
-                    loss_adv, loss_fm = torch.zeros((), device=device), torch.zeros((), device=device)
-                    if adversarial:
-                        D.module.requires_grad_(False)  # no gradients for D, and DDP's D is not involved
-                        with engine.autocast():
-                            logits, fmaps = D.module(torch.cat([real, fake]))
-                        D.module.requires_grad_(True)
-                        loss_adv = vt.generator_adv_loss([x.chunk(2)[1] for x in logits])
-                        loss_fm = vt.feature_matching_loss(
-                            [[m.chunk(2)[0] for m in f] for f in fmaps], [[m.chunk(2)[1] for m in f] for f in fmaps]
-                        )
-                    loss_g = loss_adv + cfg.fm_weight * loss_fm + cfg.mel_weight * loss_mel
-                    l_g, l_mel, l_adv, l_fm, l_d = mean_over_ranks(engine, loss_g, loss_mel, loss_adv, loss_fm, loss_d)
-                    g_norm = optimise(G, loss_g, "G", steps) if math.isfinite(l_g) else math.nan
-                    # -------------------------------------------- non-finite guard, learning-rate decay
-                    finite = math.isfinite(g_norm) and (not adversarial or math.isfinite(d_norm))
-                    if not finite:
-                        log.warning(
-                            "step %d: non-finite loss or gradient (G %s, D %s); update skipped", steps, l_g, l_d
-                        )
-                    harness.check_finite(finite, steps)
-                    if (cfg.lr_decay_every and (steps + 1) % cfg.lr_decay_every == 0) or (
-                        not cfg.lr_decay_every and i + 1 == steps_per_epoch
-                    ):
-                        g_sched.step()
-                        d_sched.step()
-                    pbar.update(1)
-                    # -------------------------------------------- logging and validation (main rank)
-                    final = steps + 1 >= cfg.max_steps
-                    if engine.is_main and steps % cfg.summary_interval == 0:
-                        now = time.perf_counter()
-                        scalars = {
-                            "train/g_loss": l_g,
-                            "train/mel_l1": l_mel,
-                            "train/g_adv": l_adv,
-                            "train/feature_matching": l_fm,
-                            "train/d_loss": l_d,
-                            "opt/g_grad_norm": g_norm,
-                            "opt/d_grad_norm": d_norm,
-                            "opt/lr": G.optimizer.param_groups[0]["lr"],
-                            "time/sec_per_step": (now - clock[0]) / max(1, steps - clock[1]),
-                        }
-                        clock[:] = now, steps
-                        for tag, value in scalars.items():
-                            writer.add_scalar(tag, value, steps)
-                        pbar.set_postfix(mel=f"{l_mel:.3f}", d=f"{l_d:.3f}", adv=f"{l_adv:.3f}")
-                    if engine.is_main and (steps % cfg.validation_interval == 0 or final or harness.stop_requested):
-                        scores = validate(g, valid_ds, device, writer, steps, cfg.audio_samples)
-                        tqdm.write(
-                            f"step {steps}: validation log-mel L1 {scores['mel_l1']:.4f}, MR-STFT "
-                            f"{scores['mr_stft']:.4f}"
-                        )
-                        if scores["mel_l1"] < best["mel_l1"]:
-                            best = dict(scores, steps=steps)
-                            save_vocoder(g, folder / BEST)
-                    # -------------------------------------------- checkpoints and stopping
-                    stop_flag = torch.tensor([float(harness.stop_requested)], device=device)
-                    stop = bool(engine.all_sum(stop_flag).item())  # every rank stops at the same step
-                    final = final or stop
-                    if (steps > 0 and steps % cfg.checkpoint_interval == 0) or final:
-                        rng_states = engine.all_gather_object(ckpt.rng_state())
-                        path = harness.save_periodic(checkpoint(rng_states) if engine.is_main else None, steps)
-                        log.info("step %d: saved %s", steps, path)
-                    if final:
-                        break
-                    steps += 1
-                pbar.close()
-                epoch, first = epoch + 1, 0
-    finally:
-        if writer is not None:
-            writer.close()
+def train(loop):
+    """Epochs of steps until max_steps or a stop signal, then vocoder.pt (main rank)
+    -> the best validation scores {'mel_l1', 'mr_stft', 'steps'}, or None when a stop signal ended training."""
+    cfg, engine, folder = loop.cfg, loop.engine, Path(loop.cfg.checkpoint_path)
     if engine.is_main:
-        save_vocoder(g, folder / FINAL)
-    if stop:
-        log.warning("stopped by signal after step %d; resume with resume_checkpoint=auto", steps)
+        loop.writer = SummaryWriter(str(folder / "logs"))
+        loop.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
+    loop.time.begin(loop.position.steps)
+    try:
+        with loop.harness.stop_signals():
+            run_epochs(loop, loop.position, steps_per_epoch=loop.data.steps_per_epoch, show_progress=engine.is_main)
+    finally:
+        if loop.writer is not None:
+            loop.writer.close()
+    if engine.is_main:
+        save_vocoder(loop.g, folder / FINAL)
+    if loop.stopped:
+        log_stopped(log, loop.position.steps - 1, folder)
         return None
     log.info(
         "done: %d steps; best validation log-mel L1 %.4f at step %s; %s and %s in %s",
-        steps + 1,
-        best["mel_l1"],
-        best.get("steps"),
+        loop.position.steps,
+        loop.best["mel_l1"],
+        loop.best.get("steps"),
         BEST,
         FINAL,
         folder,
     )
-    return best
+    return loop.best
 
 
 @torch.no_grad()
-def validate(g, valid_ds, device, writer, step, audio_samples):
+def validate_vocoder(g, valid_ds, device, writer, step, audio_samples):
     """Log-mel L1 and multi-resolution STFT distance of the generator on whole validation clips (tensorboard
     scalars, plus audio and spectrograms of the first audio_samples) -> {'mel_l1', 'mr_stft'}."""
     was_training = g.training
