@@ -68,6 +68,15 @@ FULL["vocoders"] = {  # the log-mel loss alone, then a short adversarial tail (R
 }
 FULL["n_vocoder_eval"] = 0  # every test clip
 VOCODER_NAMES = {"hifigan": "HiFi-GAN small (mel)", "istft": "iSTFT (mel)"}  # rows of the report
+# Both tiny vocoders: a narrow discriminator, two steps (the second adversarial) on short segments.
+TINY_VOCODER_RUN = [
+    "d_width=0.0625",
+    "max_steps=2",
+    "adv_start_step=1",
+    "segment_frames=8",
+    "batch_size=4",
+    "n_valid=4",
+]
 # Seconds per stage on purpose: a handful of speakers, a tiny model, a few steps.
 TINY = dict(
     speakers=12,
@@ -89,26 +98,12 @@ TINY = dict(
         "rp_w_cfg.D_head_dim=16",
     ],
     vocoders={
-        "hifigan": [
-            "vocoder=hifigan_mel_small",
-            "vocoder_config.upsample_initial_channel=16",
-            "d_width=0.0625",
-            "max_steps=2",
-            "adv_start_step=1",
-            "segment_frames=8",
-            "batch_size=4",
-            "n_valid=4",
-        ],
+        "hifigan": ["vocoder=hifigan_mel_small", "vocoder_config.upsample_initial_channel=16", *TINY_VOCODER_RUN],
         "istft": [
             "vocoder=istft_mel",
             "vocoder_config.dim=16",
             "vocoder_config.intermediate_dim=32",
-            "d_width=0.0625",
-            "max_steps=2",
-            "adv_start_step=1",
-            "segment_frames=8",
-            "batch_size=4",
-            "n_valid=4",
+            *TINY_VOCODER_RUN,
         ],
     },
     n_vocoder_eval=16,
