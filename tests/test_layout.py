@@ -154,3 +154,15 @@ def test_scripts_are_thin():
         defs = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
         assert not defs, f"{path.name} defines {defs}: library code belongs in density/"
         assert len(path.read_text().splitlines()) <= 20, f"{path.name} is not a thin script"
+
+
+def test_functions_fit_on_a_screen():
+    """No function of the package or the scripts is longer than 60 lines (tests and bench/ excepted)."""
+    files = [*ROOT.glob("*.py"), *(ROOT / "density").rglob("*.py")]
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert not long, long
