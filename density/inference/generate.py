@@ -83,6 +83,12 @@ def parse_args(argv=None):
         help="replace wavs and spectrograms.png already in --out_dir (default: refuse before the model loads)",
     )
     args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def check_args(p, args):
+    """Usage errors (p.error: exit 2), found before the model loads."""
     if args.vocoder and not args.checkpoint:
         p.error("--vocoder goes with --checkpoint")
     if args.n < 1 or args.batch_size < 1 or args.steps < 2 or args.w_avg_samples < 1:
@@ -102,7 +108,6 @@ def parse_args(argv=None):
             torch.device(args.device)
         except RuntimeError:
             p.error(f"--device {args.device}: not a device; use cpu, cuda or cuda:<index>")
-    return args
 
 
 def file_stems(args):
