@@ -21,7 +21,6 @@ Decisions on the reference's quirks (docs/reference.md, differences):
   train, about 18.6k x 50 x 768 x 2 B = 1.4 GB; log-mels 100 x 128 x 2 B = 25.6 kB per clip) and returns float32.
 """
 
-import csv
 import glob
 import os
 import random
@@ -36,6 +35,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from density.audio.signal import REFERENCE_MEL_PAD, load_audio, log_mel
+from density.data.splits import SplitError, read_csv
 
 DATA_TYPES = ("hubert_L6", "melspec", "wav")
 FEATURE_EXT = ".pt"
@@ -310,14 +310,16 @@ def split_feature_files(csv_path, key, data_type, train_root=None):
             f"{key}={csv_path}: no such file; create the splits with "
             "`python split_data.py --root_path <speech commands root> --sc09_only true`"
         )
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise DatasetError(
-                f"{key}={csv_path}: expected a CSV with a 'path' column (as written by "
-                f"split_data.py), found columns {reader.fieldnames}"
-            )
-        rows = [row["path"] for row in reader]
+    try:
+        columns, records = read_csv(csv_path)
+    except SplitError as e:
+        raise DatasetError(f"{key}={e}") from None
+    if columns is None or "path" not in columns:
+        raise DatasetError(
+            f"{key}={csv_path}: expected a CSV with a 'path' column (as written by "
+            f"split_data.py), found columns {columns}"
+        )
+    rows = [r["path"] for r in records]
     if not rows:
         raise DatasetError(f"{key}={csv_path} lists no files")
     cached = data_type == "hubert_L6" or (

@@ -198,3 +198,9 @@ def test_malicious_pickles_are_refused(tmp_path, original_module):
     torch.save({"model": nn.ReLU()}, tmp_path / "relu.pth")  # a torch.nn class the published file does not use
     with pytest.raises(ClassifierError, match=r"relu\.pth: refused.*torch\.nn\.modules\.activation\.ReLU"):
         load_classifier(tmp_path / "relu.pth")
+
+
+def test_a_directory_is_named_as_one(tmp_path):
+    """It used to be reported as 'does not exist'."""
+    with pytest.raises(ClassifierError, match=rf"classifier file {tmp_path} is a directory: .*classifier_best\.pt"):
+        load_classifier(tmp_path)

@@ -301,3 +301,11 @@ def test_generated_corpus_end_to_end_melspec(tmp_path, monkeypatch):
     assert torch.isfinite(feats).all() and feats.max() > 0 > feats.min() >= np.log(1e-5) - 0.01
     # speech sits in the middle of the clip: more energy there than at the edges
     assert feats[:, 40:60].mean() > feats[:, :10].mean() + 2
+
+
+def test_a_split_csv_that_is_not_utf8_names_the_key_the_file_and_the_fix(tmp_path):
+    """It used to end in a bare UnicodeDecodeError naming no file."""
+    bad = tmp_path / "train.csv"
+    bad.write_bytes("path,label\nsc/z\xe9ro/a.wav,zero\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=rf"sc09_train_csv={bad}: line 2 is not UTF-8 text .*save the CSV as UTF-8"):
+        build_datasets(_cfg(use_sc09_splits=True, sc09_train_csv=str(bad)))

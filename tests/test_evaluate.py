@@ -1,6 +1,7 @@
 """evaluate.py end to end: known answers, reference rows on a tiny digits corpus, generator checkpoints, errors."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from tiny_digits import make_tiny_digits, train_tiny_classifier
 
 from density import metrics as M
 from density.evaluation import evaluate, scoring
+from density.evaluation.classifier import file_sha256, load_classifier
 from density.vocoders.vocoder import save_vocoder
 
 torch.set_num_threads(1)
@@ -203,3 +205,55 @@ def test_clear_errors_name_the_path(corpus, tmp_path):
     with pytest.raises(SystemExit):
         evaluate.main(["--wav_dir", str(tmp_path / "rate")])  # no classifier / train_csv: usage error
     assert not (tmp_path / "cache").exists()  # every error came before any scoring
+
+
+def test_a_damaged_cache_entry_is_scored_again_and_rewritten(corpus, tmp_path, capsys):
+    """A zero-byte file in the evaluation cache used to end evaluate.py in EOFError."""
+    splits, classifier_path = corpus
+    classifier = load_classifier(classifier_path)
+    real_set = partial(
+        scoring.cached_scores, classifier, file_sha256(classifier_path), splits / "sc09-test.csv", "real"
+    )
+    fresh = real_set(tmp_path / "cache")
+    (entry,) = (tmp_path / "cache").glob("*.npz")
+    for damage in (b"", b"PK\x03\x04 truncated", entry.read_bytes()[:100]):
+        entry.write_bytes(damage)
+        again = real_set(tmp_path / "cache")
+        np.testing.assert_array_equal(again.logits, fresh.logits)
+        assert f"{entry}: unreadable cache entry" in capsys.readouterr().err
+        with np.load(entry) as f:  # rewritten whole
+            np.testing.assert_array_equal(f["feats"], fresh.feats)
+    np.savez(entry, feats=fresh.feats[:3], logits=fresh.logits[:3])  # readable, but not this CSV's clips
+    assert len(real_set(tmp_path / "cache").logits) == len(fresh.logits)
+    assert "for 20 clips" in capsys.readouterr().err
+
+
+def test_outputs_are_checked_before_any_scoring(corpus, tmp_path, capsys, monkeypatch):
+    """--json DIR used to fail only after all the scoring, a directory as --classifier was 'does not exist', and
+    --save_wavs replaced the wavs in its folder without a word."""
+    monkeypatch.setattr(evaluate, "load_classifier", lambda *a, **k: pytest.fail("scoring started"))
+    make_checkpoint(tmp_path / "g.pt")
+    generator = audio_args(corpus, tmp_path, "--checkpoint", str(tmp_path / "g.pt"))
+    (tmp_path / "wavs").mkdir()
+    (tmp_path / "wavs" / "00003.wav").write_bytes(b"mine")
+    (tmp_path / "file").write_text("")
+    cases = [
+        (["--json", str(tmp_path)], f"--json {tmp_path} is a directory; give a file path"),
+        (["--json", str(tmp_path / "file" / "out.json")], f"lies below the file {tmp_path / 'file'}"),
+        (
+            ["--save_wavs", str(tmp_path / "wavs")],
+            f"{tmp_path / 'wavs' / '00003.wav'} exists already: give --overwrite",
+        ),
+        (["--save_wavs", str(tmp_path / "file")], "is a file; give a folder"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as e:
+            evaluate.main([*generator, *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    evaluate.parse_args([*generator, "--save_wavs", str(tmp_path / "wavs"), "--overwrite"])  # allowed
+    evaluate.parse_args([*generator, "--save_wavs", str(tmp_path / "wavs"), "--n", "3"])  # 00003.wav is not written
+    assert (tmp_path / "wavs" / "00003.wav").read_bytes() == b"mine" and not (tmp_path / "cache").exists()
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match=rf"classifier file {tmp_path} is a directory: give the file in it"):
+        evaluate.main(audio_args(corpus, tmp_path, "--wav_dir", str(tmp_path / "wavs"), "--classifier", str(tmp_path)))

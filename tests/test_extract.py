@@ -254,3 +254,15 @@ def test_a_csv_row_that_would_escape_the_output_folder_is_refused_before_work(tm
     assert exit_info.value.code == 2
     assert re.search(r"^error: .*victim\.wav: its output \.\./victim\.pt would lie outside", capsys.readouterr().err)
     assert victim.read_bytes() == b"not yours" and not out.exists()
+
+
+def test_a_csv_that_is_not_utf8_is_one_error_line_naming_it(tmp_path, capsys):
+    """It used to be `error: 'utf-8' codec can't decode byte 0xe9 ...`, naming no file."""
+    split = tmp_path / "split.csv"
+    split.write_bytes("path,label\n/data/z\xe9ro/a.wav,zero\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as e:
+        hfr.main(["--csv", str(split), "--out", str(tmp_path / "o"), "--type", "melspec", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {split}: line 2 is not UTF-8 text (byte 0xe9); save the CSV as UTF-8")
+    assert not (tmp_path / "o").exists()

@@ -221,3 +221,38 @@ def test_unreadable_checkpoint_is_one_error_line_and_status_2(tmp_path, tiny, ca
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(f"error: {tmp_path / 'ckpt.pt'}: not a readable ASGAN checkpoint")
     assert err.count("\n") == 1
+
+
+def test_existing_outputs_are_refused_before_the_model_loads_unless_overwrite(tiny, tmp_path, capsys, monkeypatch):
+    """generate.py used to replace wavs and spectrograms.png already in --out_dir without a word."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "spectrograms.png").write_bytes(b"my figure")
+    argv = [*tiny, "--out_dir", str(out), "--n", "2"]
+    real_load = generate.load_asgan
+    monkeypatch.setattr(generate, "load_asgan", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(SystemExit) as e:
+        generate.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {out / 'spectrograms.png'} exists already: give --overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["spectrograms.png"]
+    monkeypatch.setattr(generate, "load_asgan", real_load)
+    generate.main([*argv, "--png_max", "0"])  # the PNG is not written: nothing to refuse
+    assert (out / "spectrograms.png").read_bytes() == b"my figure" and len(read(out)) == 2
+    with pytest.raises(SystemExit):  # the wavs of the last run are not replaced either
+        generate.main([*argv, "--png_max", "0"])
+    assert "seed0_00000.wav and 1 more exists already" in capsys.readouterr().err
+    generate.main([*argv, "--overwrite"])
+    assert (out / "spectrograms.png").read_bytes()[:4] == b"\x89PNG" and len(read(out)) == 2
+
+
+@pytest.mark.parametrize("psi", ["1e9", "-100", "-3", "2.5"])
+def test_truncation_outside_its_range_is_refused(tmp_path, capsys, psi):
+    """--truncation 1e9 used to write clipped full-scale noise with status 0."""
+    with pytest.raises(SystemExit) as e:
+        generate.parse_args(["--pretrained", "--out_dir", str(tmp_path), "--truncation", psi])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--truncation {float(psi):g} is outside [-2, 2]" in err
+    for edge in ("-2", "2", "0"):
+        assert generate.parse_args(["--pretrained", "--out_dir", str(tmp_path), "--truncation", edge])

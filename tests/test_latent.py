@@ -304,3 +304,53 @@ def test_errors_are_one_line(mel_ckpt, tmp_path, capsys):
         assert e.value.code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: "), err
     with pytest.raises(SystemExit):
         edit.parse_args(["project", "seed:x", "--checkpoint", str(mel_ckpt), "--out_dir", str(tmp_path / "o")])
+
+
+def test_outputs_are_checked_before_the_checkpoint_loads(mel_ckpt, tmp_path, capsys, monkeypatch):
+    """`project` with two inputs of one file name used to write one output over the other without a word, and
+    every sub-command replaced files already in --out_dir."""
+    real_load = edit.load_asgan
+    monkeypatch.setattr(edit, "load_asgan", lambda *a, **k: pytest.fail("checkpoint loaded"))
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "converted.wav").write_bytes(b"mine")
+    a, b = tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav"
+    cases = [
+        (["project", str(a), str(b)], f"{a} and {b} would both be written to {out / 'x_projected.wav'}"),
+        (["project", "seed:3", str(tmp_path / "seed3.wav")], "would both be written to"),
+        (["convert", "--source", "seed:1", "--target", "seed:2", "--layers", "3"], "converted.wav exists already"),
+        (
+            ["direction", "--csv", "s.csv", "--labels", "one", "../../two", "--apply", "seed:1"],
+            "would lie outside",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            edit.main([*argv, "--checkpoint", str(mel_ckpt), "--out_dir", str(out), *FAST])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["converted.wav"]
+    assert not (tmp_path / "two+0.wav").exists()
+    monkeypatch.setattr(edit, "load_asgan", real_load)
+    convert = ["convert", "--source", "seed:1", "--target", "seed:2", "--layers", "3", "--out_dir", str(out)]
+    edit.main([*convert, "--checkpoint", str(mel_ckpt), *FAST, "--overwrite"])
+    assert (out / "converted.wav").read_bytes()[:4] == b"RIFF"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr", "inf"], "--lr inf is outside (0, 10]"),
+        (["--lr", "1e6"], "--lr 1e+06 is outside (0, 10]"),
+        (["--lr", "nan"], "--lr nan is outside (0, 10]"),
+        (["--strengths", "1", "nan"], "--strengths nan: each must be a number in [-10, 10]"),
+        (["--strengths", "1e9", "-20"], "--strengths 1e+09 -20: each must be a number in [-10, 10]"),
+    ],
+)
+def test_absurd_numbers_are_refused(tmp_path, capsys, argv, message):
+    """--lr inf or nan and --strengths nan used to run and write garbage (a non-finite w) with status 0."""
+    direction = ["direction", "--csv", "s.csv", "--labels", "one", "two", "--apply", "seed:1"]
+    with pytest.raises(SystemExit) as e:
+        edit.parse_args([*direction, *argv, "--checkpoint", "c.pt", "--out_dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err, err

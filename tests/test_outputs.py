@@ -3,7 +3,7 @@ configuration files go through."""
 
 import pytest
 
-from density.runtime.outputs import OutputError, confined, plan_outputs
+from density.runtime.outputs import OutputError, confined, plan_outputs, writable_file
 from density.runtime.safe_yaml import YAMLError, load_yaml
 
 
@@ -56,3 +56,13 @@ def test_plain_data_loads():
         "specs": [[1, 2], [3, 4]],
         "name": "x",
     }
+
+
+def test_a_file_written_at_the_end_is_checked_writable_first(tmp_path):
+    assert writable_file(tmp_path / "new" / "deeper" / "out.json", "--json") == tmp_path / "new" / "deeper" / "out.json"
+    with pytest.raises(OutputError, match=f"--json {tmp_path} is a directory; give a file path, e.g. --json "):
+        writable_file(tmp_path, "--json")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match=f"lies below the file {tmp_path / 'file'}"):
+        writable_file(tmp_path / "file" / "out.json", "--json")
+    assert not (tmp_path / "new").exists()  # checking creates nothing

@@ -10,6 +10,7 @@ import soundfile as sf
 from density.data import speech_commands
 from density.data import splits as split_data
 from density.data.digits import make_digits_corpus
+from density.runtime import cli
 from density.runtime.download import DownloadError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +148,7 @@ PINNED = {
 
 def test_download_fetches_the_pinned_archive_of_the_version_unless_overridden(tmp_path, monkeypatch):
     """What --download asks for (the transfer itself: tests/test_paper_path.py, on a local server)."""
+    monkeypatch.chdir(tmp_path)  # the default --out_dir ./splits: CSVs of the caller's own splits there are refused
     asked = []
 
     def offline(url, dest, sha256, progress=True):
@@ -184,3 +186,37 @@ def test_download_option_errors(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
         split_data.main([*argv, "--out_dir", str(tmp_path / "splits")])
     assert stop.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "splits").exists()
+
+
+def test_existing_csvs_are_refused_before_the_scan_unless_overwrite(tree, tmp_path, capsys, monkeypatch):
+    """split_data.py used to replace existing split CSVs without a word."""
+    out = tmp_path / "splits"
+    out.mkdir()
+    (out / "sc09-valid.csv").write_text("path,label\nmine.wav,zero\n")
+    argv = ["--root_path", str(tree), "--sc09_only", "true", "--out_dir", str(out)]
+    monkeypatch.setattr(split_data, "make_splits", lambda *a: pytest.fail("tree scanned"))
+    with pytest.raises(SystemExit) as stop:
+        cli.run(split_data.main, argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err == f"error: {out / 'sc09-valid.csv'} exists already: give --overwrite " + (
+        "to replace it, or choose another output folder\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["sc09-valid.csv"]
+    with pytest.raises(SystemExit):  # the download is not started either
+        cli.run(split_data.main, ["--download", str(tmp_path / "sc2"), "--sc09_only", "true", "--out_dir", str(out)])
+    assert not (tmp_path / "sc2").exists()
+    monkeypatch.undo()
+    split_data.main([*argv, "--sc09_only", "false"])  # other file names: nothing to refuse
+    split_data.main([*argv, "--overwrite"])
+    assert [r["path"] for r in _read(out / "sc09-valid.csv")] == [
+        str(tree / "one/b_nohash_0.wav"),
+        str(tree / "zero/b_nohash_0.wav"),
+    ]
+
+
+def test_a_csv_that_is_not_utf8_names_the_file_and_the_fix(tmp_path):
+    """Reading one used to end in a bare UnicodeDecodeError naming no file."""
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes("path,label\nz\xe9ro/a.wav,zero\n".encode("latin-1"))
+    with pytest.raises(split_data.SplitError, match=rf"{bad}: line 2 is not UTF-8 text .*iconv .*split_data.py"):
+        split_data.read_split_csv(bad)

@@ -10,37 +10,57 @@ splits DIR as `--root_path DIR` does. Reads `validation_list.txt` and `testing_l
 train is every other .wav, minus folders whose name contains '_' (`_background_noise_`). With
 `--sc09_only` only the ten digit words are kept. Writes CSVs with columns `path` (root/relative) and
 `label` (folder name) to `<out_dir>/sc09-{train,valid,test}.csv` (SC09) or `<out_dir>/{train,valid,test}.csv`.
+Existing CSVs are replaced only with `--overwrite` (checked before the download or the scan).
 Unlike the reference, `--sc09_only false` really means false (the reference's argparse `type=bool`
 made any non-empty string true).
 """
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
 from density.data.speech_commands import VERSIONS, fetch_speech_commands
 from density.runtime import cli
 from density.runtime.fileio import atomic_path
+from density.runtime.outputs import plan_outputs
 
 SC09_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LIST_FILES = {"valid": "validation_list.txt", "test": "testing_list.txt"}
+SPLITS = ("train", "valid", "test")  # the CSVs split_data.py writes, in this order
 
 
 class SplitError(ValueError):
     """A split CSV that is missing or malformed."""
 
 
+def read_csv(path):
+    """A UTF-8 CSV file with a header -> (its column names or None when empty, [one dict per row]). SplitError
+    names a file that is not UTF-8 text, with the line and the fix."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SplitError(
+            f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x}); "
+            "save the CSV as UTF-8 (e.g. iconv -f latin1 -t utf-8) or write it again with split_data.py"
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = list(reader)
+    return reader.fieldnames, rows
+
+
 def read_split_csv(path):
     """A `path,label` CSV written by split_data.py -> (paths, labels), lists of str. SplitError names a
-    missing or malformed file."""
+    missing, non-UTF-8 or malformed file."""
     path = Path(path)
     if not path.is_file():
         raise SplitError(
             f"{path}: no such CSV; write the splits with split_data.py --root_path <tree> --sc09_only true"
         )
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    _, rows = read_csv(path)
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise SplitError(
             f"{path}: expected a CSV with columns path,label and at least one row (as split_data.py writes)"
@@ -99,7 +119,7 @@ def make_splits(root, sc09_only):
     valid = _read_list(root, LIST_FILES["valid"], sc09_only, rels)
     test = _read_list(root, LIST_FILES["test"], sc09_only, rels)
     train = {r for r in rels - valid - test if "_" not in Path(r).parent.name}
-    return {"train": sorted(train), "valid": sorted(valid), "test": sorted(test)}
+    return dict(zip(SPLITS, (sorted(train), sorted(valid), sorted(test))))
 
 
 def write_csv(path, root, rels):
@@ -123,20 +143,24 @@ def main(argv=None):
     ap.add_argument("--version", choices=VERSIONS, help=f"Speech Commands version for --download ({VERSIONS[0]})")
     ap.add_argument("--sc09_only", type=str2bool, default=False, help="keep only zero..nine (true/false)")
     ap.add_argument("--out_dir", default="splits", help="where the CSVs go (default ./splits)")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace split CSVs already in --out_dir (default: refuse before any download or scan)",
+    )
     args = ap.parse_args(argv)
     if args.version and not args.download:
         ap.error("--version goes with --download")
+    prefix = "sc09-" if args.sc09_only else ""
+    dests = plan_outputs(args.out_dir, [(name, f"{prefix}{name}.csv") for name in SPLITS], overwrite=args.overwrite)
     if args.download:
         args.root_path = str(fetch_speech_commands(args.download, args.version or VERSIONS[0]))
     try:
         splits = make_splits(args.root_path, args.sc09_only)
     except FileNotFoundError as e:
         sys.exit(f"split_data.py: {e}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    prefix = "sc09-" if args.sc09_only else ""
-    for name, rels in splits.items():
-        dest = out / f"{prefix}{name}.csv"
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    for dest, rels in zip(dests, splits.values()):
         write_csv(dest, args.root_path, rels)
         print(f"wrote {dest} ({len(rels)} files)")
 

@@ -236,9 +236,14 @@ def load_classifier(path, device="cpu"):
 
     Reads this project's checkpoints (train_classifier.py's classifier_best.pt or ckpt_*.pt, weights_only) and
     the published SaShiMi SC09 classifier `resnext.pth` (restricted unpickler; no code from the file runs).
-    ClassifierError names the path for a missing, corrupt, unsafe or foreign file.
+    ClassifierError names the path for a missing, corrupt, unsafe or foreign file or a directory.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ClassifierError(
+            f"classifier file {path} is a directory: give the file in it, e.g. {path / 'classifier_best.pt'} "
+            "(what train_classifier.py writes) or the published resnext.pth"
+        )
     if not path.is_file():
         raise ClassifierError(
             f"classifier file {path} does not exist: train one with train_classifier.py "

@@ -15,7 +15,8 @@ deterministic for --seed; linear separability uses those z. --repeats K reports 
 seeds seed .. seed+K-1 (generator, noise) or K bootstrap resamples (real rows, --wav_dir). --wav_dir scores every
 .wav/.flac below DIR (16 kHz; other rates are an error unless --resample). Real-set scores (train, test,
 Griffin-Lim) are cached in --cache_dir under a key of the classifier file's SHA-256 and the CSV's contents.
-The scoring itself is a library: density.evaluation.scoring.
+The scoring itself is a library: density.evaluation.scoring. --save_wavs replaces files already in its folder only
+with --overwrite, and a --json path that cannot be written is refused before any scoring.
 
 Array mode computes the metrics from saved arrays, each a 2-D array saved as .npy or as a single tensor with
 torch.save (loaded with weights_only=True). Every metric whose inputs are given is computed:
@@ -49,6 +50,7 @@ from density.runtime import cli
 from density.runtime.download import DownloadError
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import write_text
+from density.runtime.outputs import OutputError, plan_outputs, writable_file
 from density.vocoders.vocoder import GRIFFIN_LIM_LISTENING_ITERS, GRIFFIN_LIM_SCORING_ITERS, GriffinLimVocoder
 
 INPUTS = ("gen_feats", "real_feats", "gen_logits", "train_logits", "latents")
@@ -254,6 +256,11 @@ def add_run_arguments(a):
     a.add_argument("--resample", action="store_true", help="resample clips that are not at 16 kHz")
     a.add_argument("--save_wavs", help="also write the generated clips to this folder")
     a.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace wavs already in --save_wavs (default: refuse before any scoring)",
+    )
+    a.add_argument(
         "--cache_dir",
         default=str(scoring.DEFAULT_CACHE),
         help="cache of real-set classifier outputs (default $XDG_CACHE_HOME or ~/.cache, /asgan/eval)",
@@ -302,12 +309,31 @@ def check_args(p, args):
             p.error("--n must be >= 2, --batch_size >= 1, --ndb_k >= 0, --griffin_lim_iters >= 0, --repeats >= 1")
         if args.vocoder and not args.checkpoint:
             p.error("--vocoder goes with --checkpoint")
+        check_outputs(p, args)
     elif not ((args.gen_feats and args.real_feats) or args.gen_logits):
         p.error(
             "nothing to compute: give --checkpoint, --pretrained or --wav_dir (audio mode), or arrays: "
             "FID/NDB needs --gen_feats and --real_feats, the other metrics need --gen_logits"
         )
+    if args.json:
+        try:
+            writable_file(args.json, "--json")
+        except OutputError as e:
+            p.error(str(e))
     return bool(audio)
+
+
+def check_outputs(p, args):
+    """The files --save_wavs will hold (a generator's first --n clips): none may exist without --overwrite."""
+    if not args.save_wavs or args.wav_dir:
+        return
+    if Path(args.save_wavs).exists() and not Path(args.save_wavs).is_dir():
+        p.error(f"--save_wavs {args.save_wavs} is a file; give a folder (it is created if missing)")
+    clips = [(f"clip {i}", scoring.saved_wav_name(i)) for i in range(args.n)]
+    try:
+        plan_outputs(args.save_wavs, clips, overwrite=args.overwrite)
+    except OutputError as e:
+        p.error(str(e))
 
 
 def parse_args(argv=None):

@@ -11,12 +11,14 @@ resamples and markdown_table prints them.
     print(markdown_table([row]))
 
 Real-set scores (cached_scores) are cached under a key of the classifier file's SHA-256, the CSV's contents and
-the kind of clips (real, or their Griffin-Lim resynthesis with GRIFFIN_LIM_SCORING_ITERS iterations).
+the kind of clips (real, or their Griffin-Lim resynthesis with GRIFFIN_LIM_SCORING_ITERS iterations). A cache
+entry that cannot be read back (empty, truncated, foreign) is scored again and rewritten.
 """
 
 import hashlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +94,23 @@ def griffin_lim_batches(batches, n_iter=GRIFFIN_LIM_SCORING_ITERS):
             yield fit_length(vocoder(log_mel(wav).transpose(1, 2)).squeeze(1), wav.shape[-1])
 
 
+def read_cache(cache, n):
+    """Scores of n clips from a cache file -> Scores, or None (and a note on stderr) when the file is unreadable or
+    not n clips' scores: a damaged entry is recomputed, never fatal."""
+    try:
+        with np.load(cache, allow_pickle=False) as f:
+            scores = Scores(f["feats"], f["logits"])
+    except Exception as e:  # np.load raises anything (EOFError, BadZipFile, ValueError, KeyError) on a damaged file
+        problem = f"{type(e).__name__}: {e}"
+    else:
+        shapes = scores.feats.shape, scores.logits.shape
+        if all(len(shape) == 2 and shape[0] == n for shape in shapes):
+            return scores
+        problem = f"arrays of shapes {shapes[0]} and {shapes[1]} for {n} clips"
+    tqdm.write(f"{cache}: unreadable cache entry ({problem}); scoring the clips again", file=sys.stderr)
+    return None
+
+
 def cached_scores(
     classifier,
     classifier_hash,
@@ -111,8 +130,9 @@ def cached_scores(
     key = hashlib.sha256(f"{CACHE_VERSION}\n{classifier_hash}\n{kind_key}\n".encode() + csv_path.read_bytes())
     cache = Path(cache_dir) / f"{csv_path.stem}-{kind}-{key.hexdigest()[:20]}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
-        with np.load(cache, allow_pickle=False) as f:
-            return Scores(f["feats"], f["logits"])
+        scores = read_cache(cache, len(paths))
+        if scores is not None:
+            return scores
     check_audio_files(paths, resample=resample)
     batches = load_batches(paths, batch_size, resample, num_workers)
     if kind == "griffin_lim":
@@ -166,16 +186,21 @@ def row_metrics(name, scores, reference, ls_trim=0.5, svm_random_state=0):
     return row
 
 
+def saved_wav_name(i):
+    """The file name of generated clip i in a save_wavs folder: 00000.wav, 00001.wav, ..."""
+    return f"{i:05d}.wav"
+
+
 def generate_scores(model, classifier, n=2048, seed=0, batch_size=64, save_wavs=None):
     """n clips of an ASGANInference model (z = rows of a seeded (n, z_dim) CPU draw) -> Scores with latents z.
-    save_wavs: a folder that receives them as 00000.wav, 00001.wav, ..."""
+    save_wavs: a folder that receives them (saved_wav_name); evaluate.py checks it first (no silent overwrite)."""
     z = torch.randn(n, model.z_dim, generator=torch.Generator().manual_seed(seed))
     feats, logits = [], []
     for start in tqdm(range(0, n, batch_size), desc="generating and scoring", unit="batch", leave=False):
         wav = model.generate_from_latent(z[start : start + batch_size])  # (B, 16000)
         if save_wavs is not None:
             for k, w in enumerate(wav.cpu()):
-                save_wav(Path(save_wavs) / f"{start + k:05d}.wav", w)
+                save_wav(Path(save_wavs) / saved_wav_name(start + k), w)
         lg, ft = classifier.classify(wav)
         logits.append(lg.cpu()), feats.append(ft.cpu())
     return _scores(feats, logits, z.double().numpy())

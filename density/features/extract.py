@@ -8,7 +8,6 @@ The features come from density/features/hubert.py (HuBERT layer L) or the log-me
 """
 
 import argparse
-import csv
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from density.audio.signal import SAMPLE_RATE, AudioError, load_audio
+from density.data.splits import read_csv
 from density.features.hubert import Featurizer
 from density.runtime import cli
 from density.runtime.fileio import remove_stale_temporaries, save_torch, write_text
@@ -40,11 +40,10 @@ def find_jobs(root=None, csv_path=None):
     Two inputs with one output name are a ValueError naming both.
     """
     if csv_path is not None:
-        with open(csv_path, newline="") as f:
-            reader = csv.DictReader(f)
-            if "path" not in (reader.fieldnames or []):
-                raise ValueError(f"{csv_path}: no 'path' column (expected a split CSV with columns path,label)")
-            paths = [Path(row["path"]) for row in reader]
+        columns, rows = read_csv(csv_path)
+        if "path" not in (columns or []):
+            raise ValueError(f"{csv_path}: no 'path' column (expected a split CSV with columns path,label)")
+        paths = [Path(row["path"]) for row in rows]
         jobs = sorted((p, Path(p.parent.name) / p.with_suffix(".pt").name) for p in paths)
     else:
         root = Path(root)

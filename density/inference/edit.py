@@ -13,7 +13,9 @@ An INPUT is a 16 kHz wav (projected into the generator's latent space: Adam from
 feature front end, log-mels or HuBERT layer-L frames, normalised like its training data) or `seed:N` (the latent of
 generate.py's first sample of --seed N). Per-layer w index 0 is the Fourier input, 1..n_layers the synthesis
 layers (coarse to fine), n_layers+1 the head. Wavs come out through the checkpoint's vocoder (--vocoder, Griffin-Lim
-for a mel checkpoint without one), with a PNG of source / target / result log-mel spectrograms.
+for a mel checkpoint without one), with a PNG of source / target / result log-mel spectrograms. Every output name is
+checked before the checkpoint loads: two inputs with one output name are refused, and files already in --out_dir
+are replaced only with --overwrite.
 """
 
 import argparse
@@ -35,10 +37,14 @@ from density.runtime import cli
 from density.runtime.download import fetch
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import remove_stale_temporaries, save_torch, write_text
+from density.runtime.outputs import plan_outputs
 
 SEED_PREFIX = "seed:"
 RANDOM_G_SEED = 0  # weights of the randomly initialised generator behind the probe's baseline
 CALIBRATION_Z = 256  # latents that calibrate the random generator's norm_ema (Generator.calibrate_norm_ema)
+PNG_NAME = "spectrograms.png"
+MAX_LR = 10.0  # Adam steps of more than 10 spreads of w leave the generator's range: the projection is noise
+MAX_STRENGTH = 10.0  # an edit 10 times the distance between the two labels' mean w is far outside the data
 
 
 def _common(p):
@@ -50,7 +56,9 @@ def _common(p):
         "--space", choices=latent.SPACES, default="w", help="projection space: one w, one w per layer (w+), or z"
     )
     p.add_argument("--steps", type=int, default=300, help="Adam steps of a projection")
-    p.add_argument("--lr", type=float, default=0.1, help="Adam learning rate, in units of the spread of w")
+    p.add_argument(
+        "--lr", type=float, default=0.1, help=f"Adam learning rate, in units of the spread of w (0 < lr <= {MAX_LR:g})"
+    )
     p.add_argument("--loss", choices=latent.LOSSES, help="feature loss (default: l1 for log-mels, cosine for HuBERT)")
     p.add_argument("--batch_size", type=int, default=64, help="clips projected together")
     p.add_argument(
@@ -62,6 +70,11 @@ def _common(p):
     p.add_argument("--resample", action="store_true", help="resample wavs that are not at 16 kHz")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files already in --out_dir (default: refuse before the checkpoint loads)",
+    )
 
 
 def parse_args(argv=None):
@@ -89,7 +102,13 @@ def parse_args(argv=None):
     s.add_argument("--labels", nargs=2, required=True, metavar=("FROM", "TO"))
     s.add_argument("--per_label", type=int, default=50, help="clips projected per label (a seeded random subset)")
     s.add_argument("--apply", nargs="+", required=True, metavar="INPUT", help="inputs to edit")
-    s.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5])
+    s.add_argument(
+        "--strengths",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.5, 1.0, 1.5],
+        help=f"multiples of the direction added to each input's w, in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}]",
+    )
     s.add_argument("--seed", type=int, default=0, help="seed of the clip subset")
     s = sub.add_parser("probe", help="logistic-regression probe of the label on projected latents, with baselines")
     s.add_argument("--train_csv", required=True)
@@ -100,8 +119,22 @@ def parse_args(argv=None):
     for s in sub.choices.values():
         _common(s)
     args = p.parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1 or args.w_avg_samples < 1 or not args.lr > 0:
-        p.error("--steps, --batch_size, --w_avg_samples must be >= 1 and --lr > 0")
+    check_args(p, args)
+    return args
+
+
+def check_args(p, args):
+    """Usage errors (p.error: exit 2), found before any work: values that would fail late or write garbage."""
+    if args.steps < 1 or args.batch_size < 1 or args.w_avg_samples < 1:
+        p.error("--steps, --batch_size, --w_avg_samples must be >= 1")
+    if not 0 < args.lr <= MAX_LR:
+        p.error(f"--lr {args.lr:g} is outside (0, {MAX_LR:g}]: it is in units of the spread of w (default 0.1)")
+    bad = [s for s in getattr(args, "strengths", []) if not abs(s) <= MAX_STRENGTH]
+    if bad:
+        p.error(
+            f"--strengths {' '.join(f'{s:g}' for s in bad)}: each must be a number in "
+            f"[-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}] (1 moves from the FROM to the TO label's mean w)"
+        )
     if min(getattr(args, "per_label", 1), getattr(args, "n_train", 1), getattr(args, "n_test", 1)) < 1:
         p.error("--per_label, --n_train, --n_test must be >= 1")
     if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
@@ -110,7 +143,6 @@ def parse_args(argv=None):
         for spec in [getattr(args, name)] if isinstance(getattr(args, name, None), str) else getattr(args, name, []):
             if spec.startswith(SEED_PREFIX) and not spec[len(SEED_PREFIX) :].lstrip("-").isdigit():
                 p.error(f"{spec}: a seed input is seed:<integer>")
-    return args
 
 
 class FrontEnd:
@@ -212,13 +244,44 @@ def stem(spec):
     return spec.replace(":", "") if spec.startswith(SEED_PREFIX) else Path(spec).stem
 
 
+def projected_name(spec):
+    """The output name (without .wav) of INPUT spec resynthesised from its projection."""
+    return f"{stem(spec)}_projected"
+
+
+def edited_name(spec, label, strength):
+    """The output name (without .wav) of INPUT spec edited toward label with a strength."""
+    return f"{stem(spec)}_{label}{strength:+g}"
+
+
+def direction_name(labels):
+    return f"direction_{labels[0]}_to_{labels[1]}.pt"
+
+
+def output_files(args):
+    """[(what it comes from, file name in --out_dir)] of every file the sub-command writes."""
+    grid = ("the spectrogram grid", PNG_NAME)
+    if args.command == "project":
+        wavs = [(spec, f"{projected_name(spec)}.wav") for spec in args.inputs]
+        return [*wavs, grid, ("the projection", "projection.json"), ("the projection", "projection.pt")]
+    if args.command == "mix":
+        return [*((f"--crossover {k}", f"mix_{k}.wav") for k in args.crossover), grid]
+    if args.command == "convert":
+        return [("the conversion", "converted.wav"), grid]
+    if args.command == "direction":
+        to = args.labels[1]
+        edits = [(f"{spec} at {s:g}", f"{edited_name(spec, to, s)}.wav") for spec in args.apply for s in args.strengths]
+        return [("--labels", direction_name(args.labels)), *edits, grid]
+    return [("the probe", "probe.json")]
+
+
 def write_outputs(out_dir, rows, png_columns):
     """rows: [(name, waveform (16000,), is_output)] -> outputs saved as <name>.wav, every row in spectrograms.png."""
     for name, wav, is_output in rows:
         if is_output:
             save_wav(out_dir / f"{name}.wav", wav, SAMPLE_RATE)
     write_spectrogram_grid(
-        out_dir / "spectrograms.png", [log_mel(w) for _, w, _ in rows], [n for n, _, _ in rows], columns=png_columns
+        out_dir / PNG_NAME, [log_mel(w) for _, w, _ in rows], [n for n, _, _ in rows], columns=png_columns
     )
 
 
@@ -243,7 +306,7 @@ def cmd_project(tools, out_dir):
     resynth = tools.synthesise(ws)
     rows = []
     for spec, wav, out in zip(args.inputs, wavs, resynth):
-        rows += [(stem(spec), wav, False), (f"{stem(spec)}_projected", out, True)]
+        rows += [(stem(spec), wav, False), (projected_name(spec), out, True)]
     write_outputs(out_dir, rows, png_columns=2)
     result = {
         "inputs": args.inputs,
@@ -291,7 +354,7 @@ def cmd_direction(tools, out_dir):
     d = latent.direction(ws[: len(groups[0])], ws[len(groups[0]) :])
     save_torch(
         {"labels": args.labels, "direction": d, "n": [len(g) for g in groups], "space": args.space},
-        out_dir / f"direction_{args.labels[0]}_to_{args.labels[1]}.pt",
+        out_dir / direction_name(args.labels),
     )
     ws, wavs = tools.latents(args.apply)
     edited = torch.stack([latent.edit(ws, d, s) for s in args.strengths], dim=1)  # (N, S, n_ws, w_dim)
@@ -299,7 +362,7 @@ def cmd_direction(tools, out_dir):
     rows = []
     for spec, wav, row in zip(args.apply, wavs, out):
         rows.append((stem(spec), wav, False))
-        rows += [(f"{stem(spec)}_{args.labels[1]}{s:+g}", w, True) for s, w in zip(args.strengths, row)]
+        rows += [(edited_name(spec, args.labels[1], s), w, True) for s, w in zip(args.strengths, row)]
     write_outputs(out_dir, rows, png_columns=len(args.strengths) + 1)
     return f"direction from {len(groups[0])} '{args.labels[0]}' to {len(groups[1])} '{args.labels[1]}' clips"
 
@@ -372,9 +435,11 @@ COMMANDS = {
 
 
 def run(args):
-    """Run a parsed sub-command -> its summary line(s)."""
-    tools = Tools(args)
+    """Run a parsed sub-command -> its summary line(s). Its outputs are checked first (density/runtime/outputs.py):
+    an output name two inputs share, or a file in --out_dir without --overwrite, is an OutputError."""
     out_dir = Path(args.out_dir)
+    plan_outputs(out_dir, output_files(args), overwrite=args.overwrite)
+    tools = Tools(args)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     return COMMANDS[args.command](tools, out_dir)

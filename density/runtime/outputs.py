@@ -1,7 +1,9 @@
 """Where a command may write: every output path derived from an input name stays inside the command's output
 folder, two inputs never map to one output, and a file this invocation did not create is replaced only with
-`--overwrite`. Each rule is checked for all outputs before any work starts, so a refused run writes nothing."""
+`--overwrite`; a file written at the end of a run (a results JSON) is a writable path. Each rule is checked for
+all outputs before any work starts, so a refused run writes nothing."""
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -46,3 +48,20 @@ def plan_outputs(folder, outputs: Iterable[tuple[object, Path]], *, overwrite: b
                 f"{existing[0]}{more} exists already: give --overwrite to replace it, or choose another output folder"
             )
     return paths
+
+
+def writable_file(path, flag) -> Path:
+    """A file path the command will write at the end, checked before any work: refused (OutputError naming `flag`)
+    when it is a directory, lies below a file, or its nearest existing folder is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a directory; give a file path, e.g. {flag} {path / 'results.json'}")
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise OutputError(f"{flag} {path} lies below the file {folder}; give a path in a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"{flag} {path}: cannot write in {folder} (no write permission); choose another path or make "
+            f"{folder} writable"
+        )
+    return path
