@@ -6,8 +6,9 @@
     python demo.py --out outputs/demo_tiny --tiny      # every stage in seconds (what the test runs)
 
 Every stage runs one of the repo's own commands, as a user would type it, and is skipped when it has finished
-before (a marker in <out>/.done/), so re-running after Ctrl-C continues where it stopped (training resumes from
-its newest checkpoint). Stages: corpus (density.digits) -> splits (split_data.py) -> log-mel features
+before (a marker in <out>/.done/, written once the stage's outputs exist; a marker whose outputs are gone does not
+count), so re-running after Ctrl-C continues where it stopped (training resumes from its newest checkpoint). A stage
+that runs again may replace its own earlier outputs (`--overwrite` on the demo's own folders). Stages: corpus (density.digits) -> splits (split_data.py) -> log-mel features
 (hubert_feature_reader.py) -> ASGAN at initialisation (train_asgan.py preset=mel_small) -> side by side, one
 CPU thread each: [evaluation classifier (train_classifier.py) -> metrics of the initial ASGAN (evaluate.py)] and
 [ASGAN training] -> samples (generate.py) -> metrics of the trained ASGAN -> report (density.report):
@@ -267,7 +268,16 @@ def data_stages(out, setting):
         ),
         (
             "splits",
-            command("density.data.splits", "--root_path", corpus, "--sc09_only", "true", "--out_dir", out / "splits"),
+            command(
+                "density.data.splits",
+                "--root_path",
+                corpus,
+                "--sc09_only",
+                "true",
+                "--out_dir",
+                out / "splits",
+                "--overwrite",
+            ),
         ),
         *[
             (
@@ -330,6 +340,7 @@ def samples_stage(out, setting):
             SEED,
             "--device",
             "cpu",
+            "--overwrite",  # the demo's own folder: a stage that runs again replaces what it wrote before
         ),
     )
 
