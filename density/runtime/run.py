@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from density.runtime import checkpoint as ckpt
-from density.runtime.fileio import FILE_MODE, is_temporary, write_text
+from density.runtime.fileio import FILE_MODE, WriteError, is_temporary, write_text
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,16 @@ def open_run(
     if folder.exists() and not folder.is_dir():
         raise RunError(f"checkpoint_path={folder} is a file; give a folder")
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(folder / LOCK_NAME, heartbeat_s, stale_s).acquire()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(folder / LOCK_NAME, heartbeat_s, stale_s).acquire()
+    except OSError as e:  # a read-only folder or file system, no permission, a file where a parent folder should be
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise WriteError(
+            f"checkpoint_path={folder}: cannot write ({type(e).__name__}: {e}); give a checkpoint_path in a folder "
+            "you can write to, or make this one writable, then run again"
+        ) from e
     try:
         for p in folder.iterdir():  # the lock is ours: every temporary here is left over from a killed write
             if is_temporary(p):
@@ -324,7 +332,21 @@ def restore_signals(previous):
 
 
 class TrainingAborted(RuntimeError):
-    """Too many consecutive non-finite steps."""
+    """Too many consecutive non-finite steps, or weights that are no longer finite."""
+
+
+def nonfinite_tensors(state, prefix=""):
+    """Dotted names of the floating-point tensors holding inf or NaN in a checkpoint state (nested dicts, lists and
+    tuples; other values are not looked at)."""
+    if isinstance(state, torch.Tensor):
+        return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}{'.' if prefix else ''}{key}")]
 
 
 class Harness:
@@ -374,10 +396,23 @@ class Harness:
                 "overwrite=true, which deletes the newer ones, and a lower lr or grad_clip)"
             )
 
+    def require_finite(self, state, step):
+        """TrainingAborted naming the step and the tensors when `state` (a checkpoint or a state dict) holds inf or
+        NaN: a checkpoint is only ever written from finite weights."""
+        bad = nonfinite_tensors(state)
+        if bad:
+            raise TrainingAborted(
+                f"the weights are not finite after step {step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}):"
+                f" training stopped, nothing written. Last checkpoint with finite weights: {self.last_finite or 'none'}"
+                " (resume from it with overwrite=true, which deletes the newer ones, and a lower lr or grad_clip)"
+            )
+
     def save_periodic(self, state, step, keep_last=None):
-        """Write ckpt_<step>.pt atomically (main rank; `state` may be None elsewhere) and prune -> its path."""
+        """Write ckpt_<step>.pt atomically (main rank; `state` may be None elsewhere) and prune -> its path.
+        TrainingAborted instead when the state is not finite (`require_finite`)."""
         path = ckpt.periodic_path(self.folder, step)
         if self.main:
+            self.require_finite(state, step)
             ckpt.save(state, path)
             keep = self.keep_last if keep_last is None else keep_last
             self.run.prune(keep if self.nonfinite == 0 else 0, path)
@@ -386,7 +421,9 @@ class Harness:
             self.last_finite = path
         return path
 
-    def save(self, state, name):
-        """Write a non-periodic checkpoint (e.g. the best one) atomically into the run folder (main rank)."""
+    def save(self, state, name, step):
+        """Write a non-periodic checkpoint of `step` (e.g. the best one) atomically into the run folder (main rank);
+        TrainingAborted instead when the state is not finite (`require_finite`)."""
         if self.main:
+            self.require_finite(state, step)
             ckpt.save(state, self.folder / name)
