@@ -278,8 +278,7 @@ def test_a_run_at_its_end_is_already_finished_and_trains_nothing(capsys):
         assert loop.seen == []
     out = capsys.readouterr().out.splitlines()
     assert out[0] == (
-        "already finished at step 7 (max_steps=8): nothing trained, nothing written; resume with a larger "
-        "max_steps to train on"
+        "already finished at step 7 (max_steps=8): nothing to train; resume with a larger max_steps to train on"
     )
     assert out[1].startswith("already finished at step 8 (max_steps=8)") and len(out) == 2
     after_epoch = Position(steps=6, epoch=1, batch_index=3)  # a checkpoint after an epoch's last batch

@@ -976,7 +976,7 @@ def test_a_finished_run_resumed_at_or_past_its_end_trains_and_writes_nothing(tmp
     ):
         assert train_asgan.main(tiny_args(tmp_path, "run", *extra, *QUIET)) is None
         limit = extra[0]
-        assert f"already finished at step 3 ({limit}): nothing trained, nothing written" in capsys.readouterr().out
+        assert f"already finished at step 3 ({limit}): nothing to train" in capsys.readouterr().out
         assert files(out) == before
     train_asgan.main(tiny_args(tmp_path, "epochs", "n_epochs=1", *QUIET))  # 4 batches of 4: steps 0-3
     before = files(tmp_path / "epochs")

@@ -150,7 +150,8 @@ def files(folder):
 
 def test_a_finished_run_resumed_trains_and_writes_nothing(splits, tmp_path, capsys):
     """Resumed at or past its last step: 'already finished at step N' (its last checkpoint's step), and no
-    checkpoint, log or test_results.json is written again."""
+    checkpoint, log or test_results.json is written again; test results lost to a stop during the last step are
+    scored then."""
     run = tmp_path / "run"
     train_classifier.main(classifier_args(splits, run, "max_steps=3", "validation_interval=100"))
     before = files(run)
@@ -160,8 +161,15 @@ def test_a_finished_run_resumed_trains_and_writes_nothing(splits, tmp_path, caps
         ["max_steps=2", f"resume_checkpoint={run / 'ckpt_00000002.pt'}"],
     ):
         assert train_classifier.main(classifier_args(splits, run, *extra, "validation_interval=100")) is None
-        assert f"already finished at step 2 ({extra[0]}): nothing trained" in capsys.readouterr().out
+        assert f"already finished at step 2 ({extra[0]}): nothing to train" in capsys.readouterr().out
         assert files(run) == before
+    results = json.loads((run / "test_results.json").read_text())
+    (run / "test_results.json").unlink()
+    again = train_classifier.main(classifier_args(splits, run, "max_steps=3", "resume_checkpoint=auto"))
+    assert again == json.loads((run / "test_results.json").read_text())
+    assert again["train_seconds"] is None and again == dict(results, train_seconds=None)
+    kept = [k for k in before if k.startswith(("ckpt_", "classifier_best"))]  # the checkpoints: not rewritten
+    assert len(kept) == 2 and {k: files(run)[k] for k in kept} == {k: before[k] for k in kept}
 
 
 def test_weights_that_go_nonfinite_stop_training_naming_the_step(splits, tmp_path, monkeypatch, capsys):

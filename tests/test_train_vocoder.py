@@ -314,7 +314,8 @@ def files(folder):
 
 def test_a_finished_run_resumed_trains_and_writes_nothing(splits, tmp_path, capsys):
     """Resumed at max_steps (its last checkpoint carries step max_steps - 1) or past it: 'already finished', and
-    neither a checkpoint, nor vocoder.pt, nor a log is written again."""
+    neither a checkpoint, nor vocoder.pt, nor a log is written again; a vocoder.pt lost to a kill after the last
+    checkpoint is written from it."""
     run = tmp_path / "run"
     train_vocoder.main(args(splits, run, "max_steps=2", "adv_start_step=1"))
     before = files(run)
@@ -325,8 +326,13 @@ def test_a_finished_run_resumed_trains_and_writes_nothing(splits, tmp_path, caps
         ["max_steps=1", f"resume_checkpoint={run / 'ckpt_00000001.pt'}"],
     ):
         assert train_vocoder.main(args(splits, run, *extra, "adv_start_step=1")) is None
-        assert f"already finished at step 1 ({extra[0]}): nothing trained" in capsys.readouterr().out
+        assert f"already finished at step 1 ({extra[0]}): nothing to train" in capsys.readouterr().out
         assert files(run) == before
+    (run / "vocoder.pt").unlink()
+    train_vocoder.main(args(splits, run, "max_steps=2", "resume_checkpoint=auto", "adv_start_step=1"))
+    g = ckpt.load(run / "ckpt_00000001.pt", train_vocoder.RESUME_KEYS)["g_state_dict"]
+    assert_identical(dict(torch.load(run / "vocoder.pt", weights_only=True)["state_dict"]), g, "vocoder.pt")
+    assert files(run).keys() == before.keys()
 
 
 def test_weights_that_go_nonfinite_stop_training_naming_the_step(splits, tmp_path, monkeypatch):

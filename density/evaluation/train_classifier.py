@@ -234,7 +234,7 @@ def main(argv):
         loop = build(cfg, harness, model, splits, steps_per_epoch, device)
         limit = f"max_steps={cfg.max_steps}" if cfg.max_steps else f"n_epochs={cfg.n_epochs}"
         if already_finished(loop, loop.position, steps_per_epoch=steps_per_epoch, limit=limit):
-            return None
+            return finish(loop)
         return train(loop)
 
 
@@ -416,9 +416,21 @@ def train(loop):
         loop.writer.close()
 
 
+def finish(loop):
+    """A finished run resumed: the test split's scores when test_csv is given and test_results.json is missing (a
+    stop signal or a kill ended the last step before them), else nothing -> the results or None."""
+    if loop.splits.test is None or (loop.harness.folder / RESULTS).is_file():
+        return None
+    loop.writer = SummaryWriter(str(loop.harness.folder / "logs"))
+    try:
+        return score_test_split(loop, None)
+    finally:
+        loop.writer.close()
+
+
 def score_test_split(loop, train_seconds):
-    """Score classifier_best.pt on the test split: tensorboard, test_results.json and a printed confusion matrix
-    -> the results."""
+    """Score classifier_best.pt on the test split: tensorboard, test_results.json (train_seconds: None when not
+    measured, a finished run resumed) and a printed confusion matrix -> the results."""
     folder, splits, steps = loop.harness.folder, loop.splits, loop.position.steps
     best_model = load_classifier(folder / BEST, loop.device)
     t_loss, t_acc, confusion = evaluate_split(
@@ -434,7 +446,7 @@ def score_test_split(loop, train_seconds):
         checkpoint=str(folder / BEST),
         best_step=loop.best["steps"],
         valid_accuracy=loop.best["accuracy"],
-        train_seconds=round(train_seconds, 1),
+        train_seconds=None if train_seconds is None else round(train_seconds, 1),
         steps=steps,
     )
     write_text(folder / RESULTS, json.dumps(result, indent=2))

@@ -6,7 +6,8 @@ seeding, stopping cleanly on SIGINT/SIGTERM, and `Harness`, which puts them toge
         ... load harness.run.resume if not None; store harness.run.run_id in every checkpoint as 'run_id' ...
         with harness.stop_signals():
             for each step: ...; harness.check_finite(finite, step)
-                harness.save_periodic(state, step)          # atomic, then prunes; also on a stop or at the end
+                harness.save_periodic(state, step)          # finite weights only; atomic, then prunes; also on a
+                                                            # stop or at the end
                 if harness.stop_requested: ...checkpoint and return
 
 Underneath: run = open_run(checkpoint_path, resume_checkpoint, overwrite); run.prune(keep, written_path); run.close().
@@ -25,6 +26,10 @@ Rules:
   when its pid is gone, so a job requeued on another node takes over the folder of a dead one.
 - Pruning deletes only periodic checkpoints whose run_id is this run's, never the newest of them, never the one
   just written, never the best-FAD file. Files it cannot read or attribute are left alone.
+- Only files named as a trainer names them (PERIODIC, `others`) are checkpoints: a cache such as
+  `ckpt_00000019.pt.w_avg-<hash>-n100.pt` next to them is never resumed from, pruned or deleted.
+- A folder that cannot be created or written is a WriteError (density/runtime/fileio.py) before anything runs.
+- Harness writes a checkpoint only from finite weights (`require_finite`): TrainingAborted names the step.
 """
 
 import contextlib

@@ -10,7 +10,7 @@
         with open_harness(cfg, main=engine.is_main) as harness:  # run folder, lock, resume choice (run.py)
             loop = build(cfg, engine, harness, ...)           # resumes from agreed_resume(harness, engine)
             if already_finished(loop, loop.position, steps_per_epoch=..., limit=...):
-                return None                                   # resumed at or past its end: writes nothing
+                return finish(loop)                           # resumed at its end: missing end outputs only
             with harness.stop_signals():
                 run_epochs(loop, loop.position, steps_per_epoch=..., show_progress=engine.is_main)
 
@@ -172,7 +172,8 @@ def next_batch_position(position, steps_per_epoch):
 
 def already_finished(loop: EpochLoop, position, *, steps_per_epoch, limit, main=True):
     """Whether a run resumed at `position` has no step left (loop.more_epochs() is false: max_steps reached, or its
-    epochs done). Then a trainer writes nothing (no checkpoint, no logs) and returns; the main rank prints
+    epochs done). Then a trainer trains nothing and writes no checkpoint or log; it only writes an end-of-run
+    output that is missing (a stop or a kill came between the last checkpoint and it). The main rank prints
     'already finished at step N', N being the step of the checkpoint resumed from (the run's last step).
     limit: the setting that ended the run, as typed (e.g. 'max_steps=20'), for the message."""
     next_batch_position(position, steps_per_epoch)
@@ -181,8 +182,8 @@ def already_finished(loop: EpochLoop, position, *, steps_per_epoch, limit, main=
     if main:
         key = limit.split("=", 1)[0]
         print(
-            f"already finished at step {position.steps - 1} ({limit}): nothing trained, nothing written; "
-            f"resume with a larger {key} to train on"
+            f"already finished at step {position.steps - 1} ({limit}): nothing to train; resume with a larger "
+            f"{key} to train on"
         )
     return True
 

@@ -267,7 +267,7 @@ def main(argv):
             if already_finished(
                 loop, loop.position, steps_per_epoch=data.steps_per_epoch, limit=limit, main=engine.is_main
             ):
-                return None
+                return finish(loop)
             return train(loop)
         finally:
             engine.close()
@@ -588,6 +588,16 @@ def train(loop):
         folder,
     )
     return loop.best
+
+
+def finish(loop):
+    """A finished run resumed: vocoder.pt from the last checkpoint's generator when it is missing (a kill after
+    that checkpoint), else nothing (main rank) -> None."""
+    final = Path(loop.cfg.checkpoint_path) / FINAL
+    if loop.engine.is_main and not final.is_file():
+        loop.harness.require_finite(loop.g.state_dict(), loop.position.steps - 1)
+        save_vocoder(loop.g, final)
+        log.info("wrote the missing %s", final)
 
 
 @torch.no_grad()
