@@ -391,6 +391,6 @@ def test_segments_longer_than_the_clips_are_refused_before_any_work(splits, tmp_
     assert "Traceback" not in done.stderr and [x for x in lines if "error" in x] == lines[-1:]
     line = lines[-1]
     assert line.startswith("error: segment_frames=100000: must be in [1, 100]: the longest training clip (")
-    assert line.endswith("has 100 frames of 160 samples (a 1-s clip 100)") and not run.exists()
+    assert line.endswith("has 100 frames of 160 samples (a 1-s clip has 100)") and not run.exists()
     train_vocoder.main(args(splits, run, "segment_frames=100", "max_steps=1", "batch_size=2", "n_valid=1"))
     assert (run / "ckpt_00000000.pt").exists()  # as long as a clip: allowed

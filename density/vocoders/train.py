@@ -208,13 +208,13 @@ def check_segment_length(segment_frames, paths, hop):
     headers (their length at 16 kHz) decide."""
     if segment_frames <= vt.full_clip_frames(hop):
         return
-    frames = [int(info.frames * SAMPLE_RATE / info.samplerate) // hop for info in map(sf.info, paths)]
+    frames = [int(info.frames * SAMPLE_RATE / info.samplerate) // hop for info in (sf.info(str(p)) for p in paths)]
     longest = max(frames)
     if segment_frames > longest:
         raise ConfigError(
             f"segment_frames={segment_frames}: must be in [1, {longest}]: the longest training clip "
             f"({paths[frames.index(longest)]}) has {longest} frames of {hop} samples (a 1-s clip "
-            f"{vt.full_clip_frames(hop)})"
+            f"has {vt.full_clip_frames(hop)})"
         )
 
 
