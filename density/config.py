@@ -14,10 +14,13 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from density.runtime.safe_yaml import YAMLError, load_yaml
 
 
 class ConfigError(ValueError):
@@ -205,10 +208,12 @@ CHOICES = {"engine": ("torch", "deepspeed"), "data_type": ("hubert_L6", "melspec
 @dataclass(frozen=True)
 class Range:
     """The values a config key allows: `test(value)` (a list value comes as a Python list) and the range in
-    words, as the error states it (e.g. '>= 1', 'in (0, 4]')."""
+    words, as the error states it (e.g. '>= 1', 'in (0, 4]'). Infinite and NaN numbers (also inside a list) are
+    refused before `test` unless `finite` is False (a key for which inf means something)."""
 
     test: Callable[[Any], bool]
     allowed: str
+    finite: bool = True
 
 
 def at_least(low, note=""):
@@ -224,6 +229,15 @@ def above(low, note=""):
 def within(low, high, note=""):
     """low <= value <= high (NaN fails)."""
     return Range(lambda v: low <= v <= high, f"in [{low}, {high}]" + (f" ({note})" if note else ""))
+
+
+def _all_finite(value):
+    """Whether every float of a value (a number or a nested list) is finite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 def _is_int(v):
@@ -259,13 +273,17 @@ KEY_IS = "Config key '{key}' is {value}; it must be {allowed}."  # train_asgan.p
 
 def check_ranges(cfg: DictConfig, ranges: dict[str, Range], wording: str = KEY_EQUALS) -> None:
     """ConfigError for the first key of `ranges` (dotted keys) whose value is outside its Range, naming the key,
-    the value and the allowed range in `wording`; a mandatory value still missing (???) is not checked here."""
+    the value and the allowed range in `wording` (a non-finite value: 'a finite number <range>'); a mandatory
+    value still missing (???) is not checked here."""
     for key, allowed in ranges.items():
         if OmegaConf.is_missing(cfg, key):
             continue
         value = OmegaConf.select(cfg, key)
         if isinstance(value, (ListConfig, DictConfig)):
             value = OmegaConf.to_container(value)
+        if allowed.finite and not _all_finite(value):
+            words = f"{'finite numbers:' if isinstance(value, list) else 'a finite number'} {allowed.allowed}"
+            raise ConfigError(wording.format(key=key, value=value, allowed=words.strip()))
         if not allowed.test(value):
             raise ConfigError(wording.format(key=key, value=value, allowed=allowed.allowed))
 
@@ -313,9 +331,9 @@ RANGES = {
     "d_lr_mult": above(0),
     "lr_final_mult": within(0, 1, "1 keeps the lr constant"),
     "z_std": above(0, "it is the variance of each z entry"),
-    "z_mean": Range(math.isfinite, "finite"),
-    "d_loss_update_max_threshold": Range(lambda v: not math.isnan(v), "a number"),
-    "d_loss_update_min_threshold": Range(lambda v: not math.isnan(v), "a number"),
+    "z_mean": Range(lambda _: True, ""),  # any finite number
+    "d_loss_update_max_threshold": Range(lambda v: not math.isnan(v), "a number (inf: no threshold)", finite=False),
+    "d_loss_update_min_threshold": Range(lambda v: not math.isnan(v), "a number (-inf: no threshold)", finite=False),
     "grad_clip": at_least(0, "0 disables clipping"),
     "aug_init_p": within(0, 1),
     "rp_w_cfg.w_lr_mult": above(0),
@@ -391,17 +409,47 @@ def _check_keys(schema: DictConfig, keys, source: str, command: str = "train_asg
             )
 
 
-def parse_overrides(schema: DictConfig, argv: list[str], command: str) -> DictConfig:
-    """Merge `key=value` overrides (YAML values) onto a structured `schema` for the script `command`;
-    ConfigError names a malformed argument, an unknown key (with the closest valid ones) or a bad value."""
+def read_overrides(argv: list[str]) -> DictConfig:
+    """`key=value` arguments -> a DictConfig, each value read as plain YAML (density.runtime.safe_yaml: no aliases,
+    no duplicate keys, no python tags), as OmegaConf.from_dotlist would build it; ConfigError names the argument."""
+    overrides = OmegaConf.create()
     for arg in argv:
         if "=" not in arg:
             raise ConfigError(f"Argument '{arg}' is not of the form key=value (e.g. batch_size=16).")
-    try:
-        overrides = OmegaConf.from_dotlist(argv)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"Cannot parse command-line overrides {argv}: {e}") from None
+        key, text = arg.split("=", 1)
+        try:
+            OmegaConf.update(overrides, key, load_yaml(text, f"command-line override '{arg}'"))
+        except YAMLError as e:
+            raise ConfigError(str(e)) from None
+        except (OmegaConfBaseException, ValueError) as e:
+            raise ConfigError(f"Cannot parse command-line override '{arg}': {e}") from None
+    return overrides
+
+
+def _check_sections(schema: DictConfig, given: DictConfig, source: str, prefix: str = "") -> None:
+    """ConfigError for a key of `given` whose schema entry is a section (a mapping of keys, e.g. rp_w_cfg) but
+    whose value is not a mapping; OmegaConf's own message would name no key."""
+    for key in given.keys():
+        node, value = schema._get_node(key), given._get_node(key)
+        if not isinstance(node, DictConfig):
+            continue
+        full = f"{prefix}{key}"
+        if not isinstance(value, DictConfig):
+            example = next(iter(node.keys()), "key")
+            raise ConfigError(
+                f"Config key '{full}' in {source} is {OmegaConf.to_container(given)[key]!r}; it must be a mapping of "
+                f"its keys (e.g. {full}.{example}=... on the command line, or `{example}: ...` indented under "
+                f"`{full}:` in a YAML file). Run with --help for its keys."
+            )
+        _check_sections(node, value, source, full + ".")
+
+
+def parse_overrides(schema: DictConfig, argv: list[str], command: str) -> DictConfig:
+    """Merge `key=value` overrides (YAML values) onto a structured `schema` for the script `command`;
+    ConfigError names a malformed argument, an unknown key (with the closest valid ones) or a bad value."""
+    overrides = read_overrides(argv)
     _check_keys(schema, [a.split("=", 1)[0] for a in argv], "the command line", command)
+    _check_sections(schema, overrides, "the command line")
     return _merge(schema, overrides, source="the command line")
 
 
@@ -444,16 +492,29 @@ def config_file_argument(argv: list[str]):
 
 
 def read_config_file(path: str, schema: DictConfig) -> DictConfig:
-    """A YAML mapping of config keys (nested like `--help` prints them), its keys checked against `schema`."""
+    """A YAML mapping of config keys (nested like `--help` prints them), read as plain YAML
+    (density.runtime.safe_yaml), its keys and sections checked against `schema`."""
+    source = f"--config {path}"
     try:
-        loaded = OmegaConf.load(path)
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except (OSError, OmegaConfBaseException, ValueError) as e:
-        raise ConfigError(f"--config {path}: not a readable YAML file ({e})") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"--config {path}: holds no mapping of config keys")
+        raise ConfigError(f"{source}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{source}: not a readable YAML file ({e})") from None
+    try:
+        data = load_yaml(text, source)
+    except YAMLError as e:
+        raise ConfigError(str(e)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: holds no mapping of config keys")
+    try:
+        loaded = OmegaConf.create(data)
+    except (OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(f"{source}: not a mapping of config keys ({e})") from None
     _check_keys(schema, _valid_keys(loaded), path)
+    _check_sections(schema, loaded, path)
     return loaded
 
 
@@ -466,16 +527,11 @@ def parse_config(argv: list[str] | None = None) -> DictConfig:
     recomputed for the new seq_len.
     """
     path, argv = config_file_argument(list(sys.argv[1:] if argv is None else argv))
-    for arg in argv:
-        if "=" not in arg:
-            raise ConfigError(f"Argument '{arg}' is not of the form key=value (e.g. batch_size=16).")
+    overrides = read_overrides(argv)
     schema = default_config()
-    try:
-        overrides = OmegaConf.from_dotlist(argv)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"Cannot parse command-line overrides {argv}: {e}") from None
     given = [a.split("=", 1)[0] for a in argv]
     _check_keys(schema, given, "the command line")
+    _check_sections(schema, overrides, "the command line")
     from_file = read_config_file(path, schema) if path else OmegaConf.create()
     given += _valid_keys(from_file)
     preset = overrides.get("preset", from_file.get("preset", "hubert"))

@@ -1,6 +1,11 @@
 """Config schema, dotted overrides, presets, checkpoint YAML and clear errors."""
 
 import dataclasses
+import os
+import re
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,7 +132,16 @@ def test_generator_accepts_dataclass_dict_and_dictconfig():
         assert Generator(cfg).eval()(__import__("torch").randn(2, 4)).shape == (2, 4, 3)
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+MEMORY_LIMIT = 3 * 2**30  # bytes of address space for a command that must fail before any work
+
+
+def limit_memory():
+    """preexec_fn: cap the child's address space (a runaway allocation fails there, not on the machine)."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 DATA = [
     "train_root=data/sc09_hubert",
     "checkpoint_path=runs/asgan",
@@ -169,3 +183,112 @@ def test_config_file_comes_before_the_overrides_and_is_checked(tmp_path):
         parse_config(["--config", str(bad)])
     with pytest.raises(ConfigError, match="--config needs a YAML file"):
         parse_config(["--config"])
+
+
+YAML_PROBLEMS = {  # a config file's text -> the line and the problem the error names
+    "malformed": ("batch_size: 8\nbetas: [0.5, 0.9\n", r"line 3: expected ',' or ']'"),
+    "duplicate key": ("lr: 1e-3\nbatch_size: 8\nlr: 2e-3\n", r"line 3: key 'lr' is given twice"),
+    "alias": ("betas: &b [0.5, 0.9]\nrp_w_cfg:\n  head_spec: *b\n", r"line 3: anchors and aliases .* not allowed"),
+    "python tag": ("lr: !!python/object/apply:os.system ['true']\n", r"line 1: tag .*python/object.* not allowed"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(YAML_PROBLEMS))
+def test_yaml_problems_in_a_config_file_are_one_line_errors_naming_file_and_line(tmp_path, problem):
+    """Malformed YAML, duplicate keys, anchors/aliases and python tags: one line naming the file, the line and the
+    problem (they used to be raw PyYAML tracebacks or, for an alias, an unrelated unknown-key error)."""
+    text, expected = YAML_PROBLEMS[problem]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        parse_config(["--config", str(path)])
+    assert "\n" not in str(e.value)
+    assert re.match(f"--config {re.escape(str(path))}, {expected}", str(e.value)), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "arg, expected",
+    [
+        ("train_root=[", r"line 1: expected the node content"),
+        ("betas=[0.5, 0.9", r"line 1: expected ',' or ']'"),
+        ("betas=[&a 0.5, *a]", r"line 1: anchors and aliases .* not allowed"),
+        ("train_root=!!python/object/apply:os.system ['true']", r"line 1: tag .*python/object.* not allowed"),
+        ("rp_w_cfg={z_dim: 8, z_dim: 9}", r"line 1: key 'z_dim' is given twice"),
+    ],
+)
+def test_yaml_problems_in_an_override_value_are_one_line_errors_naming_it(arg, expected):
+    with pytest.raises(ConfigError) as e:
+        parse_config([arg])
+    assert "\n" not in str(e.value)
+    assert re.match(f"command-line override '{re.escape(arg)}', {expected}", str(e.value)), str(e.value)
+
+
+def test_a_section_given_a_plain_value_is_named_with_the_fix(tmp_path):
+    """`rp_w_cfg: 5` used to be "Bad value for config key ''"."""
+    path = tmp_path / "section.yaml"
+    path.write_text("batch_size: 8\nrp_w_cfg: 5\n")
+    with pytest.raises(ConfigError, match=f"Config key 'rp_w_cfg' in {path} is 5; it must be a mapping of its keys"):
+        parse_config(["--config", str(path)])
+    with pytest.raises(ConfigError, match="Config key 'distributed' in the command line is 'x'; it must be a mapping"):
+        parse_config(["distributed=x"])
+
+
+def test_valid_yaml_keeps_omegaconf_semantics(tmp_path):
+    """Interpolations, 1e-3 floats, nested sections and null read as before through the plain-YAML reader."""
+    path = tmp_path / "ok.yaml"
+    path.write_text("lr: 1e-3\nsc09_train_csv: ${train_root}/train.csv\nrp_w_cfg:\n  r1_gamma: 2.5e-1\n")
+    cfg = parse_config(["--config", str(path), "train_root=/data", "z_std=5e-1", "sc09_valid_csv=${train_root}/v.csv"])
+    assert cfg.lr == 1e-3 and cfg.rp_w_cfg.r1_gamma == 0.25 and cfg.z_std == 0.5
+    assert cfg.sc09_train_csv == "/data/train.csv" and cfg.sc09_valid_csv == "/data/v.csv"
+    assert parse_config(["betas=[0,0.99]", "rp_w_cfg.head_spec=[768,1]"]).betas == [0.0, 0.99]
+    (tmp_path / "empty.yaml").write_text("")
+    assert parse_config(["--config", str(tmp_path / "empty.yaml")]) == parse_config([])
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("lr=inf", r"'lr' is inf; it must be a finite number > 0"),
+        ("lr=-inf", r"'lr' is -inf; it must be a finite number > 0"),
+        ("lr=nan", r"'lr' is nan; it must be a finite number > 0"),
+        ("d_lr_mult=inf", r"'d_lr_mult' is inf"),
+        ("grad_clip=inf", r"'grad_clip' is inf; it must be a finite number >= 0 \(0 disables clipping\)"),
+        ("rp_w_cfg.r1_gamma=inf", r"'rp_w_cfg.r1_gamma' is inf"),
+        ("z_mean=inf", r"'z_mean' is inf; it must be a finite number\."),
+    ],
+)
+def test_non_finite_values_are_refused_with_the_allowed_range(arg, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config([arg])
+
+
+def test_keys_where_inf_means_no_threshold_still_take_it():
+    cfg = parse_config(["d_loss_update_max_threshold=inf", "d_loss_update_min_threshold=-inf"])
+    assert cfg.d_loss_update_max_threshold == float("inf") and cfg.d_loss_update_min_threshold == float("-inf")
+    with pytest.raises(ConfigError, match="'d_loss_update_max_threshold' is nan"):
+        parse_config(["d_loss_update_max_threshold=nan"])
+
+
+ALIAS_BOMB = "".join(  # each level holds 10 references to the one before: 10**9 leaves once expanded
+    [f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 10)}]\n" for k in range(1, 10)]
+)
+
+
+def test_an_alias_bomb_is_refused_at_once_under_a_memory_limit(tmp_path):
+    """Run as the command under a 3-GB address-space limit and a timeout, so that a regression (expanding the
+    aliases) fails the test instead of taking the machine's memory."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text("l0: &l0 [lol]\n" + ALIAS_BOMB)
+    done = subprocess.run(
+        [sys.executable, "train_asgan.py", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit_memory,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"error: --config {path}, line 2: anchors and aliases (&name / *name) are not allowed"
+    ]

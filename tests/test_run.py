@@ -1,7 +1,9 @@
 """Run folders (density/runtime/run.py): resume conventions, refusals, the heartbeat lock and pruning; the epoch loop
 of density/runtime/trainer.py: a resumed run continues exactly."""
 
+import errno
 import json
+import math
 import os
 import socket
 import subprocess
@@ -12,8 +14,9 @@ import pytest
 import torch
 
 from density.runtime import checkpoint as ckpt
-from density.runtime.run import LOCK_NAME, RunError, open_run
-from density.runtime.trainer import Position, run_epochs
+from density.runtime.fileio import WriteError
+from density.runtime.run import LOCK_NAME, Harness, RunError, TrainingAborted, open_run
+from density.runtime.trainer import Position, already_finished, run_epochs
 
 
 def put(folder, name, run_id=None):
@@ -199,3 +202,85 @@ def test_run_epochs_resumes_mid_epoch_and_after_an_epoch_as_if_never_stopped():
     done = RandomSteps(Position(steps=8), last=8)
     run_epochs(done, done.position, steps_per_epoch=3, show_progress=False)
     assert done.seen == []
+
+
+def test_only_trainer_named_files_are_checkpoints(tmp_path):
+    """The mean-w cache generate.py --truncation writes next to a checkpoint (ckpt_....pt.w_avg-<hash>-n<N>.pt) is
+    neither resumed from (even when readable and numbered higher) nor deleted by overwrite=true."""
+    run = tmp_path / "run"
+    put(run, "ckpt_00000019.pt", "a")
+    caches = [f"ckpt_{step:08d}.pt.w_avg-0123456789abcdef-n100.pt" for step in (19, 25)]
+    for name in caches:
+        put(run, name, "a")
+    r = open_run(run, "auto", False)
+    assert r.resume == run / "ckpt_00000019.pt"
+    r.close()
+    open_run(run, "", True).close()
+    assert names(run) == caches
+
+
+def test_an_unwritable_checkpoint_folder_is_a_cannot_write_error_before_any_work(tmp_path, monkeypatch):
+    """The tests run as root, whom a read-only mode does not stop, so the folder is made unwritable in two other
+    ways: a file where a parent folder should be, and os.open failing as on a read-only file system."""
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    with pytest.raises(
+        WriteError, match=r"checkpoint_path=.*blocker/run: cannot write \(NotADirectoryError: .*writable"
+    ):
+        open_run(tmp_path / "blocker" / "run", "", False)
+    run = tmp_path / "readonly"
+    run.mkdir()
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(run)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    for folder in (run, run / "new"):  # an existing folder, and one that open_run would create
+        with pytest.raises(WriteError) as e:
+            open_run(folder, "auto", False)
+        message = str(e.value)
+        assert message.startswith(f"checkpoint_path={folder}: cannot write (OSError: [Errno 30] Read-only file system")
+        assert "give a checkpoint_path in a folder you can write to" in message
+    assert names(run) == []
+
+
+def test_a_checkpoint_is_only_written_from_finite_weights(tmp_path):
+    harness = Harness(tmp_path / "run", "", False)
+    with harness:
+        state = {"g_state_dict": {"w": torch.ones(3)}, "rng_state": [{"torch": torch.zeros(4, dtype=torch.uint8)}]}
+        harness.save_periodic(state, 4)
+        state["g_state_dict"]["w"][1] = math.inf
+        state["opt"] = {
+            "state": {0: {"exp_avg": torch.tensor([math.nan])}},
+            "best": math.inf,
+        }  # plain inf: not a tensor
+        with pytest.raises(
+            TrainingAborted, match=r"not finite after step 5 \(g_state_dict\.w, opt\.state\.0\.exp_avg\)"
+        ):
+            harness.save_periodic(state, 5)
+        with pytest.raises(
+            TrainingAborted, match=r"after step 5 .*Last checkpoint with finite weights: .*ckpt_00000004"
+        ):
+            harness.save(state, "best.pt", 5)
+    assert names(tmp_path / "run") == ["ckpt_00000004.pt"]
+
+
+def test_a_run_at_its_end_is_already_finished_and_trains_nothing(capsys):
+    for position, finished in (
+        (Position(steps=8, epoch=2, batch_index=2), True),  # max steps reached
+        (Position(steps=9, epoch=3, batch_index=0), True),  # past them
+        (Position(steps=7, epoch=2, batch_index=1), False),
+    ):
+        loop = RandomSteps(position, last=8)
+        assert already_finished(loop, position, steps_per_epoch=3, limit="max_steps=8") is finished
+        assert loop.seen == []
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        "already finished at step 7 (max_steps=8): nothing to train; resume with a larger max_steps to train on"
+    )
+    assert out[1].startswith("already finished at step 8 (max_steps=8)") and len(out) == 2
+    after_epoch = Position(steps=6, epoch=1, batch_index=3)  # a checkpoint after an epoch's last batch
+    assert not already_finished(RandomSteps(after_epoch, last=8), after_epoch, steps_per_epoch=3, limit="max_steps=8")
+    assert after_epoch == Position(steps=6, epoch=2, batch_index=0)

@@ -953,3 +953,64 @@ def test_validation_writes_audio_of_the_same_z_griffin_lim_for_mels_and_skips_hu
     assert sorted(events.Tags()["audio"]) == ["audio/sample_0", "audio/sample_1"]
     (sample,) = events.Audio("audio/sample_0")
     assert sample.step == 2 and len(sf.read(io.BytesIO(sample.encoded_audio_string))[0]) == 8 * 320
+
+
+def files(folder):
+    """{relative path: bytes} of every file under a folder (checkpoints, logs)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def test_a_finished_run_resumed_at_or_past_its_end_trains_and_writes_nothing(tmp_path, capsys):
+    """A run that reached max_steps (its last checkpoint carries step max_steps - 1), or its last epoch, and is
+    resumed (auto, or the file) with the same or a lower limit: 'already finished at step N', no checkpoint, no
+    log. A mean-w cache file next to the checkpoints, numbered higher, is not taken for one."""
+    out = tmp_path / "run"
+    train_asgan.main(tiny_args(tmp_path, "run", "max_steps=4", *QUIET))
+    assert periodic(out) == ["ckpt_00000003.pt"]
+    (out / "ckpt_00000009.pt.w_avg-0123456789abcdef-n100.pt").write_bytes((out / "ckpt_00000003.pt").read_bytes())
+    before = files(out)
+    capsys.readouterr()
+    for extra in (
+        ["max_steps=4", "resume_checkpoint=auto"],
+        ["max_steps=3", f"resume_checkpoint={out / 'ckpt_00000003.pt'}"],
+    ):
+        assert train_asgan.main(tiny_args(tmp_path, "run", *extra, *QUIET)) is None
+        limit = extra[0]
+        assert f"already finished at step 3 ({limit}): nothing to train" in capsys.readouterr().out
+        assert files(out) == before
+    train_asgan.main(tiny_args(tmp_path, "epochs", "n_epochs=1", *QUIET))  # 4 batches of 4: steps 0-3
+    before = files(tmp_path / "epochs")
+    train_asgan.main(tiny_args(tmp_path, "epochs", "n_epochs=1", "resume_checkpoint=auto", *QUIET))
+    assert "already finished at step 3 (n_epochs=1)" in capsys.readouterr().out
+    assert files(tmp_path / "epochs") == before
+
+
+@pytest.mark.parametrize("validation_interval", [1, 1000])
+def test_weights_that_go_nonfinite_stop_training_naming_the_step_with_no_checkpoint_of_them(
+    tmp_path, monkeypatch, validation_interval
+):
+    """An update that leaves non-finite weights (as a huge lr would; inf itself is refused up front) stops the run
+    at its next validation or checkpoint with an error naming the step; no checkpoint holds non-finite weights."""
+    optimise = training.optimise
+
+    def poisoning(trainable, loss, name, steps, grad_norms=None):
+        norm = optimise(trainable, loss, name, steps, grad_norms)
+        if steps == 2:
+            with torch.no_grad():
+                next(trainable.module.parameters()).fill_(math.inf)
+        return norm
+
+    monkeypatch.setattr(training, "optimise", poisoning)
+    args = tiny_args(
+        tmp_path, "run", "max_steps=8", "checkpoint_interval=1", f"validation_interval={validation_interval}"
+    )
+    with pytest.raises(TrainingAborted, match=r"weights are not finite after step 2 \([gd][._].*ckpt_00000001"):
+        train_asgan.main(args)
+    assert periodic(tmp_path / "run") == ["ckpt_00000001.pt"]
+    for path in (tmp_path / "run").glob("ckpt_*.pt"):
+        state = ckpt.load(path)
+        for key in ("g_state_dict", "d_state_dict", "g_ema_state_dict"):
+            assert all(v.isfinite().all() for v in state[key].values()), (path, key)
+    with pytest.raises(ConfigError, match=r"'lr' is inf; it must be a finite number > 0"):
+        train_asgan.main(tiny_args(tmp_path, "inf", "lr=inf"))
+    assert not (tmp_path / "inf").exists()

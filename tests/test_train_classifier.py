@@ -14,6 +14,7 @@ from density.config import ConfigError
 from density.evaluation import train_classifier
 from density.evaluation.classifier import SC09_CLASSES, load_classifier
 from density.runtime import checkpoint as ckpt
+from density.runtime import cli
 from density.runtime.run import RunError
 
 torch.set_num_threads(1)
@@ -141,3 +142,91 @@ def test_bad_settings_and_files_fail_before_any_work(splits, tmp_path):
     with pytest.raises(AudioError, match=r"x\.wav: not a readable audio file"):
         train_classifier.main(classifier_args(splits, run, f"train_csv={bad}"))
     assert not run.exists()
+
+
+def files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_finished_run_resumed_trains_and_writes_nothing(splits, tmp_path, capsys):
+    """Resumed at or past its last step: 'already finished at step N' (its last checkpoint's step), and no
+    checkpoint, log or test_results.json is written again; test results lost to a stop during the last step are
+    scored then."""
+    run = tmp_path / "run"
+    train_classifier.main(classifier_args(splits, run, "max_steps=3", "validation_interval=100"))
+    before = files(run)
+    capsys.readouterr()
+    for extra in (
+        ["max_steps=3", "resume_checkpoint=auto"],
+        ["max_steps=2", f"resume_checkpoint={run / 'ckpt_00000002.pt'}"],
+    ):
+        assert train_classifier.main(classifier_args(splits, run, *extra, "validation_interval=100")) is None
+        assert f"already finished at step 2 ({extra[0]}): nothing to train" in capsys.readouterr().out
+        assert files(run) == before
+    results = json.loads((run / "test_results.json").read_text())
+    (run / "test_results.json").unlink()
+    again = train_classifier.main(classifier_args(splits, run, "max_steps=3", "resume_checkpoint=auto"))
+    assert again == json.loads((run / "test_results.json").read_text())
+    assert again["train_seconds"] is None and again == dict(results, train_seconds=None)
+    kept = [k for k in before if k.startswith(("ckpt_", "classifier_best"))]  # the checkpoints: not rewritten
+    assert len(kept) == 2 and {k: files(run)[k] for k in kept} == {k: before[k] for k in kept}
+
+
+def test_weights_that_go_nonfinite_stop_training_naming_the_step(splits, tmp_path, monkeypatch, capsys):
+    """An update that leaves non-finite weights (what lr=inf did; now refused up front): one error line naming
+    the step, status 2, and neither classifier_best.pt nor a checkpoint of those weights."""
+    step, calls = torch.optim.AdamW.step, []
+
+    def poisoning(self, *a, **k):
+        out = step(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 3:  # step 2
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoning)
+    run = tmp_path / "run"
+    for interval, message, written in (  # caught by the checkpoint of step 2, or by the loss of step 3
+        (1, "error: the weights are not finite after step 2 ", ["ckpt_00000001.pt"]),
+        (100, "error: the training loss is nan at step 3: training stopped", []),
+    ):
+        calls.clear()
+        argv = classifier_args(
+            splits,
+            run,
+            "max_steps=6",
+            f"checkpoint_interval={interval}",
+            f"validation_interval={interval}",
+            "overwrite=true",
+        )
+        with pytest.raises(SystemExit) as e:
+            cli.run(train_classifier.main, argv)
+        assert e.value.code == 2
+        (line,) = [x for x in capsys.readouterr().err.splitlines() if "error" in x]
+        assert line.startswith(message), line
+        assert sorted(p.name for p in run.glob("ckpt_*.pt")) == written
+        for path in [run / "classifier_best.pt"] + [run / name for name in written]:
+            state = torch.load(path, weights_only=True)["state_dict"]
+            assert all(v.isfinite().all() for v in state.values()), path
+
+
+def test_non_finite_values_and_an_unwritable_folder_fail_before_any_work(splits, tmp_path, capsys):
+    """lr=inf used to train to a classifier_best.pt of non-finite weights (exit 0). A checkpoint folder that cannot
+    be written (here a file where its parent should be: the tests run as root, whom read-only modes do not stop)
+    is the one-line 'cannot write' error, not a raw OSError."""
+    run = tmp_path / "run"
+    for extra, message in (
+        ("lr=inf", r"^lr=inf: must be a finite number > 0$"),
+        ("lr=nan", r"^lr=nan: must be a finite number > 0$"),
+        ("snr_db_range=[10,inf]", r"^snr_db_range=\[10.0, inf\]: must be finite numbers: \[low, high\]"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            train_classifier.main(classifier_args(splits, run, extra))
+    assert not run.exists()
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(SystemExit) as e:
+        cli.run(train_classifier.main, classifier_args(splits, tmp_path / "blocker" / "run"))
+    assert e.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "error" in x]
+    assert line.startswith(f"error: checkpoint_path={tmp_path / 'blocker' / 'run'}: cannot write (NotADirectoryError")

@@ -2,6 +2,7 @@
 SIGTERM, a 2-process gloo run, the segment data, the discriminators and losses, vocoder scoring, errors."""
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from density.features import extract as hubert_feature_reader
 from density.inference import generate
 from density.inference import hub as hubconf
 from density.runtime import checkpoint as ckpt
+from density.runtime.run import TrainingAborted
 from density.vocoders import train as train_vocoder
 from density.vocoders import training as vt
 from density.vocoders.vocoder import HifiGAN, ISTFTVocoder, load_vocoder
@@ -304,3 +306,91 @@ def test_bad_settings_fail_before_any_work(splits, tmp_path):
         [sys.executable, "train_vocoder.py", *args(splits, run, "lr=0")], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 2 and done.stderr.strip().splitlines() == ["error: lr=0.0: must be > 0"]
+
+
+def files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def test_a_finished_run_resumed_trains_and_writes_nothing(splits, tmp_path, capsys):
+    """Resumed at max_steps (its last checkpoint carries step max_steps - 1) or past it: 'already finished', and
+    neither a checkpoint, nor vocoder.pt, nor a log is written again; a vocoder.pt lost to a kill after the last
+    checkpoint is written from it."""
+    run = tmp_path / "run"
+    train_vocoder.main(args(splits, run, "max_steps=2", "adv_start_step=1"))
+    before = files(run)
+    assert sorted(p.name for p in run.glob("ckpt_*.pt")) == ["ckpt_00000001.pt"]
+    capsys.readouterr()
+    for extra in (
+        ["max_steps=2", "resume_checkpoint=auto"],
+        ["max_steps=1", f"resume_checkpoint={run / 'ckpt_00000001.pt'}"],
+    ):
+        assert train_vocoder.main(args(splits, run, *extra, "adv_start_step=1")) is None
+        assert f"already finished at step 1 ({extra[0]}): nothing to train" in capsys.readouterr().out
+        assert files(run) == before
+    (run / "vocoder.pt").unlink()
+    train_vocoder.main(args(splits, run, "max_steps=2", "resume_checkpoint=auto", "adv_start_step=1"))
+    g = ckpt.load(run / "ckpt_00000001.pt", train_vocoder.RESUME_KEYS)["g_state_dict"]
+    assert_identical(dict(torch.load(run / "vocoder.pt", weights_only=True)["state_dict"]), g, "vocoder.pt")
+    assert files(run).keys() == before.keys()
+
+
+def test_weights_that_go_nonfinite_stop_training_naming_the_step(splits, tmp_path, monkeypatch):
+    """A generator update that leaves non-finite weights (a huge lr's effect; inf is refused up front): the next
+    validation stops the run with an error naming the step; vocoder_best.pt and the checkpoints stay finite."""
+    optimise = train_vocoder.optimise
+
+    def poisoning(trainable, loss, name, steps, grad_norms=None):
+        norm = optimise(trainable, loss, name, steps, grad_norms)
+        if name == "G" and steps == 2:
+            with torch.no_grad():
+                next(trainable.module.parameters()).fill_(float("nan"))
+        return norm
+
+    monkeypatch.setattr(train_vocoder, "optimise", poisoning)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingAborted, match="weights are not finite after step 2 .*ckpt_00000001"):
+        train_vocoder.main(args(splits, run, "max_steps=4", "checkpoint_interval=1", "validation_interval=1"))
+    assert sorted(p.name for p in run.glob("*.pt")) == ["ckpt_00000001.pt", "vocoder_best.pt"]
+    for state in (
+        torch.load(run / "vocoder_best.pt", weights_only=True)["state_dict"],
+        ckpt.load(run / "ckpt_00000001.pt", train_vocoder.RESUME_KEYS)["g_state_dict"],
+    ):
+        assert all(v.isfinite().all() for v in state.values())
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_non_finite_values_are_refused_before_any_work(splits, tmp_path, value):
+    run = tmp_path / "run"
+    for key in ("lr", "mel_weight", "grad_clip"):
+        with pytest.raises(ConfigError, match=rf"^{key}={value}: must be a finite number "):
+            train_vocoder.main(args(splits, run, f"{key}={value}"))
+    assert not run.exists()
+
+
+def limit_memory():
+    """preexec_fn: 3 GB of address space, so that a runaway allocation fails in the child, not on the machine."""
+    resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+
+def test_segments_longer_than_the_clips_are_refused_before_any_work(splits, tmp_path):
+    """segment_frames=100000 (clips: 100 frames) used to grow to 24 GB: run as the command under a memory limit and
+    a timeout, so that a regression fails the test and not the machine."""
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "train_vocoder.py", *args(splits, run, "segment_frames=100000", "max_steps=1")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_memory,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()  # the clip check's progress bar, then the error
+    assert "Traceback" not in done.stderr and [x for x in lines if "error" in x] == lines[-1:]
+    line = lines[-1]
+    assert line.startswith("error: segment_frames=100000: must be in [1, 100]: the longest training clip (")
+    assert line.endswith("has 100 frames of 160 samples (a 1-s clip has 100)") and not run.exists()
+    train_vocoder.main(args(splits, run, "segment_frames=100", "max_steps=1", "batch_size=2", "n_valid=1"))
+    assert (run / "ckpt_00000000.pt").exists()  # as long as a clip: allowed

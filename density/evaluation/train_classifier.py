@@ -53,10 +53,11 @@ from density.runtime import checkpoint as ckpt
 from density.runtime import cli
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import write_text
-from density.runtime.run import Harness, ignore_stop_signals, seed_all
+from density.runtime.run import Harness, TrainingAborted, ignore_stop_signals, seed_all
 from density.runtime.trainer import (
     Position,
     agreed_resume,
+    already_finished,
     log_per_rank,
     log_stopped,
     on_interval,
@@ -230,7 +231,11 @@ def main(argv):
     seed_all(cfg.seed)
     model = ResNeXt.from_arch(cfg.arch, splits.classes).to(device)
     with open_harness(cfg) as harness:
-        return train(build(cfg, harness, model, splits, steps_per_epoch, device))
+        loop = build(cfg, harness, model, splits, steps_per_epoch, device)
+        limit = f"max_steps={cfg.max_steps}" if cfg.max_steps else f"n_epochs={cfg.n_epochs}"
+        if already_finished(loop, loop.position, steps_per_epoch=steps_per_epoch, limit=limit):
+            return finish(loop)
+        return train(loop)
 
 
 def loader(cfg, dataset, batches=None):
@@ -282,10 +287,17 @@ class Loop:
         return loader(self.cfg, self.splits.train, batches[first:])
 
     def step(self, batch):
-        """One AdamW step on a batch of clips (B, T) and labels (B,), augmented -> StepResult."""
+        """One AdamW step on a batch of clips (B, T) and labels (B,), augmented -> StepResult. TrainingAborted,
+        before the update, when the loss is not finite (the weights have gone non-finite, e.g. a too large lr)."""
         wav, labels = batch
         logits, _ = self.model(classifier_input(augment(wav, self.cfg).to(self.device)))
         loss = F.cross_entropy(logits, labels.to(self.device))
+        if not torch.isfinite(loss):
+            raise TrainingAborted(
+                f"the training loss is {loss.item()} at step {self.position.steps}: training stopped, nothing "
+                f"written. Last checkpoint: {self.harness.last_finite or 'none'} (resume from it with "
+                "overwrite=true, which deletes the newer ones, and a lower lr)"
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -326,7 +338,7 @@ class Loop:
             weights = classifier_checkpoint(
                 self.model, arch=self.cfg.arch, steps=step, valid_accuracy=accuracy, valid_loss=loss
             )
-            self.harness.save(weights, BEST)
+            self.harness.save(weights, BEST, step)
 
     def checkpoint_dict(self):
         """The periodic checkpoint (RESUME_KEYS and more) after the last finished step."""
@@ -404,9 +416,21 @@ def train(loop):
         loop.writer.close()
 
 
+def finish(loop):
+    """A finished run resumed: the test split's scores when test_csv is given and test_results.json is missing (a
+    stop signal or a kill ended the last step before them), else nothing -> the results or None."""
+    if loop.splits.test is None or (loop.harness.folder / RESULTS).is_file():
+        return None
+    loop.writer = SummaryWriter(str(loop.harness.folder / "logs"))
+    try:
+        return score_test_split(loop, None)
+    finally:
+        loop.writer.close()
+
+
 def score_test_split(loop, train_seconds):
-    """Score classifier_best.pt on the test split: tensorboard, test_results.json and a printed confusion matrix
-    -> the results."""
+    """Score classifier_best.pt on the test split: tensorboard, test_results.json (train_seconds: None when not
+    measured, a finished run resumed) and a printed confusion matrix -> the results."""
     folder, splits, steps = loop.harness.folder, loop.splits, loop.position.steps
     best_model = load_classifier(folder / BEST, loop.device)
     t_loss, t_acc, confusion = evaluate_split(
@@ -422,7 +446,7 @@ def score_test_split(loop, train_seconds):
         checkpoint=str(folder / BEST),
         best_step=loop.best["steps"],
         valid_accuracy=loop.best["accuracy"],
-        train_seconds=round(train_seconds, 1),
+        train_seconds=None if train_seconds is None else round(train_seconds, 1),
         steps=steps,
     )
     write_text(folder / RESULTS, json.dumps(result, indent=2))

@@ -41,6 +41,7 @@ from density.runtime.trainer import (
     Engine,
     Trainable,
     agreed_resume,
+    already_finished,
     any_rank,
     log_per_rank,
     log_stopped,
@@ -71,6 +72,9 @@ def main(argv):
     with open_harness(cfg, main=engine.is_main) as harness:
         try:
             loop = build(cfg, engine, harness, data)
+            limit = f"max_steps={cfg.max_steps}" if cfg.max_steps else f"n_epochs={cfg.n_epochs}"
+            if already_finished(loop, loop.state, steps_per_epoch=len(data.loader), limit=limit, main=engine.is_main):
+                return
             with open_logs(cfg, engine, valid_ds, collate) as (loop.writer, loop.validation):
                 log.info(
                     "engine=%s precision=%s device=%s world_size=%d; G %d params, D %d params; %d batches per epoch",
@@ -156,7 +160,8 @@ class Loop:
     logger: StepLogger | None = None
 
     def more_epochs(self):
-        return self.state.epoch < self.cfg.n_epochs
+        cfg, state = self.cfg, self.state
+        return state.epoch < cfg.n_epochs and not (cfg.max_steps and state.steps >= cfg.max_steps)
 
     def epoch_batches(self, epoch, first):
         """The epoch's batches from batch `first` on: the batches before it are drawn again and dropped, so that
@@ -224,6 +229,7 @@ class Loop:
             update_ema(self.g_ema, self.G.module, cfg.rp_w_cfg.g_ema_weight)
         if self.validation is None or not on_interval(step, cfg.validation_interval):
             return False
+        self.harness.require_finite({"g": self.G.module.state_dict(), "d": self.D.module.state_dict()}, step)
         v = self.validation
         fad_value = validate(
             cfg,
@@ -254,7 +260,7 @@ class Loop:
             if self.engine.is_main:
                 log.info("step %d: saved %s", step, path)
         if best:
-            self.harness.save(checkpoint, BEST_FAD)
+            self.harness.save(checkpoint, BEST_FAD, step)
 
     def checkpoint_dict(self, rng_states):
         """The checkpoint (density/runtime/checkpoint.py KEYS) after the last finished step."""

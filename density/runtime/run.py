@@ -6,7 +6,8 @@ seeding, stopping cleanly on SIGINT/SIGTERM, and `Harness`, which puts them toge
         ... load harness.run.resume if not None; store harness.run.run_id in every checkpoint as 'run_id' ...
         with harness.stop_signals():
             for each step: ...; harness.check_finite(finite, step)
-                harness.save_periodic(state, step)          # atomic, then prunes; also on a stop or at the end
+                harness.save_periodic(state, step)          # finite weights only; atomic, then prunes; also on a
+                                                            # stop or at the end
                 if harness.stop_requested: ...checkpoint and return
 
 Underneath: run = open_run(checkpoint_path, resume_checkpoint, overwrite); run.prune(keep, written_path); run.close().
@@ -25,6 +26,10 @@ Rules:
   when its pid is gone, so a job requeued on another node takes over the folder of a dead one.
 - Pruning deletes only periodic checkpoints whose run_id is this run's, never the newest of them, never the one
   just written, never the best-FAD file. Files it cannot read or attribute are left alone.
+- Only files named as a trainer names them (PERIODIC, `others`) are checkpoints: a cache such as
+  `ckpt_00000019.pt.w_avg-<hash>-n100.pt` next to them is never resumed from, pruned or deleted.
+- A folder that cannot be created or written is a WriteError (density/runtime/fileio.py) before anything runs.
+- Harness writes a checkpoint only from finite weights (`require_finite`): TrainingAborted names the step.
 """
 
 import contextlib
@@ -44,7 +49,7 @@ import numpy as np
 import torch
 
 from density.runtime import checkpoint as ckpt
-from density.runtime.fileio import FILE_MODE, is_temporary, write_text
+from density.runtime.fileio import FILE_MODE, WriteError, is_temporary, write_text
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +270,16 @@ def open_run(
     if folder.exists() and not folder.is_dir():
         raise RunError(f"checkpoint_path={folder} is a file; give a folder")
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(folder / LOCK_NAME, heartbeat_s, stale_s).acquire()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(folder / LOCK_NAME, heartbeat_s, stale_s).acquire()
+    except OSError as e:  # a read-only folder or file system, no permission, a file where a parent folder should be
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise WriteError(
+            f"checkpoint_path={folder}: cannot write ({type(e).__name__}: {e}); give a checkpoint_path in a folder "
+            "you can write to, or make this one writable, then run again"
+        ) from e
     try:
         for p in folder.iterdir():  # the lock is ours: every temporary here is left over from a killed write
             if is_temporary(p):
@@ -324,7 +337,21 @@ def restore_signals(previous):
 
 
 class TrainingAborted(RuntimeError):
-    """Too many consecutive non-finite steps."""
+    """Too many consecutive non-finite steps, or weights that are no longer finite."""
+
+
+def nonfinite_tensors(state, prefix=""):
+    """Dotted names of the floating-point tensors holding inf or NaN in a checkpoint state (nested dicts, lists and
+    tuples; other values are not looked at)."""
+    if isinstance(state, torch.Tensor):
+        return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}{'.' if prefix else ''}{key}")]
 
 
 class Harness:
@@ -374,10 +401,23 @@ class Harness:
                 "overwrite=true, which deletes the newer ones, and a lower lr or grad_clip)"
             )
 
+    def require_finite(self, state, step):
+        """TrainingAborted naming the step and the tensors when `state` (a checkpoint or a state dict) holds inf or
+        NaN: a checkpoint is only ever written from finite weights."""
+        bad = nonfinite_tensors(state)
+        if bad:
+            raise TrainingAborted(
+                f"the weights are not finite after step {step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}):"
+                f" training stopped, nothing written. Last checkpoint with finite weights: {self.last_finite or 'none'}"
+                " (resume from it with overwrite=true, which deletes the newer ones, and a lower lr or grad_clip)"
+            )
+
     def save_periodic(self, state, step, keep_last=None):
-        """Write ckpt_<step>.pt atomically (main rank; `state` may be None elsewhere) and prune -> its path."""
+        """Write ckpt_<step>.pt atomically (main rank; `state` may be None elsewhere) and prune -> its path.
+        TrainingAborted instead when the state is not finite (`require_finite`)."""
         path = ckpt.periodic_path(self.folder, step)
         if self.main:
+            self.require_finite(state, step)
             ckpt.save(state, path)
             keep = self.keep_last if keep_last is None else keep_last
             self.run.prune(keep if self.nonfinite == 0 else 0, path)
@@ -386,7 +426,9 @@ class Harness:
             self.last_finite = path
         return path
 
-    def save(self, state, name):
-        """Write a non-periodic checkpoint (e.g. the best one) atomically into the run folder (main rank)."""
+    def save(self, state, name, step):
+        """Write a non-periodic checkpoint of `step` (e.g. the best one) atomically into the run folder (main rank);
+        TrainingAborted instead when the state is not finite (`require_finite`)."""
         if self.main:
+            self.require_finite(state, step)
             ckpt.save(state, self.folder / name)

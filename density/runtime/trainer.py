@@ -9,6 +9,8 @@
         ... data, engine ...
         with open_harness(cfg, main=engine.is_main) as harness:  # run folder, lock, resume choice (run.py)
             loop = build(cfg, engine, harness, ...)           # resumes from agreed_resume(harness, engine)
+            if already_finished(loop, loop.position, steps_per_epoch=..., limit=...):
+                return finish(loop)                           # resumed at its end: missing end outputs only
             with harness.stop_signals():
                 run_epochs(loop, loop.position, steps_per_epoch=..., show_progress=engine.is_main)
 
@@ -147,7 +149,8 @@ class EpochLoop(Protocol):
     """What `run_epochs` drives: a trainer's loop state and its steps."""
 
     def more_epochs(self) -> bool:
-        """Whether another epoch starts (asked before each one)."""
+        """Whether another epoch starts (asked before each one): false once the run is at its end (max_steps
+        reached, or its epochs done), so that a run resumed there trains nothing."""
 
     def epoch_batches(self, epoch: int, first: int) -> Iterable:
         """The batches of `epoch` from its batch `first` on, in the order they were (or will be) drawn."""
@@ -160,6 +163,31 @@ class EpochLoop(Protocol):
         writing a checkpoint -> whether training ends here (on every rank alike)."""
 
 
+def next_batch_position(position, steps_per_epoch):
+    """Move a position that stands after an epoch's last batch (a checkpoint written there) to the next epoch's
+    first batch."""
+    if position.batch_index >= steps_per_epoch:
+        position.epoch, position.batch_index = position.epoch + 1, 0
+
+
+def already_finished(loop: EpochLoop, position, *, steps_per_epoch, limit, main=True):
+    """Whether a run resumed at `position` has no step left (loop.more_epochs() is false: max_steps reached, or its
+    epochs done). Then a trainer trains nothing and writes no checkpoint or log; it only writes an end-of-run
+    output that is missing (a stop or a kill came between the last checkpoint and it). The main rank prints
+    'already finished at step N', N being the step of the checkpoint resumed from (the run's last step).
+    limit: the setting that ended the run, as typed (e.g. 'max_steps=20'), for the message."""
+    next_batch_position(position, steps_per_epoch)
+    if loop.more_epochs():
+        return False
+    if main:
+        key = limit.split("=", 1)[0]
+        print(
+            f"already finished at step {position.steps - 1} ({limit}): nothing to train; resume with a larger "
+            f"{key} to train on"
+        )
+    return True
+
+
 def run_epochs(loop: EpochLoop, position, *, steps_per_epoch, show_progress=True):
     """Epochs of loop.step until loop.end_of_step says the last step is done, from `position` (a Position, or an
     object with the same four fields) on.
@@ -168,8 +196,7 @@ def run_epochs(loop: EpochLoop, position, *, steps_per_epoch, show_progress=True
     it again), and the RNG states saved with the checkpoint are restored where the checkpoint was written: before
     the next epoch's batches are drawn when it ended an epoch, else once the batches before the next one are.
     """
-    if position.batch_index >= steps_per_epoch:  # the checkpoint was written after an epoch's last batch
-        position.epoch, position.batch_index = position.epoch + 1, 0
+    next_batch_position(position, steps_per_epoch)  # a checkpoint written after an epoch's last batch
     while loop.more_epochs():
         first = position.batch_index
         if first == 0:

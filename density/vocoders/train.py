@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -64,6 +65,7 @@ from density.config import (
     at_least,
     check_ranges,
     parse_overrides,
+    read_overrides,
     require_keys,
 )
 from density.data.splits import read_split_csv
@@ -76,6 +78,7 @@ from density.runtime.trainer import (
     Position,
     Trainable,
     agreed_resume,
+    already_finished,
     any_rank,
     log_per_rank,
     log_stopped,
@@ -176,7 +179,7 @@ def parse_config(argv):
         OmegaConf.structured(VocoderTrainConfig), [a for a in argv if a not in fields], "train_vocoder.py"
     )
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(fields))
+        cfg = OmegaConf.merge(cfg, read_overrides(fields))
     except (OmegaConfBaseException, ValueError) as e:
         raise ConfigError(f"cannot read {fields}: {e}") from None
     require_keys(cfg, ("train_csv", "valid_csv", "checkpoint_path"))
@@ -199,6 +202,22 @@ def parse_config(argv):
     return cfg, fmt, config
 
 
+def check_segment_length(segment_frames, paths, hop):
+    """ConfigError when segments of `segment_frames` frames are longer than every training clip (each would be mostly
+    padding, and memory grows with the length). Up to a 1-s clip's frames nothing is read; beyond, the clips'
+    headers (their length at 16 kHz) decide."""
+    if segment_frames <= vt.full_clip_frames(hop):
+        return
+    frames = [int(info.frames * SAMPLE_RATE / info.samplerate) // hop for info in (sf.info(str(p)) for p in paths)]
+    longest = max(frames)
+    if segment_frames > longest:
+        raise ConfigError(
+            f"segment_frames={segment_frames}: must be in [1, {longest}]: the longest training clip "
+            f"({paths[frames.index(longest)]}) has {longest} frames of {hop} samples (a 1-s clip "
+            f"has {vt.full_clip_frames(hop)})"
+        )
+
+
 def make_datasets(cfg, config, seed):
     """(train segments, validation clips) of the split CSVs; every audio file and cached feature file checked."""
     data_type = "melspec" if config.in_dim == N_MELS else "hubert_L6"
@@ -215,6 +234,7 @@ def make_datasets(cfg, config, seed):
     check_audio_files(
         tqdm(train_paths + valid_paths, desc="checking clips", unit="file", leave=False), resample=cfg.resample
     )
+    check_segment_length(cfg.segment_frames, train_paths, config.hop)
     train = vt.VocoderClips(train_paths, segment_frames=cfg.segment_frames, seed=seed, **common)
     valid = vt.VocoderClips(valid_paths, segment_frames=vt.full_clip_frames(config.hop), random_crop=False, **common)
     return train, valid
@@ -242,7 +262,13 @@ def main(argv):
         )
     with open_harness(cfg, main=engine.is_main) as harness:
         try:
-            return train(build(cfg, fmt, config, engine, harness, data, valid_ds))
+            loop = build(cfg, fmt, config, engine, harness, data, valid_ds)
+            limit = f"max_steps={cfg.max_steps}"
+            if already_finished(
+                loop, loop.position, steps_per_epoch=data.steps_per_epoch, limit=limit, main=engine.is_main
+            ):
+                return finish(loop)
+            return train(loop)
         finally:
             engine.close()
 
@@ -432,6 +458,7 @@ class Loop:
                 self.writer.add_scalar(tag, value, step)
             pbar.set_postfix(mel=f"{losses['mel_l1']:.3f}", d=f"{losses['d_loss']:.3f}", adv=f"{losses['g_adv']:.3f}")
         if step % cfg.validation_interval == 0 or final or self.harness.stop_requested:
+            self.harness.require_finite(self.g.state_dict(), step)  # before its scores, audio and vocoder_best.pt
             scores = validate_vocoder(self.g, self.valid_ds, self.engine.device, self.writer, step, cfg.audio_samples)
             tqdm.write(f"step {step}: validation log-mel L1 {scores['mel_l1']:.4f}, MR-STFT {scores['mr_stft']:.4f}")
             if scores["mel_l1"] < self.best["mel_l1"]:
@@ -561,6 +588,16 @@ def train(loop):
         folder,
     )
     return loop.best
+
+
+def finish(loop):
+    """A finished run resumed: vocoder.pt from the last checkpoint's generator when it is missing (a kill after
+    that checkpoint), else nothing (main rank) -> None."""
+    final = Path(loop.cfg.checkpoint_path) / FINAL
+    if loop.engine.is_main and not final.is_file():
+        loop.harness.require_finite(loop.g.state_dict(), loop.position.steps - 1)
+        save_vocoder(loop.g, final)
+        log.info("wrote the missing %s", final)
 
 
 @torch.no_grad()
