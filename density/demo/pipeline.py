@@ -8,10 +8,11 @@
 Every stage runs one of the repo's own commands, as a user would type it, and is skipped when it has finished
 before (a marker in <out>/.done/, written once the stage's outputs exist; a marker whose outputs are gone does not
 count), so re-running after Ctrl-C continues where it stopped (training resumes from its newest checkpoint). A stage
-that runs again may replace its own earlier outputs (`--overwrite` on the demo's own folders). Stages: corpus (density.digits) -> splits (split_data.py) -> log-mel features
-(hubert_feature_reader.py) -> ASGAN at initialisation (train_asgan.py preset=mel_small) -> side by side, one
-CPU thread each: [evaluation classifier (train_classifier.py) -> metrics of the initial ASGAN (evaluate.py)] and
-[ASGAN training] -> samples (generate.py) -> metrics of the trained ASGAN -> report (density.report):
+that runs again may replace its own earlier outputs (`--overwrite` on the demo's own folders).
+Stages: corpus (density.digits) -> splits (split_data.py) -> log-mel features (hubert_feature_reader.py) -> ASGAN
+at initialisation (train_asgan.py preset=mel_small) -> side by side, one CPU thread each: [evaluation classifier
+(train_classifier.py) -> metrics of the initial ASGAN (evaluate.py)] and [ASGAN training] -> samples (generate.py)
+-> metrics of the trained ASGAN -> report (density.report):
 <out>/report.md and <out>/report.html. The side lane's output goes to <out>/logs/<stage>.log.
 
 --vocoders (make demo-vocoder) runs the stages the vocoders need (corpus, splits, features, classifier; skipped when
