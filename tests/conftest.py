@@ -1,5 +1,6 @@
 import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,18 @@ def fixtures_dir() -> Path:
             "(see its README)."
         )
     return FIXTURES
+
+
+@pytest.fixture
+def original_resnext_module(monkeypatch):
+    """The original classes importable as models.resnext while a file is pickled."""
+    from helpers import CifarResNeXt, ResNeXtBottleneck  # after the environment above is set
+
+    pkg, mod = types.ModuleType("models"), types.ModuleType("models.resnext")
+    for cls in (CifarResNeXt, ResNeXtBottleneck):
+        monkeypatch.setattr(cls, "__module__", "models.resnext")
+        setattr(mod, cls.__name__, cls)
+    pkg.resnext = mod
+    monkeypatch.setitem(sys.modules, "models", pkg)
+    monkeypatch.setitem(sys.modules, "models.resnext", mod)
+    return mod

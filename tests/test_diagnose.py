@@ -9,8 +9,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
-from tiny_asgan import TINY_SPECS, tiny_cfg
-from tiny_digits import make_tiny_digits, train_tiny_classifier
+from helpers import TINY_SPECS, make_tiny_digits, tiny_cfg, train_tiny_classifier
 
 from density.audio.signal import LOG_MEL_SILENCE
 from density.config import config_to_yaml

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import assert_identical, tiny_args
+from helpers import assert_identical, tiny_args
 
 from density.runtime import checkpoint as ckpt
 

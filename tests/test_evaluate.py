@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tiny_asgan import make_checkpoint, tiny_vocoder
-from tiny_digits import make_tiny_digits, train_tiny_classifier
+from helpers import make_checkpoint, make_tiny_digits, tiny_vocoder, train_tiny_classifier
 
 from density import metrics as M
 from density.evaluation import evaluate, scoring
@@ -169,7 +168,7 @@ def test_checkpoint_mel_with_griffin_lim(corpus, tmp_path):
 
 def test_generator_api_for_a_report(corpus):
     """The pieces a report calls: a Reference from the cached training scores, then one row per generator."""
-    from tiny_asgan import tiny_cfg
+    from helpers import tiny_cfg
 
     from density.evaluation.classifier import file_sha256, load_classifier
     from density.inference.asgan import ASGANInference

@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 import soundfile as sf
 import torch
-from tiny_asgan import make_checkpoint, tiny_vocoder
+from helpers import make_checkpoint, tiny_vocoder
 
 from density.audio.plots import write_spectrogram_grid
 from density.audio.signal import log_mel

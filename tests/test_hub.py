@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_asgan import make_checkpoint, tiny_vocoder
+from helpers import make_checkpoint, tiny_vocoder
 from torch.package import PackageExporter
 
 from density.audio.signal import CLIP_SAMPLES, fit_length

@@ -5,7 +5,7 @@ import json
 import pytest
 import soundfile as sf
 import torch
-from tiny_asgan import TINY_SPECS, make_checkpoint, tiny_vocoder
+from helpers import TINY_SPECS, make_checkpoint, tiny_vocoder
 
 from density.config import config_to_yaml, parse_config
 from density.inference import edit, latent

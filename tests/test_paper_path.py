@@ -21,7 +21,6 @@ import shutil
 import sys
 import tarfile
 import threading
-import types
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from test_classifier import CifarResNeXt, ResNeXtBottleneck, published_like
+from helpers import published_like
 
 from density.data import speech_commands
 from density.data import splits as split_data
@@ -312,15 +311,8 @@ def test_an_archive_with_a_member_that_escapes_or_is_not_a_plain_file_is_refused
 
 
 @pytest.fixture
-def published_classifier(tmp_path, monkeypatch):
-    """A classifier file in the published resnext.pth format (see tests/test_classifier.py) -> its path."""
-    pkg, mod = types.ModuleType("models"), types.ModuleType("models.resnext")
-    for cls in (CifarResNeXt, ResNeXtBottleneck):
-        monkeypatch.setattr(cls, "__module__", "models.resnext")
-        setattr(mod, cls.__name__, cls)
-    pkg.resnext = mod
-    monkeypatch.setitem(sys.modules, "models", pkg)
-    monkeypatch.setitem(sys.modules, "models.resnext", mod)
+def published_classifier(tmp_path, monkeypatch, original_resnext_module):
+    """A classifier file in the published resnext.pth format (helpers.published_like) -> its path."""
     published_like(tmp_path / "resnext.pth", legacy=False)
     monkeypatch.delitem(sys.modules, "models.resnext")  # evaluate.py must not need the original code
     monkeypatch.delitem(sys.modules, "models")

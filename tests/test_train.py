@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
+from helpers import assert_identical, make_data, tiny_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from density.audio.signal import HOP, log_mel
@@ -95,16 +96,6 @@ STDOUT_LINE = re.compile(
 )
 
 
-def make_data(folder, n=24, c_dim=6, seed=0):
-    """n feature files of 5..11 frames (some shorter, some longer than seq_len 8)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(seed)
-    for k in range(n):
-        frames = int(torch.randint(5, 12, (1,), generator=g))
-        torch.save(0.3 * torch.randn(frames, c_dim, generator=g), folder / f"{k:03d}.pt")
-    return folder
-
-
 def make_mel_data(folder, n=32, seed=0):
     """n (frames, 128) log-mel files of 20..40 frames: log-mels of fading noise bursts."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,36 +107,6 @@ def make_mel_data(folder, n=32, seed=0):
     return folder
 
 
-def tiny_args(tmp_path, run="run", *extra):
-    """A tiny model (G ~4k, D ~2k parameters), 16 training items = 4 batches of 4, 8 validation items."""
-    data = tmp_path / "data"
-    if not data.is_dir():
-        make_data(data)
-    return [
-        "model=rp_w",
-        f"train_root={data}",
-        f"checkpoint_path={tmp_path / run}",
-        "n_valid=8",
-        "batch_size=4",
-        "num_workers=0",
-        "c_dim=6",
-        "z_dim=8",
-        "rp_w_cfg.z_dim=8",
-        "rp_w_cfg.w_dim=8",
-        "rp_w_cfg.c_dim=6",
-        "rp_w_cfg.ff_channels=16",
-        "rp_w_cfg.seq_len=8",
-        "rp_w_cfg.D_head_dim=8",
-        "rp_w_cfg.head_spec=[6,1]",
-        "rp_w_cfg.D_block_repeats=[2,2]",
-        "rp_w_cfg.layer_specs=[[16,3,2],[16,3,2],[12,3,4],[8,3,8]]",
-        "rp_w_cfg.apply_r1_every=2",
-        "lr=2e-3",
-        "aug_init_p=0.3",
-        *extra,
-    ]
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """The 2-core test machine is shared: one intra-op thread is several times faster for these tiny models.
@@ -155,23 +116,6 @@ def one_thread():
     yield
     torch.set_num_threads(n)
     torch.set_flush_denormal(False)
-
-
-def assert_identical(a, b, where):
-    """Nested dicts/lists/tuples of tensors and plain values are bit-for-bit equal."""
-    assert type(a) is type(b), where
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for k, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{where}[{k}]")
-    elif isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    else:
-        assert a == b, where
 
 
 def periodic(folder):

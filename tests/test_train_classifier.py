@@ -6,8 +6,8 @@ import signal
 
 import pytest
 import torch
+from helpers import classifier_args, make_tiny_digits
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny_digits import classifier_args, make_tiny_digits
 
 from density.audio.signal import AudioError
 from density.config import ConfigError

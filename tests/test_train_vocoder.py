@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_identical, make_checkpoint, make_tiny_digits, train_tiny_classifier
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_train import assert_identical
-from tiny_asgan import make_checkpoint
-from tiny_digits import make_tiny_digits, train_tiny_classifier
 
 from density.audio.signal import load_audio, log_mel
 from density.config import ConfigError

@@ -6,7 +6,7 @@ import math
 import pytest
 import soundfile as sf
 import torch
-from tiny_asgan import FEATURE_DIM, make_checkpoint
+from helpers import FEATURE_DIM, make_checkpoint
 from torch.package import PackageExporter
 
 from density.audio import signal as audio
