@@ -38,6 +38,7 @@ def assert_one_error_line(done, message):
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and message in done.stderr
 
 
+@pytest.mark.slow
 def test_offline_pretrained_download_is_one_error_line_and_debug_shows_the_traceback(tmp_path):
     url = f"ASGAN_CHECKPOINT_URL=http://127.0.0.1:{closed_port()}/asgan.pt".split("=", 1)
     done = command(tmp_path, "generate.py", "--pretrained", "--out_dir", "out", **{url[0]: url[1]})
@@ -59,6 +60,7 @@ def test_offline_pretrained_download_is_one_error_line_and_debug_shows_the_trace
         ("edit.py", ["project", "a.wav", "--checkpoint", "missing.pt", "--out_dir", "o"], "missing.pt"),
     ],
 )
+@pytest.mark.slow
 def test_user_errors_of_every_command(tmp_path, script, args, message):
     assert_one_error_line(command(tmp_path, script, *args), message)
 

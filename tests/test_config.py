@@ -274,6 +274,7 @@ ALIAS_BOMB = "".join(  # each level holds 10 references to the one before: 10**9
 )
 
 
+@pytest.mark.slow
 def test_an_alias_bomb_is_refused_at_once_under_a_memory_limit(tmp_path):
     """Run as the command under a 3-GB address-space limit and a timeout, so that a regression (expanding the
     aliases) fails the test instead of taking the machine's memory."""

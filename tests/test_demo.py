@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # whole-pipeline / multi-process runs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

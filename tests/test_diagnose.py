@@ -75,6 +75,7 @@ def test_time_resolution_keeps_the_average_and_removes_detail():
     assert (coarse[:, 1:] - coarse[:, :-1]).abs().sum() < (x[:, 1:] - x[:, :-1]).abs().sum()
 
 
+@pytest.mark.slow
 def test_ceiling_scores_real_static_and_coarse_clips(tmp_path, capsys):
     splits = make_tiny_digits(tmp_path)
     classifier = train_tiny_classifier(splits, tmp_path / "classifier", steps=20)
@@ -181,6 +182,7 @@ def test_probe_scores_six_kinds_of_clip(features, tmp_path, capsys):
     assert len(set(values)) > 1  # the edits change what the discriminator sees
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(features, tmp_path):
     def run(*args):
         r = subprocess.run([sys.executable, "diagnose.py", *args], cwd=REPO, capture_output=True, text=True)

@@ -17,6 +17,8 @@ from helpers import assert_identical, tiny_args
 
 from density.runtime import checkpoint as ckpt
 
+pytestmark = pytest.mark.slow  # multi-process runs
+
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 20  # tiny_args' 24 items less n_valid=4: 10 per rank, 2 batches of 4
 # Runs train_asgan.main in one rank and records what it saved, the sampler's indices per epoch, and the final

@@ -100,6 +100,7 @@ def test_empty_tree_and_missing_list_entry(tree, tmp_path):
         split_data.main(["--root_path", str(tree), "--sc09_only", "true", "--out_dir", str(tmp_path / "s")])
 
 
+@pytest.mark.slow
 def test_cli_on_generated_corpus(tmp_path):
     root = tmp_path / "digits"
     make_digits_corpus(root, seed=4, n_speakers=5, per_word=1, valid_frac=0.2, test_frac=0.2, progress=False)

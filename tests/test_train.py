@@ -343,6 +343,7 @@ def test_fp16_loss_scaling_with_r1_matches_fp32(tmp_path, monkeypatch, engine_na
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path, num_workers):
     """2N steps straight == N steps, stop, resume, N more: parameters, optimiser states, ADA, EMA, RNG."""
     common = [
@@ -375,6 +376,7 @@ def test_resume_is_exact(tmp_path, num_workers):
         assert_identical(a[key], b[key], key)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_zero(tmp_path):
     """SIGTERM to the whole process group, DataLoader workers included (as SLURM or `kill -- -PGID` send it)."""
     out, stderr = tmp_path / "run", tmp_path / "stderr.txt"
@@ -431,6 +433,7 @@ print('main returned', flush=True)
 """
 
 
+@pytest.mark.slow
 def test_exit_cannot_hang_on_a_live_dataloader_worker(tmp_path):
     """Issue 10 case 7: a worker that ignores SIGTERM is still waiting for work when training ends (mid-epoch),
     and its iterator is still referenced; multiprocessing's exit handler used to SIGTERM and join it forever."""

@@ -207,6 +207,7 @@ torch.save(state, f"{{sys.argv[1]}}/rank{{os.environ['RANK']}}.pt")
 
 
 @pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_model(splits, tmp_path, engine):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT.format(root=str(ROOT)))
@@ -371,6 +372,7 @@ def limit_memory():
     resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
 
 
+@pytest.mark.slow
 def test_segments_longer_than_the_clips_are_refused_before_any_work(splits, tmp_path):
     """segment_frames=100000 (clips: 100 frames) used to grow to 24 GB: run as the command under a memory limit and
     a timeout, so that a regression fails the test and not the machine."""
