@@ -1,20 +1,23 @@
 """Generator inference speed: full-size README-command config, eval, no_grad, fp32 (or autocast with --amp).
 
 Each batch size runs with the inference cache off (every call redoes the weight-only work: scaled and demodulated
-weights, resampling matrices) and on (density/models.py `inference_cached`), alternately, in one process. Prints
+weights, resampling matrices) and on (density/models.py `inference_cached`), in one process, the two timed in
+turns so that a change in the machine's load affects both alike. Prints
 the machine, median samples/s of both, GFLOP/sample (from layer shapes), the measured 2048x2048 matmul
 throughput and the share of it reached, peak memory, and the batch-1 rate as a share of the batch-64 rate.
 Usage: python bench/bench_generator.py [--device cpu|cuda] [--batches 1 16 64]
 """
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import generator_flops, machine, matmul_peak_gflops, median_seconds, peak_memory_gb  # noqa: E402
+from bench.common import generator_flops, machine, matmul_peak_gflops, peak_memory_gb, sync  # noqa: E402
 from density.config import parse_config  # noqa: E402
 from density.models import Generator, inference_cache  # noqa: E402
 
@@ -28,6 +31,22 @@ def generate(g, z, amp, cached):
     with torch.no_grad(), inference_cache(cached):
         with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
             return g(z)
+
+
+def median_seconds_in_turns(fns, device, repeats, warmup=2):
+    """{name: median wall time of fn()} over `repeats` rounds, each round timing every fn once in turn."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main():
@@ -55,8 +74,8 @@ def main():
     for bs in args.batches:
         peak = matmul_peak_gflops(args.device)  # measured next to each run, so load changes affect both alike
         z = torch.randn(bs, g.z_dim, device=args.device)
-        for mode, cached in MODES.items():
-            t = median_seconds(lambda z=z, c=cached: generate(g, z, amp, c), args.device, repeats=args.repeats)
+        fns = {mode: (lambda z=z, c=cached: generate(g, z, amp, c)) for mode, cached in MODES.items()}
+        for mode, t in median_seconds_in_turns(fns, args.device, args.repeats).items():
             rates[mode, bs] = rate = bs / t
             print(
                 f"batch {bs:3d} {mode:9s}: {rate:8.1f} samples/s  {rate * gflop:7.1f} GFLOP/s  "
