@@ -18,17 +18,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tiny_asgan import make_checkpoint
+from tiny_asgan import make_checkpoint, tiny_vocoder
 
 from density.audio.signal import save_wav
 from density.evaluation.classifier import ResNeXt, checkpoint_dict
+from density.vocoders.vocoder import save_vocoder
 
 try:
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
     from density.studio import app
-    from density.studio.engine import MAX_CLIPS, MAX_STEPS, Studio
+    from density.studio.engine import MAX_CLIPS, MAX_STEPS, Studio, StudioError
 except ImportError:
     if os.environ.get("CI"):
         raise
@@ -229,6 +230,18 @@ def test_command_errors(model_dir, capsys, monkeypatch, tmp_path):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_hubert_checkpoint_needs_its_vocoder_file_and_its_hubert_model_to_project(tmp_path):
+    make_checkpoint(tmp_path / "hubert.pt")  # hubert_L6 features: no Griffin-Lim, and the studio downloads nothing
+    with pytest.raises(StudioError, match="hubert_L6 checkpoint: give its vocoder file with --vocoder"):
+        Studio(tmp_path / "hubert.pt")
+    save_vocoder(tiny_vocoder(), tmp_path / "vocoder.pt")
+    studio = Studio(tmp_path / "hubert.pt", vocoder=tmp_path / "vocoder.pt")
+    (clip,) = studio.generate(seed=0, count=1, psi=1.0)
+    assert clip.wav.shape == (16000,) and clip.caption == "seed 0 · 0"  # no classifier, no digit
+    with pytest.raises(StudioError, match="--hubert"):
+        studio.project(noise(tmp_path / "mine.wav", 1.0, seed=3), "w", 10)
 
 
 # ---------------------------------------------------------------- the page in headless Chromium

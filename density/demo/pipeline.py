@@ -32,6 +32,7 @@ from pathlib import Path
 
 from density.runtime import cli
 from density.runtime.fileio import write_text
+from density.runtime.run import PERIODIC
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder holding `density`: the commands run there as `-m`
 PYTHON = sys.executable
@@ -186,9 +187,15 @@ def run_lanes(lanes, out, log):
         raise StageFailed("\n".join(errors))
 
 
+def periodic_checkpoints(run_dir):
+    """A training run folder's periodic checkpoints ckpt_<steps>.pt, oldest first (not the caches that generate.py
+    and the studio write next to them, ckpt_<steps>.pt.w_avg-...pt)."""
+    return sorted(p for p in Path(run_dir).glob("ckpt_*.pt") if PERIODIC.fullmatch(p.name))
+
+
 def final_checkpoint(run_dir):
     """The newest periodic checkpoint of a training run folder."""
-    ckpts = sorted(Path(run_dir).glob("ckpt_[0-9]*.pt"))
+    ckpts = periodic_checkpoints(run_dir)
     if not ckpts:
         raise SystemExit(f"demo: {run_dir} holds no checkpoint")
     return ckpts[-1]

@@ -33,6 +33,7 @@ except ModuleNotFoundError as e:  # the studio is an optional extra
 
 from density.audio.signal import SAMPLE_RATE
 from density.data.splits import SC09_CLASSES
+from density.demo.pipeline import periodic_checkpoints
 from density.runtime import cli
 from density.studio import engine
 from density.studio.engine import MAX_CLIPS, MAX_STEPS, PROJECT_STEPS, Studio, StudioError
@@ -44,7 +45,11 @@ SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no font files fet
 MONO_FONTS = ["ui-monospace", "monospace"]
 SOURCES = ("seed", "projected clip")
 TQDM_PROGRESS = gr.Progress(track_tqdm=True)  # a handler with this default shows the tqdm bars it runs
-CSS = ".studio-caption p {font-size: 0.85em; margin: 0} footer {display: none !important}"
+CSS = (
+    ".studio-caption p {font-size: 0.85em; margin: 0} "
+    ".studio-spectrogram .image-frame, .studio-spectrogram img {width: 100% !important; height: 100% !important} "
+    ".studio-spectrogram img {object-fit: fill !important}"
+)
 
 
 def pcm16(wav):
@@ -69,7 +74,14 @@ class Page:
                 for _ in range(start, min(n, start + COLUMNS)):
                     with gr.Column(min_width=180):
                         out += [
-                            gr.Image(show_label=False, visible=False, height=110, format="png", interactive=False),
+                            gr.Image(
+                                show_label=False,
+                                visible=False,
+                                height=110,
+                                format="png",
+                                interactive=False,
+                                elem_classes="studio-spectrogram",
+                            ),
                             gr.Audio(show_label=False, visible=False, interactive=False, format="wav"),
                             gr.Markdown(visible=False, elem_classes="studio-caption"),
                         ]
@@ -184,7 +196,13 @@ class Page:
             steps = gr.Slider(2, MAX_STEPS, value=6, step=1, label="steps")
         button = gr.Button("Interpolate", variant="primary")
         status = gr.Markdown()
-        strip = gr.Image(label="spectrograms along the path", format="png", interactive=False, height=140)
+        strip = gr.Image(
+            label="spectrograms along the path",
+            format="png",
+            interactive=False,
+            height=140,
+            elem_classes="studio-spectrogram",
+        )
         outputs = [status, strip, *self.slots(MAX_STEPS)]
         button.click(self.interpolate, [*a, *b, steps, space, method, projected], outputs, api_name="interpolate")
 
@@ -253,7 +271,7 @@ def demo_file(*parts):
 
 def demo_checkpoint():
     """The newest periodic checkpoint of the demo's training run, or None."""
-    ckpts = sorted((DEMO_DIR / "asgan").glob("ckpt_[0-9]*.pt"))
+    ckpts = periodic_checkpoints(DEMO_DIR / "asgan")
     return ckpts[-1] if ckpts else None
 
 

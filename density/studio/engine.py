@@ -17,6 +17,7 @@ import torch
 from density.audio.plots import log_mel_image
 from density.audio.signal import SAMPLE_RATE, AudioError, fit_length, load_audio, log_mel
 from density.data.splits import SC09_CLASSES
+from density.demo.report import digit_predictions, heard_as
 from density.evaluation.classifier import load_classifier
 from density.inference import latent
 from density.inference.asgan import N_SAMPLES, ASGANInference, default_vocoder, load_generator
@@ -71,9 +72,8 @@ class Projected(NamedTuple):
 
 def check_int(name, value, low, high):
     """value (int, or a float holding a whole number) in [low, high] -> int; else StudioError."""
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise StudioError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
-    if value != int(value) or not low <= value <= high:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value != int(value) or not low <= value <= high:
         raise StudioError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
     return int(value)
 
@@ -116,12 +116,10 @@ class Studio:
         per_label=16,
     ):
         self.checkpoint = Path(checkpoint)
-        for flag, path in (("--checkpoint", checkpoint), ("--vocoder", vocoder), ("--classifier", classifier)):
+        files = {"--checkpoint": checkpoint, "--vocoder": vocoder, "--classifier": classifier, "--hubert": hubert}
+        for flag, path in {**files, "--csv": csv}.items():
             if path is not None and not Path(path).is_file():
                 raise StudioError(f"{flag} {path}: no such file (the studio reads local files only)")
-        for flag, path in (("--hubert", hubert), ("--csv", csv)):
-            if path is not None and not Path(path).is_file():
-                raise StudioError(f"{flag} {path}: no such file")
         self.model = self._load(vocoder, resolve_device(device))
         self.n_ws = self.model.g.n_layers + 2
         self.stats = latent.w_stats(self.model.g, w_avg_samples, self.checkpoint)
@@ -164,9 +162,8 @@ class Studio:
         """(N, 16000) waveforms and their names -> Clips with spectrograms and, with a classifier, the digit."""
         captions = list(names)
         if self.classifier is not None:
-            probs = self.classifier.classify(wavs)[0].softmax(-1).cpu()
-            p, k = probs.max(-1)
-            captions = [f"{n} · heard as “{self.classifier.classes[i]}” ({q:.0%})" for n, i, q in zip(names, k, p)]
+            heard = [heard_as(label, p) for label, p in digit_predictions(self.classifier, wavs)]
+            captions = [f"{name} · {h}" for name, h in zip(names, heard)]
         return [Clip(w, log_mel_image(log_mel(w)), c) for w, c in zip(wavs, captions)]
 
     # ------------------------------------------------------------------ the tabs
