@@ -116,7 +116,7 @@ class Page:
         raise StudioError(f"source must be one of {', '.join(SOURCES)}; got {kind!r}")
 
     def run(self, fn, *args):
-        """fn(*args) -> (its result, 'status line'); a StudioError becomes an error message on the page."""
+        """fn(*args) -> (its result, the seconds it took as text); a StudioError is shown on the page."""
         start = time.perf_counter()
         try:
             result = fn(*args)

@@ -156,7 +156,10 @@ class Studio:
     def synthesise(self, ws):
         """(N, [n_ws,] w_dim) -> (N, 16000) waveforms on the CPU, one clip at a time (as edit.py): Griffin-Lim's
         random initial phase depends on the batch, and a clip should not depend on which others are asked for."""
-        return torch.cat([self.model.generate_from_w(w[None]).cpu() for w in ws])
+        wavs = torch.cat([self.model.generate_from_w(w[None]).cpu() for w in ws])
+        if not wavs.isfinite().all():
+            raise StudioError("the model made NaN or infinite audio (a diverged checkpoint?); try truncation ψ < 1")
+        return wavs
 
     def clips(self, wavs, names):
         """(N, 16000) waveforms and their names -> Clips with spectrograms and, with a classifier, the digit."""
