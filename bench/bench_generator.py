@@ -1,8 +1,8 @@
 """Generator inference speed: full-size README-command config, eval, no_grad, fp32 (or autocast with --amp).
 
 Each batch size runs with the inference cache off (every call redoes the weight-only work: scaled and demodulated
-weights, resampling matrices) and on (density/models.py `inference_cached`), in one process, the two timed in
-turns so that a change in the machine's load affects both alike. Prints
+weights, resampling matrices) and on (density/models.py `inference_cached`), in one process: every (batch, cache)
+pair is timed once per round, in turns, so that a change in the machine's load affects all alike. Prints
 the machine, median samples/s of both, GFLOP/sample (from layer shapes), the measured 2048x2048 matmul
 throughput and the share of it reached, peak memory, and the batch-1 rate as a share of the batch-64 rate.
 Usage: python bench/bench_generator.py [--device cpu|cuda] [--batches 1 16 64]
@@ -70,18 +70,20 @@ def main():
         print(f"{args.amp} autocast vs fp32: max abs difference / max abs output = {err:.2e}")
     same = torch.equal(generate(g, z, amp, False), generate(g, z, amp, True))
     print(f"outputs with and without the cache bit-identical: {same}")
-    rates = {}
-    for bs in args.batches:
-        peak = matmul_peak_gflops(args.device)  # measured next to each run, so load changes affect both alike
-        z = torch.randn(bs, g.z_dim, device=args.device)
-        fns = {mode: (lambda z=z, c=cached: generate(g, z, amp, c)) for mode, cached in MODES.items()}
-        for mode, t in median_seconds_in_turns(fns, args.device, args.repeats).items():
-            rates[mode, bs] = rate = bs / t
-            print(
-                f"batch {bs:3d} {mode:9s}: {rate:8.1f} samples/s  {rate * gflop:7.1f} GFLOP/s  "
-                f"{100 * rate * gflop / peak:5.1f}% of matmul peak ({peak:.0f} GFLOP/s)  "
-                f"peak mem {peak_memory_gb(args.device):.2f} GB"
-            )
+    peak = matmul_peak_gflops(args.device)
+    zs = {bs: torch.randn(bs, g.z_dim, device=args.device) for bs in args.batches}
+    fns = {
+        (mode, bs): (lambda z=zs[bs], c=cached: generate(g, z, amp, c))
+        for bs in args.batches
+        for mode, cached in MODES.items()
+    }
+    rates = {key: key[1] / t for key, t in median_seconds_in_turns(fns, args.device, args.repeats).items()}
+    for (mode, bs), rate in rates.items():
+        print(
+            f"batch {bs:3d} {mode:9s}: {rate:8.1f} samples/s  {rate * gflop:7.1f} GFLOP/s  "
+            f"{100 * rate * gflop / peak:5.1f}% of matmul peak ({peak:.0f} GFLOP/s)"
+        )
+    print(f"peak mem {peak_memory_gb(args.device):.2f} GB")
     small, large = min(args.batches), max(args.batches)
     if small != large:
         shares = ", ".join(f"{mode} {100 * rates[mode, small] / rates[mode, large]:.1f}%" for mode in MODES)
