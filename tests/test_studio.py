@@ -29,7 +29,7 @@ try:
     from gradio_client.exceptions import AppError
 
     from density.studio import app
-    from density.studio.engine import MAX_CLIPS, MAX_STEPS, Studio, StudioError
+    from density.studio.engine import MAX_CLIPS, MAX_STEPS, Projected, Studio, StudioError
 except ImportError:
     if os.environ.get("CI"):
         raise
@@ -111,12 +111,20 @@ def players(result, n_slots):
     return out
 
 
+def read_image(path):
+    """An image file the page served -> (H, W, 3) uint8."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 def test_generate_tab(client):
     first = players(client.predict(3, 4, 1.0, api_name="/generate"), MAX_CLIPS)
     assert len(first) == 4
     for image, samples, sr, caption in first:
         assert sr == 16000 and samples.shape == (16000,) and np.abs(samples).max() > 0
-        assert np.asarray(plt_image(image)).shape[:2] == (128, 100)
+        assert np.asarray(read_image(image)).shape[:2] == (128, 100)
         assert caption.startswith("seed 3") and "heard as “" in caption and "%)" in caption
     again = players(client.predict(3, 4, 1.0, api_name="/generate"), MAX_CLIPS)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, again)), "the same seed gave other audio"
@@ -135,19 +143,12 @@ def test_generate_tab(client):
             client.predict(seed, count, psi, api_name="/generate")
 
 
-def plt_image(path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def test_interpolate_tab(client):
     result = client.predict("seed", 1, "seed", 2, 5, "W", "lerp", api_name="/interpolate")
     points = players(result, MAX_STEPS)
     assert len(points) == 5 and all(p[2] == 16000 and p[1].shape == (16000,) for p in points)
     assert [p[3].split(" ·")[0] for p in points][::4] == ["seed 1 → seed 2: 0.00", "seed 1 → seed 2: 1.00"]
-    assert plt_image(result[1]).shape[:2] == (128, 5 * 100 + 4 * 2)  # the strip of spectrograms
+    assert read_image(result[1]).shape[:2] == (128, 5 * 100 + 4 * 2)  # the strip of spectrograms
     again = players(client.predict("seed", 1, "seed", 2, 5, "W", "lerp", api_name="/interpolate"), MAX_STEPS)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(points, again))
     assert len(players(client.predict("seed", 1, "seed", 2, 3, "Z", "slerp", api_name="/interpolate"), MAX_STEPS)) == 3
@@ -242,6 +243,21 @@ def test_hubert_checkpoint_needs_its_vocoder_file_and_its_hubert_model_to_projec
     assert clip.wav.shape == (16000,) and clip.caption == "seed 0 · 0"  # no classifier, no digit
     with pytest.raises(StudioError, match="--hubert"):
         studio.project(noise(tmp_path / "mine.wav", 1.0, seed=3), "w", 10)
+
+
+def test_directions_need_a_csv_once_and_leave_a_foreign_file_alone(model_dir, tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    shutil.copy(model_dir / "model" / "ckpt.pt", ckpt)
+    studio = Studio(ckpt)
+    clip = Projected("seed 1", studio.seed_source(1).ws, 0.0)
+    with pytest.raises(StudioError, match="no two → three direction next to the checkpoint yet: start the studio with"):
+        studio.edit(clip, "two", "three", 1.0)
+    foreign = studio.direction_path("two", "three")
+    foreign.write_bytes(b"not a direction")
+    studio = Studio(ckpt, csv=model_dir / "train.csv", per_label=2)
+    with pytest.warns(UserWarning, match="not a direction of this checkpoint; leaving it alone"):
+        (edited,) = studio.edit(clip, "two", "three", 1.0)
+    assert foreign.read_bytes() == b"not a direction" and edited.wav.shape == (16000,)
 
 
 # ---------------------------------------------------------------- the page in headless Chromium

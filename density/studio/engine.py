@@ -290,7 +290,10 @@ class Studio:
         path = self.direction_path(source, target)
         key = {"format": DIRECTION_FORMAT, "checkpoint_sha256": sha256_of(self.checkpoint), "labels": [source, target]}
         if path.exists():
-            cached = load_torch(path, "direction cache")
+            try:
+                cached = load_torch(path, "direction cache")
+            except ValueError as e:
+                cached = e
             if isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items()):
                 return cached["direction"]
             warnings.warn(f"{path} is not a direction of this checkpoint; leaving it alone", stacklevel=2)
@@ -300,10 +303,11 @@ class Studio:
                 "<labelled split CSV> (split_data.py) to compute it once"
             )
         d, n = self._compute_direction(source, target, progress)
-        try:
-            save_torch({**key, "direction": d, "n": n, "csv": str(self.csv), "steps": DIRECTION_STEPS}, path)
-        except WriteError as e:
-            warnings.warn(f"direction not cached: {e}", stacklevel=2)
+        if not path.exists():
+            try:
+                save_torch({**key, "direction": d, "n": n, "csv": str(self.csv), "steps": DIRECTION_STEPS}, path)
+            except WriteError as e:
+                warnings.warn(f"direction not cached: {e}", stacklevel=2)
         return d
 
     def _compute_direction(self, source, target, progress):
