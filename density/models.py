@@ -3,15 +3,20 @@
 docs/reference.md, reference notes 5-18. Tensors crossing the public API are frame-major (B, L, C); conv
 stacks are channel-major (B, C, L). State-dict keys and parameter order equal the reference's (`RP_W`,
 `RP_ConvDiscriminator`), so official checkpoints load with `strict=True`. All run-time gains are Python
-floats, not buffers.
+floats, not buffers. In eval mode without autograd, work that depends only on the weights (scaled weights,
+demodulated conv weights, resampling matrices) is done once and reused while the weights are unchanged
+(`inference_cached`).
 """
 
+import contextlib
 import math
 import warnings
+import weakref
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .config import rp_w_section
 
@@ -21,6 +26,65 @@ NORM_EMA_WEIGHT = 0.001  # rate of the running mean of x^2 that normalises each 
 DEMOD_EPS = 1e-8  # demodulation epsilon
 MBSTD_GROUP = 4  # minibatch-std group size
 MBSTD_EPS = 1e-8  # inside the minibatch-std square root
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference cache
+
+
+class _OptimiserSteps:
+    """Optimiser steps taken in this process by any torch optimiser (a global step hook counts them): part of
+    every cache key, because fused optimisers write weights without bumping their version counters."""
+
+    count = 0
+
+    @classmethod
+    def hook(cls, optimizer, args, kwargs):
+        cls.count += 1
+
+
+register_optimizer_step_post_hook(_OptimiserSteps.hook)
+_CACHE = weakref.WeakKeyDictionary()  # module -> {slot: (key, weak references to the sources, value)}
+_CACHE_ON = [True]  # switched by `inference_cache`
+
+
+@contextlib.contextmanager
+def inference_cache(enabled):
+    """Turn `inference_cached` on or off (for the whole process) inside the block: benchmarks compare the two."""
+    before, _CACHE_ON[0] = _CACHE_ON[0], bool(enabled)
+    try:
+        yield
+    finally:
+        _CACHE_ON[0] = before
+
+
+def _tensor_state(t):
+    return t._version, t.data_ptr(), t.device, t.dtype, t.shape
+
+
+def inference_cached(module, slot, sources, compute):
+    """compute(), or the value it returned before for (module, slot) while the tensors `sources` are unchanged.
+
+    Only in eval mode without autograd (`torch.no_grad()`, `torch.inference_mode()`); otherwise compute() runs
+    every call. Unchanged means: the same tensor objects, with the same version counter (in-place writes: EMA
+    updates, `load_state_dict`, `init_parameters`), storage, device and dtype (`.to()`), and no optimiser step
+    taken since. Writes through `.data` or by raw-pointer kernels outside an optimiser are not seen. The values
+    live outside the module (not in its state dict, not copied by `copy.deepcopy`, not pickled) and go with it.
+    """
+    if not _CACHE_ON[0] or torch.is_grad_enabled() or module.training or any(t.is_inference() for t in sources):
+        return compute()
+    key = (_OptimiserSteps.count, *map(_tensor_state, sources))
+    slots = _CACHE.setdefault(module, {})
+    hit = slots.get(slot)
+    if hit is not None and hit[0] == key and all(ref() is t for ref, t in zip(hit[1], sources)):
+        return hit[2]
+    value = compute()
+    slots[slot] = (key, [weakref.ref(t) for t in sources], value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
 
 
 def _same_pad(k: int):
@@ -80,12 +144,14 @@ class _ScaledLayer(nn.Module):
         return self
 
     def scaled_weight(self):
-        return self.weight if self.weight_gain == 1 else self.weight * self.weight_gain
+        if self.weight_gain == 1:
+            return self.weight
+        return inference_cached(self, "weight", [self.weight], lambda: self.weight * self.weight_gain)
 
     def scaled_bias(self):
         if self.bias is None or self.bias_gain == 1:
             return self.bias
-        return self.bias * self.bias_gain
+        return inference_cached(self, "bias", [self.bias], lambda: self.bias * self.bias_gain)
 
 
 class FullyConnected(_ScaledLayer):
@@ -172,7 +238,10 @@ def design_lowpass(factor: int, fc, taps_per_factor: int = 8, beta: float = 2.5)
 
 
 class Resampler(nn.Module):
-    """Up-sample by zero insertion + low-pass; low-pass + decimate (buffers `up_/down_lpf_filter`)."""
+    """Up-sample by zero insertion + low-pass; low-pass + decimate (buffers `up_/down_lpf_filter`).
+
+    `up` and `down` reuse their filter matrix per (length, dtype) while the filter is unchanged (`inference_cached`).
+    """
 
     def __init__(self, up_factor=1, down_factor=1, up_fc="critical", down_fc="critical"):
         super().__init__()
@@ -194,20 +263,35 @@ class Resampler(nn.Module):
         valid = (idx >= 0) & (idx <= K)
         return torch.where(valid, h[idx.clamp(0, K)], torch.zeros((), dtype=h.dtype, device=h.device))
 
+    @staticmethod
+    def apply_matrix(x, M):
+        """x (B, C, L) @ M (L, L') over time -> (B, C, L')."""
+        B, C, L = x.shape
+        return (x.reshape(B * C, L) @ M).reshape(B, C, -1)
+
     @classmethod
     def lpf(cls, x, h, up=1, down=1):
         """Zero-insert by `up`, depthwise 'same' filter with taps h, decimate by `down`: (B, C, L) -> (B, C, L')."""
-        B, C, L = x.shape
-        M = cls.filter_matrix(h, L, up, down).to(x.dtype)
-        return (x.reshape(B * C, L) @ M).reshape(B, C, -1)
+        return cls.apply_matrix(x, cls.filter_matrix(h, x.shape[2], up, down).to(x.dtype))
 
     def up(self, x):
         """(B, C, L) -> (B, C, U·L): y[U·t] = x[t], zeros between, then the up filter."""
-        return self.lpf(x, self.up_lpf_filter, up=self.up_factor)
+        h, length = self.up_lpf_filter, x.shape[2]
+        M = inference_cached(
+            self, ("up", length, x.dtype), [h], lambda: self.filter_matrix(h, length, up=self.up_factor).to(x.dtype)
+        )
+        return self.apply_matrix(x, M)
 
     def down(self, x):
         """(B, C, L) -> (B, C, ceil(L/D)): the down filter evaluated at samples 0, D, 2D, ..."""
-        return self.lpf(x, self.down_lpf_filter, down=self.down_factor)
+        h, length = self.down_lpf_filter, x.shape[2]
+        M = inference_cached(
+            self,
+            ("down", length, x.dtype),
+            [h],
+            lambda: self.filter_matrix(h, length, down=self.down_factor).to(x.dtype),
+        )
+        return self.apply_matrix(x, M)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,21 +429,28 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("norm_ema", torch.tensor(1.0))
         self.resampler = Resampler(up_factor, down_factor, up_cutoff, down_cutoff)
 
+    def _conv_weight(self, dtype):
+        """The weight-only part of `_modulated_conv` -> (conv weight [O, I, k] in `dtype`, unit RMS per output
+        channel if normalize; with normalize, the sum over k of its squares [O, I] in the weight's dtype)."""
+        w = self.conv.weight  # [O, I, k]
+        if not self.normalize:
+            return w.to(dtype), None
+        w_sq = w.square().sum(dim=2)  # [O, I]
+        w_scale = (w_sq.sum(dim=1) / (self.c_in * self.kernel_size)).rsqrt()  # [O] 1/RMS, no epsilon
+        w = w * w_scale[:, None, None]  # [O, I, k] unit RMS per output channel
+        return w.to(dtype), w_sq * w_scale[:, None].square()  # [O, I] sum over k of the unit-RMS weights squared
+
     def _modulated_conv(self, x, s):
         """x [N, I, L], styles s [N, I] -> [N, O, L]: conv with per-sample weights W·s[n] (demodulated if
         normalize), computed as conv(x·s[n], W)·d[n] without forming the [N, O, I, k] weights."""
-        w = self.conv.weight  # [O, I, k]
         if self.normalize:
-            w_sq = w.square().sum(dim=2)  # [O, I]
-            w_scale = (w_sq.sum(dim=1) / (self.c_in * self.kernel_size)).rsqrt()  # [O] 1/RMS, no epsilon
-            w = w * w_scale[:, None, None]  # [O, I, k] unit RMS per output channel
             s = s * s.square().mean().rsqrt()  # [N, I] one RMS over the whole batch
         else:
             s = s * self.conv.weight_gain  # [N, I] the conv's equalized-lr gain, moved onto the styles
         x = x * s[:, :, None]  # [N, I, L] modulate
-        y = conv1d_same(x, w.to(x.dtype))  # [N, O, L]
+        w, w_sq = inference_cached(self, ("conv", x.dtype), [self.conv.weight], lambda: self._conv_weight(x.dtype))
+        y = conv1d_same(x, w)  # [N, O, L]
         if self.normalize:
-            w_sq = w_sq * w_scale[:, None].square()  # [O, I] sum over k of the unit-RMS weights squared
             gain = (s.square() @ w_sq.T + DEMOD_EPS).rsqrt()  # [N, O] demodulation
             if self.equalized_lr:
                 gain = gain * self.norm_ema.rsqrt()  # [N, O] input normalisation folded in

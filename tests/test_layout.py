@@ -23,7 +23,7 @@ LAYERS = [
     ["density.inference"],
     ["density.evaluation"],
     ["density.gan"],
-    ["density.demo"],
+    ["density.demo", "density.studio"],
     ["density.commands", "density.digits", "density.report", "density.vocoder_eval"],  # entry points and aliases
 ]
 GAN_TRAINING = ("density.gan", "density.losses", "density.augment")

@@ -12,7 +12,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from density.audio.signal import save_wav
+from density.config import config_to_yaml, parse_config
 from density.demo import report
+from density.evaluation.classifier import ResNeXt, checkpoint_dict
 
 CHECK_SCRIPT = """<script>
 window.addEventListener('load', async () => {
@@ -99,6 +101,32 @@ def test_report_shows_mean_and_std_of_repeated_metrics(tmp_path):
     (demo / "metrics_trained.json").write_text(json.dumps({"rows": rows}))
     assert "| ASGAN, trained (EMA G) | 8 | 10.000 ± 0.250 | 5.000 ± 0.125 | 2.000 |" in report.build(demo).read_text()
     assert "<td>10.000 ± 0.250</td>" in (demo / "report.html").read_text()
+
+
+def test_report_says_what_the_classifier_hears_and_what_the_numbers_mean(tmp_path):
+    demo = make_demo_dir(tmp_path)
+    md = report.build(demo).read_text()
+    assert (
+        "heard as" not in md and "The paper's released HuBERT model saw 8,320,000 clips" in md
+    )  # no run, no classifier
+    torch.manual_seed(0)
+    (demo / "classifier").mkdir()
+    torch.save(checkpoint_dict(ResNeXt.from_arch("cpu")), demo / "classifier" / "classifier_best.pt")
+    cfg = parse_config(["preset=mel_small"])
+    for steps in (999, 1999):
+        torch.save({"steps": steps, "cfg_yaml": config_to_yaml(cfg)}, demo / "asgan" / f"ckpt_{steps:08d}.pt")
+    (demo / "asgan" / "ckpt_00001999.pt.w_avg-0123456789abcdef-n10000.pt").write_bytes(b"a cache, not a checkpoint")
+    train = ["path,label"] + [f"{demo}/corpus/zero/x_nohash_0.wav,zero"] * 1000
+    (demo / "splits" / "sc09-train.csv").write_text("\n".join(train) + "\n")
+    md = report.build(demo).read_text()
+    assert (
+        "The trained generator saw 32,000 clips (2,000 steps of batch 16: 32.0 passes over its 1,000 training clips) "
+        "on a CPU; the paper's released HuBERT model saw 8,320,000 (520,000 steps of batch 16, on a GPU), 260 times"
+    ) in md
+    heard = [line.split(": ", 1)[1] for line in md.splitlines() if line.startswith("- [seed0_")]
+    assert len(heard) == 3 and all(h.startswith("heard as “") and h.endswith("%)") for h in heard), heard
+    page = (demo / "report.html").read_text()
+    assert page.count("<br>heard as “") == 3 and "32,000 clips" in page
 
 
 def test_report_html_renders_in_chromium(tmp_path):

@@ -29,6 +29,14 @@ def show_log_mel(ax, mel, title, fontsize=7):
     ax.axis("off")
 
 
+def log_mel_image(mel):
+    """(128, frames) log-mel -> (128, frames, 3) uint8 RGB image, low bands at the bottom, in `show_log_mel`'s
+    colours and scale, without a figure (fast enough for a live page)."""
+    vmax = max(mel.max().item(), LOG_MEL_SILENCE + 1)
+    scaled = ((mel.float() - LOG_MEL_SILENCE) / (vmax - LOG_MEL_SILENCE)).clamp(0, 1).flip(0)
+    return (matplotlib.colormaps["magma"](scaled.numpy())[..., :3] * 255).round().astype("uint8")
+
+
 def spectrogram_figure(rows, size=1.8):
     """A figure of log-mel images, one row of the figure per list of (title, log-mel (128, frames))."""
     n = max(len(row) for row in rows)

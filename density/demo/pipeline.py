@@ -36,7 +36,7 @@ from density.data.splits import read_split_csv
 from density.dataset import feature_path
 from density.runtime import cli
 from density.runtime.fileio import write_text
-from density.runtime.run import PERIODIC
+from density.runtime.run import periodic_checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder holding `density`: the commands run there as `-m`
 PYTHON = sys.executable
@@ -208,9 +208,8 @@ def run_lanes(lanes, out, log, outputs):
 
 
 def final_checkpoint(run_dir):
-    """The newest periodic checkpoint of a training run folder (only names the trainer writes, not caches beside
-    them such as generate.py's mean-w file)."""
-    ckpts = sorted(p for p in Path(run_dir).glob("ckpt_*.pt") if PERIODIC.fullmatch(p.name))
+    """The newest periodic checkpoint of a training run folder."""
+    ckpts = periodic_checkpoints(run_dir)
     if not ckpts:
         raise SystemExit(f"demo: {run_dir} holds no checkpoint")
     return ckpts[-1]

@@ -2,10 +2,12 @@
 
     python -m density.report --demo_dir outputs/demo
 
-Reads what the demo's stages left in <demo_dir>: the training run's tensorboard scalars (asgan/logs), the
-generated wavs (samples/), the corpus's test clips, metrics_trained.json / metrics_init.json (evaluate.py --json)
-and timings.json; writes report_spectrograms.png (real vs generated), report_curves.png (losses, ADA p,
-validation FAD), one small PNG per generated sample, report.md and report.html.
+Reads what the demo's stages left in <demo_dir>: the training run's tensorboard scalars (asgan/logs) and newest
+checkpoint (asgan/ckpt_*.pt: its steps and batch size), the generated wavs (samples/), the corpus's splits,
+metrics_trained.json / metrics_init.json (evaluate.py --json), timings.json and the demo's digit classifier
+(classifier/classifier_best.pt: the digit it hears in each sample and its probability, as the studio's Generate tab
+shows them); writes report_spectrograms.png (real vs generated), report_curves.png (losses, ADA p, validation
+FAD), one small PNG per generated sample, report.md and report.html.
 """
 
 import argparse
@@ -17,12 +19,18 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 from density.audio.plots import curves_figure, save_figure, spectrogram_figure, write_spectrogram
-from density.audio.signal import load_audio, log_mel
+from density.audio.signal import fit_length, load_audio, log_mel
+from density.config import config_from_yaml
+from density.data.splits import read_split_csv
+from density.evaluation.classifier import CLIP_SAMPLES, load_classifier
 from density.evaluation.vocoders import COLUMNS as VOCODER_COLUMNS
 from density.evaluation.vocoders import cells, markdown
 from density.runtime import cli
-from density.runtime.fileio import write_text
+from density.runtime.fileio import load_torch, write_text
+from density.runtime.run import periodic_checkpoints
 
 VOCODER_NOTE = (
     "Vocoders trained by `make demo-vocoder` (train_vocoder.py, one CPU thread each) and Griffin-Lim, "
@@ -30,6 +38,8 @@ VOCODER_NOTE = (
     "log-mel L1 to the clips, digit-classifier accuracy and NLL of the reconstructions."
 )
 VOCODER_STAGE = " (make demo-vocoder: not in the total)"
+CAPTION_NOTE = "Under each sample: the digit the demo's classifier hears in it and its probability."
+PAPER_STEPS, PAPER_BATCH = 520_000, 16  # the released HuBERT model (ckpt_00520000), the paper command's batch size
 GRID = 8  # spectrograms per row of the real-vs-generated grid
 CURVES = (
     ("training/d_loss_smooth", "D loss (smoothed)"),
@@ -71,6 +81,55 @@ def spectrogram_grid(real, fake, path):
             ]
         ),
         path,
+    )
+
+
+def digit_predictions(classifier, wavs):
+    """(label, probability) of the classifier's most probable digit for each waveform (B, T) at 16 kHz."""
+    probs = classifier.classify(fit_length(wavs, CLIP_SAMPLES))[0].softmax(-1).cpu()
+    p, k = probs.max(-1)
+    return [(classifier.classes[i], q) for i, q in zip(k.tolist(), p.tolist())]
+
+
+def heard_as(label, probability):
+    """How a clip's caption says what the classifier hears: 'heard as “seven” (93%)'."""
+    return f"heard as “{label}” ({probability:.0%})"
+
+
+def sample_captions(demo_dir, wavs):
+    """heard_as of each generated wav by the demo's classifier, or None without classifier/classifier_best.pt."""
+    path = Path(demo_dir) / "classifier" / "classifier_best.pt"
+    if not wavs or not path.is_file():
+        return None
+    audio = torch.stack([fit_length(load_audio(w), CLIP_SAMPLES) for w in wavs])
+    return [heard_as(label, p) for label, p in digit_predictions(load_classifier(path), audio)]
+
+
+def training_paragraph(demo_dir):
+    """One paragraph on what the metrics mean: how many clips the trained generator saw, against the paper's run."""
+    demo_dir = Path(demo_dir)
+    ckpts = periodic_checkpoints(demo_dir / "asgan")
+    paper = PAPER_STEPS * PAPER_BATCH
+    text = (
+        "The classifier behind the metrics is the demo's own, trained on the same corpus; the real rows are what "
+        "real clips score with it, the mark to aim for. IS runs from 1 (every clip the same digit, or none clearly "
+        "one) to 10 (every clip clearly one digit, all ten equally often); FID is the distance between the "
+        "classifier's features of the generated and the training clips (0: the same distribution). "
+    )
+    if not ckpts:
+        return (
+            text
+            + f"The paper's released HuBERT model saw {paper:,} clips ({PAPER_STEPS:,} steps of batch {PAPER_BATCH})."
+        )
+    ckpt = load_torch(ckpts[-1], "ASGAN checkpoint")
+    steps, batch = int(ckpt["steps"]) + 1, int(config_from_yaml(ckpt["cfg_yaml"]).batch_size)
+    train_csv = demo_dir / "splits" / "sc09-train.csv"
+    n_train = len(read_split_csv(train_csv)[0]) if train_csv.is_file() else None
+    passes = f": {steps * batch / n_train:.1f} passes over its {n_train:,} training clips" if n_train else ""
+    return text + (
+        f"The trained generator saw {steps * batch:,} clips ({steps:,} steps of batch {batch}{passes}) on a CPU; "
+        f"the paper's released HuBERT model saw {paper:,} ({PAPER_STEPS:,} steps of batch {PAPER_BATCH}, on a GPU), "
+        f"{paper / (steps * batch):,.0f} times as many. The gap to the real rows measures a short run, not the method."
     )
 
 
@@ -139,6 +198,7 @@ def build(demo_dir):
     """Write the figures, report.md and report.html into demo_dir -> report.md path."""
     demo_dir = Path(demo_dir)
     wavs = sorted((demo_dir / "samples").glob("*.wav"))
+    captions = sample_captions(demo_dir, wavs)
     fake = [(w.stem, log_mel(load_audio(w))) for w in wavs]
     for (_, mel), wav in zip(fake, wavs):
         write_spectrogram(wav.with_suffix(".png"), mel)
@@ -151,21 +211,26 @@ def build(demo_dir):
     timing_md = "".join(
         f"| {k}{VOCODER_STAGE * k.startswith('vocoder_')} | {v:.0f} s |\n" for k, v in timings["stages"].items()
     )
+    meaning = training_paragraph(demo_dir)
     md = (
         f"# ASGAN demo report\n\n{when}; machine: {machine()}.\n\n"
         "## Metrics\n\nDigit-classifier metrics (evaluate.py); each row says its N.\n\n"
-        f"{metrics_markdown(rows)}\n"
+        f"{metrics_markdown(rows)}\n{meaning}\n\n"
         + (f"## Vocoders\n\n{VOCODER_NOTE}\n\n{markdown(vocoders)}\n" if vocoders else "")
         + "## Spectrograms\n\nTop: real test clips. Bottom: generated (EMA generator, seed 0).\n\n"
         "![real vs generated](report_spectrograms.png)\n\n"
         "## Training curves\n\n![curves](report_curves.png)\n\n"
         "## Generated samples\n\n"
-        + "".join(f"- [{w.name}](samples/{w.name})\n" for w in wavs)
+        + (CAPTION_NOTE + "\n\n" if captions else "")
+        + "".join(
+            f"- [{w.name}](samples/{w.name}){f': {c}' if c else ''}\n"
+            for w, c in zip(wavs, captions or [None] * len(wavs))
+        )
         + f"\n## Stage timings\n\n{timings['note']}\n\n| stage | time |\n|---|---|\n{timing_md}"
         f"| total (wall clock) | {timings['total']:.0f} s |\n"
     )
     write_text(demo_dir / "report.md", md)
-    write_text(demo_dir / "report.html", to_html(rows, wavs, timings, when, vocoders))
+    write_text(demo_dir / "report.html", to_html(rows, wavs, timings, when, vocoders, captions, meaning))
     return demo_dir / "report.md"
 
 
@@ -187,8 +252,10 @@ def vocoder_rows(demo_dir):
     return json.loads(path.read_text())["rows"] if path.exists() else None
 
 
-def to_html(rows, wavs, timings, when, vocoders=None):
+def to_html(rows, wavs, timings, when, vocoders=None, captions=None, meaning=""):
+    """report.html; captions: what the classifier hears in each wav (or None), meaning: training_paragraph."""
     esc = html.escape
+    captions = captions or [None] * len(wavs)
     vocoder_html = (
         (
             "<h2>Vocoders</h2><p>"
@@ -220,8 +287,8 @@ def to_html(rows, wavs, timings, when, vocoders=None):
     samples = "".join(
         f'<figure><img src="samples/{esc(w.with_suffix(".png").name)}" alt="{esc(w.stem)}">'
         f'<audio controls preload="auto" src="samples/{esc(w.name)}"></audio>'
-        f"<figcaption>{esc(w.stem)}</figcaption></figure>"
-        for w in wavs
+        f"<figcaption>{esc(w.stem)}{'<br>' + esc(c) if c else ''}</figcaption></figure>"
+        for w, c in zip(wavs, captions)
     )
     timing = "".join(f"<tr><td>{esc(k)}</td><td>{v:.0f} s</td></tr>" for k, v in timings["stages"].items())
     return f"""<!DOCTYPE html>
@@ -232,11 +299,12 @@ figure{{display:inline-block;margin:6px}} figure img{{display:block;width:216px}
 </head><body>
 <h1>ASGAN demo report</h1><p>{esc(when)}; machine: {esc(machine())}.</p>
 <h2>Metrics</h2><p>Digit-classifier metrics (evaluate.py); each row says its N.</p>{table}
+<p>{esc(meaning)}</p>
 {vocoder_html}
 <h2>Spectrograms</h2><p>Top: real test clips. Bottom: generated (EMA generator, seed 0).</p>
 <img src="report_spectrograms.png" alt="real vs generated log-mel spectrograms" style="max-width:100%">
 <h2>Training curves</h2><img src="report_curves.png" alt="training curves" style="max-width:100%">
-<h2>Generated samples</h2>{samples}
+<h2>Generated samples</h2>{"<p>" + esc(CAPTION_NOTE) + "</p>" if any(captions) else ""}{samples}
 <h2>Stage timings</h2><p>{esc(timings["note"])}</p>
 <table>{timing}<tr><td>total (wall clock)</td><td>{timings["total"]:.0f} s</td></tr></table>
 </body></html>

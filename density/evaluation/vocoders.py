@@ -34,7 +34,7 @@ from density.runtime import checkpoint as ckpt
 from density.runtime import cli
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import write_text
-from density.runtime.run import PERIODIC
+from density.runtime.run import periodic_checkpoints
 from density.vocoders import training as vt
 from density.vocoders.vocoder import GRIFFIN_LIM_LISTENING_ITERS, GriffinLimVocoder, load_vocoder
 
@@ -55,7 +55,7 @@ def training_info(vocoder_path):
     """{'steps', 'best_step' (of vocoder_best.pt), 'train_minutes', 'train_cpu_minutes'} of the newest
     train_vocoder.py checkpoint next to a vocoder file, or {}."""
     folder = Path(vocoder_path).parent
-    periodic = sorted(p for p in folder.glob("ckpt_*.pt") if PERIODIC.fullmatch(p.name))
+    periodic = periodic_checkpoints(folder)
     if not periodic:
         return {}
     state = ckpt.load(periodic[-1], ("steps", "vocoder"), "a train_vocoder.py checkpoint")

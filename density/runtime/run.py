@@ -58,6 +58,14 @@ LOCK_NAME = "run.lock"
 HEARTBEAT_S = 30
 STALE_S = 300  # a lock not refreshed for this long belongs to a dead run (10 missed heartbeats)
 PERIODIC = re.compile(r"ckpt_(\d{8,})\.pt")
+
+
+def periodic_checkpoints(run_dir):
+    """A training run folder's periodic checkpoints ckpt_<steps>.pt, oldest first (not the caches that generate.py
+    and the studio write next to them, ckpt_<steps>.pt.w_avg-...pt)."""
+    return sorted(p for p in Path(run_dir).glob("ckpt_*.pt") if PERIODIC.fullmatch(p.name))
+
+
 BEST_FAD = "ckpt_best_fad.pt"  # train_asgan.py's best checkpoint, never pruned
 OTHERS = (BEST_FAD,)
 
