@@ -282,7 +282,13 @@ def test_documented_commands_exist_and_use_only_flags_their_help_lists():
     stale = []
     for page, line, (kind, target, args) in commands:
         if kind == "make":
-            stale += [f"{page}: {line}: no make target {a}" for a in args if a not in targets]
+            variables = re.findall(r"\$\((\w+)\)", (ROOT / "Makefile").read_text())
+            for a in args:
+                name, assigned, _ = a.partition("=")
+                if assigned and name not in variables:
+                    stale.append(f"{page}: {line}: the Makefile reads no variable {name}")
+                elif not assigned and a not in targets:
+                    stale.append(f"{page}: {line}: no make target {a}")
             continue
         sub = subcommand_of(kind, target, args)
         text = help_text(kind, target, sub)

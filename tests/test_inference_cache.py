@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from tiny_asgan import tiny_cfg
+from helpers import tiny_cfg
 
 from density.gan.training import update_ema
 from density.models import Generator, Resampler, SynthesisLayer, inference_cache

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tiny_asgan import make_checkpoint, tiny_vocoder
+from helpers import make_checkpoint, tiny_vocoder
 
 from density.audio.signal import save_wav
 from density.evaluation.classifier import ResNeXt, checkpoint_dict

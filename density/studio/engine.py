@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from density.audio.plots import log_mel_image
-from density.audio.signal import SAMPLE_RATE, AudioError, fit_length, load_audio, log_mel
+from density.audio.signal import CLIP_SAMPLES, SAMPLE_RATE, AudioError, fit_length, load_audio, log_mel
 from density.data.splits import SC09_CLASSES
 from density.demo.report import digit_predictions, heard_as
 from density.evaluation.classifier import load_classifier
 from density.inference import latent
-from density.inference.asgan import N_SAMPLES, ASGANInference, default_vocoder, load_generator
+from density.inference.asgan import ASGANInference, default_vocoder, load_generator
 from density.inference.edit import FrontEnd, labelled_subset
 from density.runtime.download import sha256_of
 from density.runtime.engine import resolve_device
@@ -239,7 +239,7 @@ class Studio:
                 f"{path.name}: {seconds:.2f} s long; give a clip of {CLIP_SECONDS[0]} to {CLIP_SECONDS[1]:.0f} s "
                 "(the model makes 1 s: a longer clip is centre-cropped)"
             )
-        return fit_length(wav, N_SAMPLES)
+        return fit_length(wav, CLIP_SAMPLES)
 
     def front_end(self):
         """The checkpoint's feature front end (built on first use: HuBERT checkpoints load their HuBERT model)."""
@@ -315,7 +315,7 @@ class Studio:
             groups = [
                 labelled_subset(self.csv, self.per_label, DIRECTION_SEED, {label})[0] for label in (source, target)
             ]
-            wavs = torch.stack([fit_length(load_audio(p, resample=True), N_SAMPLES) for g in groups for p in g])
+            wavs = torch.stack([fit_length(load_audio(p, resample=True), CLIP_SAMPLES) for g in groups for p in g])
         except (ValueError, OSError) as e:
             raise StudioError(f"cannot compute the direction from {self.csv}: {e}") from None
         p = latent.project(
