@@ -60,17 +60,7 @@ log = logging.getLogger("train_classifier")
 BEST = "classifier_best.pt"
 RESULTS = "test_results.json"
 EVAL_BATCH = 128  # validation / test batch
-RESUME_KEYS = (
-    "state_dict",
-    "optim_state_dict",
-    "sched_state_dict",
-    "steps",
-    "epoch",
-    "batch_index",
-    "best",
-    "rng_state",
-    "cfg_yaml",
-)
+RESUME_KEYS = ("state_dict", "optim_state_dict", "sched_state_dict", *trainer.LOOP_KEYS)
 
 
 @dataclass
@@ -336,10 +326,7 @@ class Loop:
             arch=self.cfg.arch,
             optim_state_dict=self.opt.state_dict(),
             sched_state_dict=self.sched.state_dict(),
-            **self.position.checkpoint_entries(),
-            best=self.best,
-            rng_state=ckpt.rng_state(),
-            cfg_yaml=OmegaConf.to_yaml(self.cfg),
+            **trainer.loop_entries(self.position, best=self.best, rng_state=ckpt.rng_state(), cfg=self.cfg),
             run_id=self.harness.run.run_id,
         )
 

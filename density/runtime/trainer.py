@@ -145,6 +145,15 @@ class Position:
         return {"steps": self.steps - 1, "epoch": self.epoch, "batch_index": self.batch_index}
 
 
+LOOP_KEYS = ("steps", "epoch", "batch_index", "best", "rng_state", "cfg_yaml")  # the entries of loop_entries
+
+
+def loop_entries(position, *, best, rng_state, cfg):
+    """The checkpoint entries (LOOP_KEYS) the vocoder and classifier trainers write alike: the position's steps,
+    epoch and batch_index, the best validation scores, the RNG state(s) to restore and the config as YAML."""
+    return {**position.checkpoint_entries(), "best": best, "rng_state": rng_state, "cfg_yaml": OmegaConf.to_yaml(cfg)}
+
+
 class EpochLoop(Protocol):
     """What `run_epochs` drives: a trainer's loop state and its steps."""
 

@@ -86,12 +86,7 @@ RESUME_KEYS = (
     "d_optim_state_dict",
     "g_sched_state_dict",
     "d_sched_state_dict",
-    "steps",
-    "epoch",
-    "batch_index",
-    "best",
-    "rng_state",
-    "cfg_yaml",
+    *trainer.LOOP_KEYS,
     "vocoder",
 )
 VALID_BATCH = 16
@@ -463,11 +458,8 @@ class Loop:
             "d_scaler_state_dict": d_scaler,
             "g_sched_state_dict": self.g_sched.state_dict(),
             "d_sched_state_dict": self.d_sched.state_dict(),
-            **self.position.checkpoint_entries(),
-            "best": self.best,
-            "rng_state": rng_states,
+            **trainer.loop_entries(self.position, best=self.best, rng_state=rng_states, cfg=self.cfg),
             **self.time.totals(),
-            "cfg_yaml": OmegaConf.to_yaml(self.cfg),
             "vocoder": self.identity,
             "run_id": self.harness.run.run_id if self.harness.run else None,
         }
