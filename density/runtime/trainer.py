@@ -1,18 +1,20 @@
 """The skeleton the three training commands share (train_asgan.py, train_vocoder.py, train_classifier.py).
 
+    from density.runtime import trainer
+
     def main(argv):
-        argv = without_launcher_arguments(argv)               # deepspeed's --local_rank=N
-        if show_help(argv, __doc__, TrainConfig):             # --help / -h: the doc and every key's default
+        argv = trainer.without_launcher_arguments(argv)       # deepspeed's --local_rank=N
+        if trainer.show_help(argv, __doc__, TrainConfig):     # --help / -h: the doc and every key's default
             return None
         cfg = parse_config(argv)                              # ranges: density.config.check_ranges
-        log_per_rank()
+        trainer.log_per_rank()
         ... data, engine ...
-        with open_harness(cfg, main=engine.is_main) as harness:  # run folder, lock, resume choice (run.py)
-            loop = build(cfg, engine, harness, ...)           # resumes from agreed_resume(harness, engine)
-            if already_finished(loop, loop.position, steps_per_epoch=..., limit=...):
+        with trainer.open_harness(cfg, main=engine.is_main) as harness:  # run folder, lock, resume (run.py)
+            loop = build(cfg, engine, harness, ...)           # resumes from trainer.agreed_resume(harness, engine)
+            if trainer.already_finished(loop, loop.position, steps_per_epoch=..., limit=...):
                 return finish(loop)                           # resumed at its end: missing end outputs only
             with harness.stop_signals():
-                run_epochs(loop, loop.position, steps_per_epoch=..., show_progress=engine.is_main)
+                trainer.run_epochs(loop, loop.position, steps_per_epoch=..., show_progress=engine.is_main)
 
 A trainer's loop object is an `EpochLoop`: which batches an epoch has, what a step does, and what follows each
 step (logging, validation, stopping on every rank alike, checkpoints). `run_epochs` drives it and owns exact
