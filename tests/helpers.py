@@ -1,5 +1,7 @@
-"""Shared test helpers: tiny ASGAN checkpoints and HiFi-GANs, a tiny digits corpus with its splits and a briefly
-trained classifier, tiny training data and arguments, nested-state comparison, and the published classifier format.
+"""Shared test helpers: tiny ASGAN configs, checkpoints and HiFi-GANs, a tiny digits corpus with its splits and a
+briefly trained classifier, tiny training data and arguments, nested-state and checkpoint comparison, the check
+that a finished run resumed trains nothing, commands under a memory limit, two CPU ranks under torchrun, and the
+published classifier format.
 
 Tiny checkpoints: a freshly initialised generator's output is ~1e-9 (the un-normalised resampling filters shrink the
 signal at every layer, reference note 14), so each layer's `norm_ema` is calibrated to the power of its input
@@ -11,6 +13,12 @@ one with the same structure (the original training code's classes, pickled from 
 see the `original_resnext_module` fixture in conftest.py —, wrapped in DataParallel, saved whole with torch.save).
 """
 
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -20,30 +28,36 @@ from density.data import splits as split_data
 from density.data.digits import make_digits_corpus
 from density.evaluation import train_classifier
 from density.models import Generator
+from density.runtime import checkpoint as ckpt
 from density.vocoders.vocoder import HifiGAN, HifiGANConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 FEATURE_DIM = 12  # c_dim of the tiny HuBERT-like model
 TINY_SPECS = [[32, 3, 2.0]] * 5 + [[24, 3, 4.0]] * 4 + [[16, 3, 8.0]] * 3 + [[16, 3, 16.0]] * 2
+MEMORY_LIMIT = 3 * 2**30  # bytes of address space for a command that must fail before any work
 
 
-def tiny_cfg(mel=False):
-    c = 128 if mel else FEATURE_DIM
-    cfg = parse_config(
-        [
-            "model=rp_w",
-            "z_dim=16",
-            f"c_dim={c}",
-            "rp_w_cfg.z_dim=16",
-            "rp_w_cfg.w_dim=16",
-            f"rp_w_cfg.c_dim={c}",
-            "rp_w_cfg.ff_channels=16",
-            "rp_w_cfg.seq_len=16",
-            f"rp_w_cfg.head_spec=[{c},1]",
-        ]
-        + (["preset=mel"] if mel else [])
-    )
-    cfg.rp_w_cfg.layer_specs = TINY_SPECS
-    return cfg
+def tiny_overrides(mel=False, c_dim=None):
+    """The key=value overrides of a tiny generator: z, w and ff 16 wide, 16 frames, TINY_SPECS layers, c_dim
+    features (default: 128 log-mels with the mel preset, else FEATURE_DIM)."""
+    c = c_dim or (128 if mel else FEATURE_DIM)
+    return [
+        "model=rp_w",
+        "z_dim=16",
+        f"c_dim={c}",
+        "rp_w_cfg.z_dim=16",
+        "rp_w_cfg.w_dim=16",
+        f"rp_w_cfg.c_dim={c}",
+        "rp_w_cfg.ff_channels=16",
+        "rp_w_cfg.seq_len=16",
+        f"rp_w_cfg.head_spec=[{c},1]",
+        "rp_w_cfg.layer_specs=" + str(TINY_SPECS).replace(" ", ""),
+        *(["preset=mel"] if mel else []),
+    ]
+
+
+def tiny_cfg(mel=False, c_dim=None):
+    return parse_config(tiny_overrides(mel, c_dim))
 
 
 def make_checkpoint(path, mel=False, ema=True):
@@ -76,6 +90,18 @@ def make_tiny_digits(folder):
     splits = folder / "splits"
     split_data.main(["--root_path", str(folder / "digits"), "--sc09_only", "true", "--out_dir", str(splits)])
     return splits
+
+
+def scoring_args(splits, classifier):
+    """The classifier and the real training and test splits that evaluate.py and diagnose.py ceiling score with."""
+    return [
+        "--classifier",
+        str(classifier),
+        "--train_csv",
+        str(splits / "sc09-train.csv"),
+        "--test_csv",
+        str(splits / "sc09-test.csv"),
+    ]
 
 
 def classifier_args(splits, run, *extra):
@@ -135,6 +161,38 @@ def tiny_args(tmp_path, run="run", *extra):
     ]
 
 
+def files(folder):
+    """{relative path: bytes} of every file under a folder (checkpoints, logs)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def assert_finished_run_trains_nothing(main, argv, run, *, last_step, capsys):
+    """A run in folder `run` that ended at max_steps (its last checkpoint: step last_step), resumed at its end
+    (resume_checkpoint=auto) and past it (that checkpoint with a lower max_steps): `main(argv(*overrides))`
+    returns None, prints 'already finished at step N (max_steps=M)' and writes nothing."""
+    before = files(run)
+    capsys.readouterr()
+    for extra in (
+        [f"max_steps={last_step + 1}", "resume_checkpoint=auto"],
+        [f"max_steps={last_step}", f"resume_checkpoint={run / f'ckpt_{last_step:08d}.pt'}"],
+    ):
+        assert main(argv(*extra)) is None
+        assert f"already finished at step {last_step} ({extra[0]}): nothing to train" in capsys.readouterr().out
+        assert files(run) == before
+    return before
+
+
+# The entries of an ASGAN training checkpoint that a resumed run reproduces bit for bit: all but the config and
+# the run id, which name the run.
+ASGAN_RESUMED_KEYS = tuple(k for k in ckpt.KEYS if k not in ("cfg_yaml", "run_id"))
+
+
+def assert_same_entries(a, b, keys):
+    """Checkpoints a and b hold bit-for-bit equal entries under each of keys."""
+    for key in keys:
+        assert_identical(a[key], b[key], key)
+
+
 def assert_identical(a, b, where):
     """Nested dicts/lists/tuples of tensors and plain values are bit-for-bit equal."""
     assert type(a) is type(b), where
@@ -150,6 +208,45 @@ def assert_identical(a, b, where):
         assert a.dtype == b.dtype and torch.equal(a, b), where
     else:
         assert a == b, where
+
+
+def limit_memory():
+    """preexec_fn: cap the child's address space (a runaway allocation fails there, not on the machine)."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def run_command_under_memory_limit(argv, *, timeout):
+    """`python argv...` in the repository root under MEMORY_LIMIT, a timeout and OMP_NUM_THREADS=1, for a command
+    that must fail before any work; a regression then fails the test, not the machine -> CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit_memory,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+
+
+def run_two_cpu_ranks(rank_script, out, argv, cwd):
+    """Write the Python source rank_script ({root}: the repository root) to cwd/rank.py and run it there in 2
+    processes under torchrun (--standalone, gloo on the CPU, OMP_NUM_THREADS=1) with the arguments out, *argv; it
+    must succeed -> [what rank 0 saved as out/rank0.pt, rank 1's out/rank1.pt]."""
+    out.mkdir(parents=True, exist_ok=True)
+    script = cwd / "rank.py"
+    script.write_text(rank_script.format(root=str(ROOT)))
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+        + [str(out), *argv],
+        cwd=cwd,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
 class ResNeXtBottleneck(nn.Module):

@@ -1,14 +1,11 @@
 """Config schema, dotted overrides, presets, checkpoint YAML and clear errors."""
 
 import dataclasses
-import os
 import re
-import resource
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_command_under_memory_limit
 from omegaconf import OmegaConf
 
 from density.config import (
@@ -134,12 +131,6 @@ def test_generator_accepts_dataclass_dict_and_dictconfig():
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-MEMORY_LIMIT = 3 * 2**30  # bytes of address space for a command that must fail before any work
-
-
-def limit_memory():
-    """preexec_fn: cap the child's address space (a runaway allocation fails there, not on the machine)."""
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 DATA = [
@@ -280,15 +271,7 @@ def test_an_alias_bomb_is_refused_at_once_under_a_memory_limit(tmp_path):
     aliases) fails the test instead of taking the machine's memory."""
     path = tmp_path / "bomb.yaml"
     path.write_text("l0: &l0 [lol]\n" + ALIAS_BOMB)
-    done = subprocess.run(
-        [sys.executable, "train_asgan.py", "--config", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=limit_memory,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
+    done = run_command_under_memory_limit(["train_asgan.py", "--config", str(path)], timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [
         f"error: --config {path}, line 2: anchors and aliases (&name / *name) are not allowed"

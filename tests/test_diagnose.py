@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
-from helpers import TINY_SPECS, make_tiny_digits, tiny_cfg, train_tiny_classifier
+from helpers import make_tiny_digits, scoring_args, tiny_cfg, tiny_overrides, train_tiny_classifier
 
 from density.audio.signal import LOG_MEL_SILENCE
 from density.config import config_to_yaml
@@ -17,17 +17,7 @@ from density.gan import diagnose
 from density.models import Discriminator, Generator
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MEL = [
-    "preset=mel",
-    "z_dim=16",
-    "rp_w_cfg.z_dim=16",
-    "rp_w_cfg.w_dim=16",
-    "rp_w_cfg.ff_channels=16",
-    "rp_w_cfg.seq_len=16",
-    "rp_w_cfg.head_spec=[128,1]",
-    "normalize_features=true",
-    "rp_w_cfg.layer_specs=" + str(TINY_SPECS).replace(" ", ""),
-]
+TINY_MEL = [*tiny_overrides(mel=True), "normalize_features=true"]
 
 
 def word_clip(start, length, frames=20):
@@ -83,12 +73,7 @@ def test_ceiling_scores_real_static_and_coarse_clips(tmp_path, capsys):
         diagnose.main(
             [
                 "ceiling",
-                "--classifier",
-                str(classifier),
-                "--train_csv",
-                str(splits / "sc09-train.csv"),
-                "--test_csv",
-                str(splits / "sc09-test.csv"),
+                *scoring_args(splits, classifier),
                 "--n",
                 "12",
                 "--frames",

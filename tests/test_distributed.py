@@ -6,20 +6,16 @@ The first DeepSpeed run on a machine builds DeepSpeed's shared-memory CPU commun
 then cached under ~/.cache/torch_extensions).
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_identical, tiny_args
+from helpers import ASGAN_RESUMED_KEYS, assert_same_entries, run_two_cpu_ranks, tiny_args
 
 from density.runtime import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow  # multi-process runs
 
-ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 20  # tiny_args' 24 items less n_valid=4: 10 per rank, 2 batches of 4
 # Runs train_asgan.main in one rank and records what it saved, the sampler's indices per epoch, and the final
 # state dicts of G and D.
@@ -51,30 +47,7 @@ torch.save({{'states': states, 'saves': saves, 'shards': shards}}, f"{{sys.argv[
 
 def launch(tmp_path, out, args):
     """torchrun, 2 processes -> what rank 0 and rank 1 recorded."""
-    script, out = tmp_path / "rank.py", tmp_path / out
-    script.write_text(RANK_SCRIPT.format(root=str(ROOT)))
-    out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            str(out),
-            *args,
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return run_two_cpu_ranks(RANK_SCRIPT, tmp_path / out, args, tmp_path)
 
 
 @pytest.mark.parametrize("engine", ["torch", "deepspeed"])
@@ -113,19 +86,7 @@ def test_two_cpu_ranks_agree_only_rank0_writes_and_resume_is_exact(tmp_path, eng
     start, a, b = (
         ckpt.load(tmp_path / run / f"ckpt_0000000{s}.pt") for run, s in (("run", 3), ("run", 6), ("resumed", 6))
     )
-    for key in (
-        "g_state_dict",
-        "d_state_dict",
-        "g_ema_state_dict",
-        "g_optim_state_dict",
-        "d_optim_state_dict",
-        "ada_state",
-        "train_state",
-        "rng_state",
-        "steps",
-        "epoch",
-    ):
-        assert_identical(a[key], b[key], key)
+    assert_same_entries(a, b, ASGAN_RESUMED_KEYS)
     assert len(a["rng_state"]) == 2 and not torch.equal(a["rng_state"][0]["torch"], a["rng_state"][1]["torch"])
     for model in ("g_state_dict", "d_state_dict"):  # both kept training after step 3
         assert any(not torch.equal(start[model][n], v) for n, v in a[model].items()), model

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import make_checkpoint, make_tiny_digits, tiny_vocoder, train_tiny_classifier
+from helpers import make_checkpoint, make_tiny_digits, scoring_args, tiny_vocoder, train_tiny_classifier
 
 from density import metrics as M
 from density.evaluation import evaluate, scoring
@@ -69,14 +69,8 @@ def corpus(tmp_path_factory):
 
 
 def audio_args(corpus, tmp_path, *extra):
-    splits, classifier = corpus
     return [
-        "--classifier",
-        str(classifier),
-        "--train_csv",
-        str(splits / "sc09-train.csv"),
-        "--test_csv",
-        str(splits / "sc09-test.csv"),
+        *scoring_args(*corpus),
         "--cache_dir",
         str(tmp_path / "cache"),
         "--n",

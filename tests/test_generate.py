@@ -45,96 +45,51 @@ def read(folder):
     return out
 
 
+def generated(base, folder, *options):
+    """generate.py with the arguments base, --out_dir folder, options -> read(folder)."""
+    generate.main([*base, "--out_dir", str(folder), *options])
+    return read(folder)
+
+
 def test_writes_wavs_and_png(tiny, tmp_path):
-    generate.main(tiny + ["--out_dir", str(tmp_path / "a"), "--n", "5", "--batch_size", "2", "--seed", "3"])
-    wavs = read(tmp_path / "a")
+    wavs = generated(tiny, tmp_path / "a", "--n", "5", "--batch_size", "2", "--seed", "3")
     assert list(wavs) == [f"seed3_{i:05d}.wav" for i in range(5)]
     assert all(abs(w).max() > 0 for w in wavs.values())
     png = matplotlib.image.imread(tmp_path / "a" / "spectrograms.png")
     assert png.ndim == 3 and png.shape[0] > 50 and png.shape[1] > 200
     assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")) == []  # no temporaries
-    generate.main(
-        tiny + ["--out_dir", str(tmp_path / "b"), "--n", "3", "--batch_size", "3", "--seed", "3", "--png_max", "0"]
-    )
-    again = read(tmp_path / "b")
+    again = generated(tiny, tmp_path / "b", "--n", "3", "--batch_size", "3", "--seed", "3", "--png_max", "0")
     assert not (tmp_path / "b" / "spectrograms.png").exists()
     for name, w in again.items():  # same seed, other batch size: same samples up to float and 16-bit rounding
         assert abs(w - wavs[name]).max() <= 2 / 32768
 
 
 def test_interpolation_endpoints_match_seeds(tiny, tmp_path):
-    generate.main(tiny + ["--out_dir", str(tmp_path / "i"), "--interpolate", "4", "9", "--steps", "4"])
-    interp = read(tmp_path / "i")
+    interp = generated(tiny, tmp_path / "i", "--interpolate", "4", "9", "--steps", "4")
     assert list(interp) == [f"interp_z_4_9_{k:03d}.wav" for k in range(4)]
     for seed, name in [(4, "interp_z_4_9_000.wav"), (9, "interp_z_4_9_003.wav")]:
-        generate.main(tiny + ["--out_dir", str(tmp_path / f"s{seed}"), "--n", "1", "--seed", str(seed)])
-        single = read(tmp_path / f"s{seed}")[f"seed{seed}_00000.wav"]
+        single = generated(tiny, tmp_path / f"s{seed}", "--n", "1", "--seed", str(seed))[f"seed{seed}_00000.wav"]
         assert abs(single - interp[name]).max() <= 2 / 32768  # equal up to 16-bit rounding
     assert abs(interp["interp_z_4_9_001.wav"] - interp["interp_z_4_9_000.wav"]).max() > 0
 
 
 def test_w_interpolation_and_truncation(tiny, tmp_path):
-    generate.main(
-        tiny
-        + [
-            "--out_dir",
-            str(tmp_path / "w"),
-            "--interpolate",
-            "1",
-            "2",
-            "--space",
-            "w",
-            "--steps",
-            "3",
-            "--truncation",
-            "0.5",
-            "--w_avg_samples",
-            "100",
-        ]
+    w_path = ["--interpolate", "1", "2", "--space", "w", "--steps", "3"]
+    assert len(generated(tiny, tmp_path / "w", *w_path, "--truncation", "0.5", "--w_avg_samples", "100")) == 3
+    truncated = generated(
+        tiny, tmp_path / "t", "--n", "3", "--truncation", "0", "--w_avg_samples", "100", "--png_max", "0"
     )
-    assert len(read(tmp_path / "w")) == 3
-    generate.main(
-        tiny
-        + [
-            "--out_dir",
-            str(tmp_path / "t"),
-            "--n",
-            "3",
-            "--truncation",
-            "0",
-            "--w_avg_samples",
-            "100",
-            "--png_max",
-            "0",
-        ]
-    )
-    wavs = list(read(tmp_path / "t").values())  # psi = 0: every sample is the mean w's
+    wavs = list(truncated.values())  # psi = 0: every sample is the mean w's
     assert all((w == wavs[0]).all() for w in wavs)
 
 
 def test_truncation_is_lerp_toward_mean_w(tiny, tmp_path):
-    generate.main(
-        tiny
-        + [
-            "--out_dir",
-            str(tmp_path / "t"),
-            "--n",
-            "2",
-            "--seed",
-            "5",
-            "--truncation",
-            "0.5",
-            "--w_avg_samples",
-            "300",
-            "--png_max",
-            "0",
-        ]
-    )
+    options = ["--n", "2", "--seed", "5", "--truncation", "0.5", "--w_avg_samples", "300", "--png_max", "0"]
+    got = generated(tiny, tmp_path / "t", *options)
     model = load_asgan(tiny[1], tiny[3], "cpu", progress=False)
     w_avg = w_stats(model.g, 300).w_avg
     w = model.z2w(torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(5)))
     expected = model.generate_from_w(w_avg + 0.5 * (w - w_avg)).clamp(-1, 1)
-    got = read(tmp_path / "t")
     for i in range(2):
         assert abs(got[f"seed5_{i:05d}.wav"] - expected[i].numpy()).max() <= 2 / 32768
     assert abs(expected - model.generate_from_w(w)).max() > 0.01  # psi = 0.5 really changed the audio
@@ -148,20 +103,9 @@ def test_png_of_a_silent_clip(tmp_path):
 
 def test_mel_checkpoint_with_griffin_lim(tmp_path):
     make_checkpoint(tmp_path / "mel.pt", mel=True)
-    generate.main(
-        [
-            "--checkpoint",
-            str(tmp_path / "mel.pt"),
-            "--out_dir",
-            str(tmp_path / "m"),
-            "--n",
-            "2",
-            "--no_progress",
-            "--device",
-            "cpu",
-        ]
+    got = generated(
+        ["--checkpoint", str(tmp_path / "mel.pt")], tmp_path / "m", "--n", "2", "--no_progress", "--device", "cpu"
     )
-    got = read(tmp_path / "m")
     assert len(got) == 2 and (tmp_path / "m" / "spectrograms.png").is_file()
     model = load_asgan(tmp_path / "mel.pt", None, "cpu", progress=False)  # Griffin-Lim
     expected = model.generate_from_latent(torch.randn(2, model.z_dim, generator=torch.Generator().manual_seed(0)))

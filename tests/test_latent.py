@@ -5,9 +5,9 @@ import json
 import pytest
 import soundfile as sf
 import torch
-from helpers import TINY_SPECS, make_checkpoint, tiny_vocoder
+from helpers import TINY_SPECS, make_checkpoint, tiny_cfg, tiny_vocoder
 
-from density.config import config_to_yaml, parse_config
+from density.config import config_to_yaml
 from density.inference import edit, latent
 from density.inference.asgan import load_asgan, load_generator
 from density.models import Generator
@@ -224,20 +224,7 @@ def test_direction_and_probe_commands(mel_ckpt, tmp_path):
 def hubert_checkpoint(path):
     """A tiny hubert_L6 generator whose c_dim is the tiny HuBERT fixture's 48, and a vocoder for it."""
     torch.manual_seed(1)
-    cfg = parse_config(
-        [
-            "model=rp_w",
-            "z_dim=16",
-            f"c_dim={HUBERT_DIM}",
-            "rp_w_cfg.z_dim=16",
-            "rp_w_cfg.w_dim=16",
-            f"rp_w_cfg.c_dim={HUBERT_DIM}",
-            "rp_w_cfg.ff_channels=16",
-            "rp_w_cfg.seq_len=16",
-            f"rp_w_cfg.head_spec=[{HUBERT_DIM},1]",
-        ]
-    )
-    cfg.rp_w_cfg.layer_specs = TINY_SPECS
+    cfg = tiny_cfg(c_dim=HUBERT_DIM)
     g = Generator(cfg.rp_w_cfg).eval()
     g.calibrate_norm_ema(torch.randn(64, g.z_dim))
     torch.save({"cfg_yaml": config_to_yaml(cfg), "g_ema_state_dict": g.state_dict()}, path)

@@ -134,16 +134,12 @@ def test_cli_on_generated_corpus(tmp_path):
     assert sorted(str(root / r) for r in listed) == [r["path"] for r in parts["valid"]]
 
 
-# torchaudio's pins (torchaudio/datasets/speechcommands.py, _CHECKSUMS): a changed pin must be a deliberate edit here
-PINNED = {
-    "0.02": (
-        "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz",
-        "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58",
-    ),
-    "0.01": (
-        "http://download.tensorflow.org/data/speech_commands_v0.01.tar.gz",
-        "743935421bb51cccdb6bdd152e04c5c70274e935c82119ad7faeec31780d811d",
-    ),
+OFFICIAL_URL = "http://download.tensorflow.org/data/speech_commands_v{version}.tar.gz"
+# torchaudio's SHA-256 pins (torchaudio/datasets/speechcommands.py, _CHECKSUMS), recorded here a second time on
+# purpose: a changed pin must be a deliberate edit in both places
+PINNED_SHA256 = {
+    "0.02": "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58",
+    "0.01": "743935421bb51cccdb6bdd152e04c5c70274e935c82119ad7faeec31780d811d",
 }
 
 
@@ -166,11 +162,12 @@ def test_download_fetches_the_pinned_archive_of_the_version_unless_overridden(tm
     monkeypatch.setenv(speech_commands.SHA_ENV, "1" * 64)
     with pytest.raises(DownloadError):
         split_data.main(["--download", str(tmp_path / "sc"), "--out_dir", str(tmp_path / "splits")])
-    assert asked == [
-        (PINNED["0.02"][0], tmp_path / "sc" / "speech_commands_v0.02.tar.gz", PINNED["0.02"][1]),
-        (PINNED["0.01"][0], tmp_path / "sc" / "speech_commands_v0.01.tar.gz", PINNED["0.01"][1]),
-        ("http://127.0.0.1:9/mirror.tar.gz", tmp_path / "sc" / "speech_commands_v0.02.tar.gz", "1" * 64),
+    official = [
+        (OFFICIAL_URL.format(version=v), tmp_path / "sc" / f"speech_commands_v{v}.tar.gz", PINNED_SHA256[v])
+        for v in ("0.02", "0.01")
     ]
+    mirror = ("http://127.0.0.1:9/mirror.tar.gz", tmp_path / "sc" / "speech_commands_v0.02.tar.gz", "1" * 64)
+    assert asked == [*official, mirror]
     assert not (tmp_path / "splits").exists()
 
 

@@ -11,12 +11,21 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
-from helpers import assert_identical, make_data, tiny_args
+from helpers import (
+    ASGAN_RESUMED_KEYS,
+    assert_finished_run_trains_nothing,
+    assert_identical,
+    assert_same_entries,
+    files,
+    make_data,
+    tiny_args,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from density.audio.signal import HOP, log_mel
@@ -361,19 +370,7 @@ def test_resume_is_exact(tmp_path, num_workers):
     train_asgan.main(tiny_args(tmp_path, "split", "max_steps=22", resume, *common))
     a, b = ckpt.load(tmp_path / "straight" / "ckpt_00000021.pt"), ckpt.load(tmp_path / "split" / "ckpt_00000021.pt")
     assert a["ada_state"]["p"] != 0.3, "ADA p never adapted: the test would not cover it"
-    for key in (
-        "g_state_dict",
-        "d_state_dict",
-        "g_ema_state_dict",
-        "g_optim_state_dict",
-        "d_optim_state_dict",
-        "ada_state",
-        "train_state",
-        "rng_state",
-        "steps",
-        "epoch",
-    ):
-        assert_identical(a[key], b[key], key)
+    assert_same_entries(a, b, ASGAN_RESUMED_KEYS)
 
 
 @pytest.mark.slow
@@ -902,11 +899,6 @@ def test_validation_writes_audio_of_the_same_z_griffin_lim_for_mels_and_skips_hu
     assert sample.step == 2 and len(sf.read(io.BytesIO(sample.encoded_audio_string))[0]) == 8 * 320
 
 
-def files(folder):
-    """{relative path: bytes} of every file under a folder (checkpoints, logs)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
-
-
 def test_a_finished_run_resumed_at_or_past_its_end_trains_and_writes_nothing(tmp_path, capsys):
     """A run that reached max_steps (its last checkpoint carries step max_steps - 1), or its last epoch, and is
     resumed (auto, or the file) with the same or a lower limit: 'already finished at step N', no checkpoint, no
@@ -915,16 +907,8 @@ def test_a_finished_run_resumed_at_or_past_its_end_trains_and_writes_nothing(tmp
     train_asgan.main(tiny_args(tmp_path, "run", "max_steps=4", *QUIET))
     assert periodic(out) == ["ckpt_00000003.pt"]
     (out / "ckpt_00000009.pt.w_avg-0123456789abcdef-n100.pt").write_bytes((out / "ckpt_00000003.pt").read_bytes())
-    before = files(out)
-    capsys.readouterr()
-    for extra in (
-        ["max_steps=4", "resume_checkpoint=auto"],
-        ["max_steps=3", f"resume_checkpoint={out / 'ckpt_00000003.pt'}"],
-    ):
-        assert train_asgan.main(tiny_args(tmp_path, "run", *extra, *QUIET)) is None
-        limit = extra[0]
-        assert f"already finished at step 3 ({limit}): nothing to train" in capsys.readouterr().out
-        assert files(out) == before
+    argv = partial(tiny_args, tmp_path, "run", *QUIET)
+    assert_finished_run_trains_nothing(train_asgan.main, argv, out, last_step=3, capsys=capsys)
     train_asgan.main(tiny_args(tmp_path, "epochs", "n_epochs=1", *QUIET))  # 4 batches of 4: steps 0-3
     before = files(tmp_path / "epochs")
     train_asgan.main(tiny_args(tmp_path, "epochs", "n_epochs=1", "resume_checkpoint=auto", *QUIET))

@@ -3,10 +3,11 @@
 import json
 import os
 import signal
+from functools import partial
 
 import pytest
 import torch
-from helpers import classifier_args, make_tiny_digits
+from helpers import assert_finished_run_trains_nothing, classifier_args, files, make_tiny_digits
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from density.audio.signal import AudioError
@@ -127,13 +128,6 @@ def test_bad_settings_and_files_fail_before_any_work(splits, tmp_path):
         train_classifier.main([f"train_csv={splits / 'sc09-train.csv'}", f"valid_csv={splits / 'sc09-valid.csv'}"])
     with pytest.raises(ConfigError, match="arch=big"):
         train_classifier.main(classifier_args(splits, run, "arch=big"))
-    for extra, message in (
-        ("gain_range=[2,1]", r"^gain_range=\[2.0, 1.0\]: must be \[low, high\] with 0 < low <= high$"),
-        ("lr=0", r"^lr=0.0: must be > 0$"),
-        ("warmup_frac=2", r"^warmup_frac=2.0: must be in \[0, 1\]$"),
-    ):
-        with pytest.raises(ConfigError, match=message):
-            train_classifier.main(classifier_args(splits, run, extra))
     with pytest.raises(RunError, match=f"resume_checkpoint={tmp_path / 'nope.pt'} does not exist"):
         train_classifier.main(classifier_args(splits, run, f"resume_checkpoint={tmp_path / 'nope.pt'}"))
     bad = tmp_path / "bad.csv"
@@ -144,25 +138,14 @@ def test_bad_settings_and_files_fail_before_any_work(splits, tmp_path):
     assert not run.exists()
 
 
-def files(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
 def test_a_finished_run_resumed_trains_and_writes_nothing(splits, tmp_path, capsys):
     """Resumed at or past its last step: 'already finished at step N' (its last checkpoint's step), and no
     checkpoint, log or test_results.json is written again; test results lost to a stop during the last step are
     scored then."""
     run = tmp_path / "run"
     train_classifier.main(classifier_args(splits, run, "max_steps=3", "validation_interval=100"))
-    before = files(run)
-    capsys.readouterr()
-    for extra in (
-        ["max_steps=3", "resume_checkpoint=auto"],
-        ["max_steps=2", f"resume_checkpoint={run / 'ckpt_00000002.pt'}"],
-    ):
-        assert train_classifier.main(classifier_args(splits, run, *extra, "validation_interval=100")) is None
-        assert f"already finished at step 2 ({extra[0]}): nothing to train" in capsys.readouterr().out
-        assert files(run) == before
+    argv = partial(classifier_args, splits, run, "validation_interval=100")
+    before = assert_finished_run_trains_nothing(train_classifier.main, argv, run, last_step=2, capsys=capsys)
     results = json.loads((run / "test_results.json").read_text())
     (run / "test_results.json").unlink()
     again = train_classifier.main(classifier_args(splits, run, "max_steps=3", "resume_checkpoint=auto"))
@@ -211,19 +194,28 @@ def test_weights_that_go_nonfinite_stop_training_naming_the_step(splits, tmp_pat
             assert all(v.isfinite().all() for v in state.values()), path
 
 
-def test_non_finite_values_and_an_unwritable_folder_fail_before_any_work(splits, tmp_path, capsys):
-    """lr=inf used to train to a classifier_best.pt of non-finite weights (exit 0). A checkpoint folder that cannot
-    be written (here a file where its parent should be: the tests run as root, whom read-only modes do not stop)
-    is the one-line 'cannot write' error, not a raw OSError."""
-    run = tmp_path / "run"
-    for extra, message in (
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("gain_range=[2,1]", r"^gain_range=\[2.0, 1.0\]: must be \[low, high\] with 0 < low <= high$"),
+        ("lr=0", r"^lr=0.0: must be > 0$"),
+        ("warmup_frac=2", r"^warmup_frac=2.0: must be in \[0, 1\]$"),
+        # lr=inf used to train to a classifier_best.pt of non-finite weights (exit 0)
         ("lr=inf", r"^lr=inf: must be a finite number > 0$"),
         ("lr=nan", r"^lr=nan: must be a finite number > 0$"),
         ("snr_db_range=[10,inf]", r"^snr_db_range=\[10.0, inf\]: must be finite numbers: \[low, high\]"),
-    ):
-        with pytest.raises(ConfigError, match=message):
-            train_classifier.main(classifier_args(splits, run, extra))
+    ],
+)
+def test_values_out_of_range_fail_before_any_work(splits, tmp_path, override, message):
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=message):
+        train_classifier.main(classifier_args(splits, run, override))
     assert not run.exists()
+
+
+def test_an_unwritable_folder_fails_before_any_work(splits, tmp_path, capsys):
+    """A checkpoint folder that cannot be written (here a file where its parent should be: the tests run as root,
+    whom read-only modes do not stop) is the one-line 'cannot write' error, not a raw OSError."""
     (tmp_path / "blocker").write_text("")
     with pytest.raises(SystemExit) as e:
         cli.run(train_classifier.main, classifier_args(splits, tmp_path / "blocker" / "run"))

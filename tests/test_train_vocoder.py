@@ -2,15 +2,25 @@
 SIGTERM, a 2-process gloo run, the segment data, the discriminators and losses, vocoder scoring, errors."""
 
 import os
-import resource
 import signal
 import subprocess
 import sys
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
-from helpers import assert_identical, make_checkpoint, make_tiny_digits, train_tiny_classifier
+from helpers import (
+    ROOT,
+    assert_finished_run_trains_nothing,
+    assert_identical,
+    assert_same_entries,
+    files,
+    make_checkpoint,
+    make_tiny_digits,
+    run_command_under_memory_limit,
+    run_two_cpu_ranks,
+    train_tiny_classifier,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from density.audio.signal import load_audio, log_mel
@@ -25,7 +35,6 @@ from density.vocoders import train as train_vocoder
 from density.vocoders import training as vt
 from density.vocoders.vocoder import HifiGAN, ISTFTVocoder, load_vocoder
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_HIFIGAN = [
     "vocoder=hifigan_mel_small",
     "vocoder_config.upsample_initial_channel=16",
@@ -178,19 +187,8 @@ def test_sigterm_checkpoints_and_resume_is_exact(splits, tmp_path, monkeypatch):
     train_vocoder.main(args(splits, tmp_path / "split", *common, "resume_checkpoint=auto"))
     a, b = (ckpt.load(tmp_path / r / "ckpt_00000006.pt", train_vocoder.RESUME_KEYS) for r in ("straight", "split"))
     assert a["epoch"] == 1 and a["g_sched_state_dict"]["last_epoch"] == 1  # one decay, at the end of epoch 0
-    for key in (
-        "g_state_dict",
-        "d_state_dict",
-        "g_optim_state_dict",
-        "d_optim_state_dict",
-        "g_sched_state_dict",
-        "d_sched_state_dict",
-        "steps",
-        "epoch",
-        "batch_index",
-        "rng_state",
-    ):
-        assert_identical(a[key], b[key], key)
+    # every resume entry but the best scores (the stopped run also validated at its stop) and the config
+    assert_same_entries(a, b, [k for k in train_vocoder.RESUME_KEYS if k not in ("best", "cfg_yaml")])
 
 
 RANK_SCRIPT = """
@@ -209,29 +207,9 @@ torch.save(state, f"{{sys.argv[1]}}/rank{{os.environ['RANK']}}.pt")
 @pytest.mark.parametrize("engine", ["torch", "deepspeed"])
 @pytest.mark.slow
 def test_two_gloo_processes_train_one_model(splits, tmp_path, engine):
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT.format(root=str(ROOT)))
     run = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            str(tmp_path),
-            *args(splits, run, "max_steps=3", "adv_start_step=1", f"engine={engine}"),
-        ],
-        cwd=tmp_path,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    argv = args(splits, run, "max_steps=3", "adv_start_step=1", f"engine={engine}")
+    rank0, rank1 = run_two_cpu_ranks(RANK_SCRIPT, tmp_path, argv, tmp_path)
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     state = ckpt.load(run / "ckpt_00000002.pt", train_vocoder.RESUME_KEYS)
@@ -307,26 +285,15 @@ def test_bad_settings_fail_before_any_work(splits, tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines() == ["error: lr=0.0: must be > 0"]
 
 
-def files(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
-
-
 def test_a_finished_run_resumed_trains_and_writes_nothing(splits, tmp_path, capsys):
     """Resumed at max_steps (its last checkpoint carries step max_steps - 1) or past it: 'already finished', and
     neither a checkpoint, nor vocoder.pt, nor a log is written again; a vocoder.pt lost to a kill after the last
     checkpoint is written from it."""
     run = tmp_path / "run"
     train_vocoder.main(args(splits, run, "max_steps=2", "adv_start_step=1"))
-    before = files(run)
     assert sorted(p.name for p in run.glob("ckpt_*.pt")) == ["ckpt_00000001.pt"]
-    capsys.readouterr()
-    for extra in (
-        ["max_steps=2", "resume_checkpoint=auto"],
-        ["max_steps=1", f"resume_checkpoint={run / 'ckpt_00000001.pt'}"],
-    ):
-        assert train_vocoder.main(args(splits, run, *extra, "adv_start_step=1")) is None
-        assert f"already finished at step 1 ({extra[0]}): nothing to train" in capsys.readouterr().out
-        assert files(run) == before
+    argv = partial(args, splits, run, "adv_start_step=1")
+    before = assert_finished_run_trains_nothing(train_vocoder.main, argv, run, last_step=1, capsys=capsys)
     (run / "vocoder.pt").unlink()
     train_vocoder.main(args(splits, run, "max_steps=2", "resume_checkpoint=auto", "adv_start_step=1"))
     g = ckpt.load(run / "ckpt_00000001.pt", train_vocoder.RESUME_KEYS)["g_state_dict"]
@@ -367,24 +334,13 @@ def test_non_finite_values_are_refused_before_any_work(splits, tmp_path, value):
     assert not run.exists()
 
 
-def limit_memory():
-    """preexec_fn: 3 GB of address space, so that a runaway allocation fails in the child, not on the machine."""
-    resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
-
-
 @pytest.mark.slow
 def test_segments_longer_than_the_clips_are_refused_before_any_work(splits, tmp_path):
     """segment_frames=100000 (clips: 100 frames) used to grow to 24 GB: run as the command under a memory limit and
     a timeout, so that a regression fails the test and not the machine."""
     run = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "train_vocoder.py", *args(splits, run, "segment_frames=100000", "max_steps=1")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_memory,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    done = run_command_under_memory_limit(
+        ["train_vocoder.py", *args(splits, run, "segment_frames=100000", "max_steps=1")], timeout=300
     )
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()  # the clip check's progress bar, then the error

@@ -24,7 +24,7 @@ from pathlib import Path
 from density.data.speech_commands import VERSIONS, fetch_speech_commands
 from density.runtime import cli
 from density.runtime.fileio import atomic_path
-from density.runtime.outputs import plan_outputs
+from density.runtime.outputs import add_overwrite_flag, plan_outputs
 
 SC09_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LIST_FILES = {"valid": "validation_list.txt", "test": "testing_list.txt"}
@@ -143,11 +143,7 @@ def main(argv=None):
     ap.add_argument("--version", choices=VERSIONS, help=f"Speech Commands version for --download ({VERSIONS[0]})")
     ap.add_argument("--sc09_only", type=str2bool, default=False, help="keep only zero..nine (true/false)")
     ap.add_argument("--out_dir", default="splits", help="where the CSVs go (default ./splits)")
-    ap.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace split CSVs already in --out_dir (default: refuse before any download or scan)",
-    )
+    add_overwrite_flag(ap, "split CSVs already in --out_dir", "any download or scan")
     args = ap.parse_args(argv)
     if args.version and not args.download:
         ap.error("--version goes with --download")

@@ -50,7 +50,7 @@ from density.runtime import cli
 from density.runtime.download import DownloadError
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import write_text
-from density.runtime.outputs import OutputError, plan_outputs, writable_file
+from density.runtime.outputs import OutputError, add_overwrite_flag, plan_outputs, writable_file
 from density.vocoders.vocoder import GRIFFIN_LIM_LISTENING_ITERS, GRIFFIN_LIM_SCORING_ITERS, GriffinLimVocoder
 
 INPUTS = ("gen_feats", "real_feats", "gen_logits", "train_logits", "latents")
@@ -255,11 +255,7 @@ def add_run_arguments(a):
     a.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     a.add_argument("--resample", action="store_true", help="resample clips that are not at 16 kHz")
     a.add_argument("--save_wavs", help="also write the generated clips to this folder")
-    a.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace wavs already in --save_wavs (default: refuse before any scoring)",
-    )
+    add_overwrite_flag(a, "wavs already in --save_wavs", "any scoring")
     a.add_argument(
         "--cache_dir",
         default=str(scoring.DEFAULT_CACHE),

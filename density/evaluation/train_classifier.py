@@ -50,38 +50,17 @@ from density.data.splits import class_order, read_split_csv
 from density.evaluation.classifier import CONFIGS, ClipDataset, ResNeXt, classifier_input, load_classifier
 from density.evaluation.classifier import checkpoint_dict as classifier_checkpoint
 from density.runtime import checkpoint as ckpt
-from density.runtime import cli
+from density.runtime import cli, trainer
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import write_text
 from density.runtime.run import Harness, TrainingAborted, ignore_stop_signals, seed_all
-from density.runtime.trainer import (
-    Position,
-    agreed_resume,
-    already_finished,
-    log_per_rank,
-    log_stopped,
-    on_interval,
-    open_harness,
-    run_epochs,
-    show_help,
-)
 
 log = logging.getLogger("train_classifier")
 
 BEST = "classifier_best.pt"
 RESULTS = "test_results.json"
 EVAL_BATCH = 128  # validation / test batch
-RESUME_KEYS = (
-    "state_dict",
-    "optim_state_dict",
-    "sched_state_dict",
-    "steps",
-    "epoch",
-    "batch_index",
-    "best",
-    "rng_state",
-    "cfg_yaml",
-)
+RESUME_KEYS = ("state_dict", "optim_state_dict", "sched_state_dict", *trainer.LOOP_KEYS)
 
 
 @dataclass
@@ -217,10 +196,10 @@ class Splits:
 
 
 def main(argv):
-    if show_help(argv, __doc__, ClassifierConfig):
+    if trainer.show_help(argv, __doc__, ClassifierConfig):
         return None
     cfg = parse_config(argv)
-    log_per_rank()
+    trainer.log_per_rank()
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -230,10 +209,10 @@ def main(argv):
         raise ConfigError(f"{len(splits.train)} training clips make no full batch of batch_size={cfg.batch_size}")
     seed_all(cfg.seed)
     model = ResNeXt.from_arch(cfg.arch, splits.classes).to(device)
-    with open_harness(cfg) as harness:
+    with trainer.open_harness(cfg) as harness:
         loop = build(cfg, harness, model, splits, steps_per_epoch, device)
         limit = f"max_steps={cfg.max_steps}" if cfg.max_steps else f"n_epochs={cfg.n_epochs}"
-        if already_finished(loop, loop.position, steps_per_epoch=steps_per_epoch, limit=limit):
+        if trainer.already_finished(loop, loop.position, steps_per_epoch=steps_per_epoch, limit=limit):
             return finish(loop)
         return train(loop)
 
@@ -271,7 +250,7 @@ class Loop:
     steps_per_epoch: int
     total_steps: int
     device: torch.device
-    position: Position = field(default_factory=Position)
+    position: trainer.Position = field(default_factory=trainer.Position)
     best: dict[str, float] = field(default_factory=lambda: {"accuracy": -1.0, "loss": math.inf})
     writer: SummaryWriter | None = None
     stopped: bool = False  # by a stop signal
@@ -320,7 +299,7 @@ class Loop:
             self.validate_and_keep_best(step)
         position.steps += 1
         position.batch_index += 1
-        if on_interval(step, cfg.checkpoint_interval) or final:
+        if trainer.on_interval(step, cfg.checkpoint_interval) or final:
             self.harness.save_periodic(self.checkpoint_dict(), step)
         return final
 
@@ -347,10 +326,7 @@ class Loop:
             arch=self.cfg.arch,
             optim_state_dict=self.opt.state_dict(),
             sched_state_dict=self.sched.state_dict(),
-            **self.position.checkpoint_entries(),
-            best=self.best,
-            rng_state=ckpt.rng_state(),
-            cfg_yaml=OmegaConf.to_yaml(self.cfg),
+            **trainer.loop_entries(self.position, best=self.best, rng_state=ckpt.rng_state(), cfg=self.cfg),
             run_id=self.harness.run.run_id,
         )
 
@@ -362,7 +338,7 @@ def build(cfg, harness, model, splits, steps_per_epoch, device):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = LambdaLR(opt, lr_lambda(total, max(1, round(cfg.warmup_frac * total))))
     loop = Loop(cfg, harness, model, opt, sched, splits, steps_per_epoch, total, device)
-    resume = agreed_resume(harness)
+    resume = trainer.agreed_resume(harness)
     if resume:
         checkpoint = ckpt.load(resume, RESUME_KEYS, "a train_classifier.py checkpoint")
         if tuple(checkpoint["classes"]) != splits.classes or checkpoint["config"] != model.config:
@@ -373,7 +349,7 @@ def build(cfg, harness, model, splits, steps_per_epoch, device):
         model.load_state_dict(checkpoint["state_dict"])
         opt.load_state_dict(checkpoint["optim_state_dict"])
         sched.load_state_dict(checkpoint["sched_state_dict"])
-        loop.position, loop.best = Position.after(checkpoint, checkpoint["rng_state"]), checkpoint["best"]
+        loop.position, loop.best = trainer.Position.after(checkpoint, checkpoint["rng_state"]), checkpoint["best"]
         at = loop.position
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resume, at.steps, at.epoch, at.batch_index)
     log.info(
@@ -399,10 +375,10 @@ def train(loop):
         t0 = time.perf_counter()
         loop.model.train()
         with loop.harness.stop_signals():
-            run_epochs(loop, loop.position, steps_per_epoch=loop.steps_per_epoch)
+            trainer.run_epochs(loop, loop.position, steps_per_epoch=loop.steps_per_epoch)
         train_seconds = time.perf_counter() - t0
         if loop.stopped:
-            log_stopped(log, loop.position.steps - 1, folder)
+            trainer.log_stopped(log, loop.position.steps - 1, folder)
             return None
         log.info(
             "trained %d steps in %.1f s; best validation accuracy %.4f at step %d",

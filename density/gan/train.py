@@ -34,34 +34,20 @@ from density.gan.training import LOG_AFTER, StepLogger, TrainState, build_optimi
 from density.gan.validation import fad_encoder, real_statistics, sample_latents, sample_vocoder, validate
 from density.models import Discriminator, Generator
 from density.runtime import checkpoint as ckpt
-from density.runtime import cli
+from density.runtime import cli, trainer
 from density.runtime.engine import make_engine
 from density.runtime.run import BEST_FAD, Harness, ignore_stop_signals, seed_all
-from density.runtime.trainer import (
-    Engine,
-    Trainable,
-    agreed_resume,
-    already_finished,
-    any_rank,
-    log_per_rank,
-    log_stopped,
-    on_interval,
-    open_harness,
-    run_epochs,
-    show_help,
-    without_launcher_arguments,
-)
 
 log = logging.getLogger("train_asgan")
 
 
 def main(argv):
-    argv = without_launcher_arguments(argv)
-    if show_help(argv, __doc__, TrainConfig):
+    argv = trainer.without_launcher_arguments(argv)
+    if trainer.show_help(argv, __doc__, TrainConfig):
         return
     cfg = parse_config(argv)
     check_config(cfg)
-    log_per_rank()
+    trainer.log_per_rank()
     train_ds, valid_ds = build_datasets(cfg)
     collate = Collate.from_config(cfg)
     engine = make_engine(cfg)
@@ -69,11 +55,13 @@ def main(argv):
     torch.backends.cudnn.benchmark = engine.device.type == "cuda"
     torch.set_flush_denormal(True)  # CPU: a fresh G's outputs (~1e-7) make subnormal floats in D, 10x slower
     data = training_batches(cfg, engine, train_ds, collate)
-    with open_harness(cfg, main=engine.is_main) as harness:
+    with trainer.open_harness(cfg, main=engine.is_main) as harness:
         try:
             loop = build(cfg, engine, harness, data)
             limit = f"max_steps={cfg.max_steps}" if cfg.max_steps else f"n_epochs={cfg.n_epochs}"
-            if already_finished(loop, loop.state, steps_per_epoch=len(data.loader), limit=limit, main=engine.is_main):
+            if trainer.already_finished(
+                loop, loop.state, steps_per_epoch=len(data.loader), limit=limit, main=engine.is_main
+            ):
                 return
             with open_logs(cfg, engine, valid_ds, collate) as (loop.writer, loop.validation):
                 log.info(
@@ -147,9 +135,9 @@ class Loop:
     The loop of density/runtime/trainer.py drives it: epoch_batches, step, end_of_step."""
 
     cfg: DictConfig
-    engine: Engine
-    G: Trainable
-    D: Trainable
+    engine: trainer.Engine
+    G: trainer.Trainable
+    D: trainer.Trainable
     g_ema: Generator
     norm: FeatureNorm
     state: TrainState
@@ -207,16 +195,16 @@ class Loop:
         -> whether training ends here (a stop signal, max_steps, or the last batch of the last epoch)."""
         cfg, state, step = self.cfg, self.state, self.state.steps
         save_best = self.log_and_validate(grad_norms, pbar) if self.engine.is_main else False
-        stop, save_best = any_rank(self.engine, self.harness.stop_requested, save_best)  # every rank alike
+        stop, save_best = trainer.any_rank(self.engine, self.harness.stop_requested, save_best)  # every rank alike
         last_batch = state.epoch == cfg.n_epochs - 1 and state.batch_index == len(self.data.loader) - 1
         final = stop or bool(cfg.max_steps and step + 1 >= cfg.max_steps) or last_batch
-        periodic = on_interval(step, cfg.checkpoint_interval) or final
+        periodic = trainer.on_interval(step, cfg.checkpoint_interval) or final
         state.steps += 1
         state.batch_index += 1
         if periodic or save_best:
             self.save_checkpoints(step, periodic=periodic, best=save_best)
         if stop:
-            log_stopped(log, step, cfg.checkpoint_path)
+            trainer.log_stopped(log, step, cfg.checkpoint_path)
         return final
 
     def log_and_validate(self, grad_norms, pbar):
@@ -227,7 +215,7 @@ class Loop:
             self.logger(state, grad_norms, pbar)
         if step > 0 and step % (cfg.ema_every or cfg.checkpoint_interval) == 0:
             update_ema(self.g_ema, self.G.module, cfg.rp_w_cfg.g_ema_weight)
-        if self.validation is None or not on_interval(step, cfg.validation_interval):
+        if self.validation is None or not trainer.on_interval(step, cfg.validation_interval):
             return False
         self.harness.require_finite({"g": self.G.module.state_dict(), "d": self.D.module.state_dict()}, step)
         v = self.validation
@@ -278,7 +266,7 @@ class Loop:
 def build(cfg, engine, harness, data):
     """Models, optimisers, FeatureNorm and TrainState: from the checkpoint rank 0 resumes, else from scratch with
     the weights of init_checkpoint when given."""
-    resume = agreed_resume(harness, engine)
+    resume = trainer.agreed_resume(harness, engine)
     g, d = Generator(cfg.rp_w_cfg), Discriminator.from_config(cfg)
     g_ema = copy.deepcopy(g).eval().requires_grad_(False)
     checkpoint = ckpt.load(resume) if resume else None
@@ -367,7 +355,7 @@ def train(loop):
         loop.logger = StepLogger(loop.cfg, loop.writer, loop.G, loop.D, engine.device, state.steps)
     try:
         with loop.harness.stop_signals():
-            run_epochs(loop, state, steps_per_epoch=len(loop.data.loader), show_progress=engine.is_main)
+            trainer.run_epochs(loop, state, steps_per_epoch=len(loop.data.loader), show_progress=engine.is_main)
     except DatasetError as e:  # a bad file met mid-run: keep the steps since the last checkpoint, then stop
         message = str(e).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]  # a worker's error is a traceback
         if engine.world_size == 1 and state.steps > 0 and state.steps - 1 != loop.harness.saved_step:

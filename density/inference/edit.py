@@ -37,7 +37,7 @@ from density.runtime import cli
 from density.runtime.download import fetch
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import remove_stale_temporaries, save_torch, write_text
-from density.runtime.outputs import plan_outputs
+from density.runtime.outputs import add_overwrite_flag, plan_outputs
 
 SEED_PREFIX = "seed:"
 RANDOM_G_SEED = 0  # weights of the randomly initialised generator behind the probe's baseline
@@ -70,11 +70,7 @@ def _common(p):
     p.add_argument("--resample", action="store_true", help="resample wavs that are not at 16 kHz")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace files already in --out_dir (default: refuse before the checkpoint loads)",
-    )
+    add_overwrite_flag(p, "files already in --out_dir", "the checkpoint loads")
 
 
 def parse_args(argv=None):

@@ -30,7 +30,7 @@ from density.runtime import cli
 from density.runtime.download import fetch, resolve
 from density.runtime.engine import resolve_device
 from density.runtime.fileio import remove_stale_temporaries
-from density.runtime.outputs import plan_outputs
+from density.runtime.outputs import add_overwrite_flag, plan_outputs
 
 PNG_COLUMNS = 8
 PNG_NAME = "spectrograms.png"
@@ -77,11 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=8, help="interpolation points, both ends included")
     p.add_argument("--png_max", type=int, default=64, help="most spectrograms in the PNG grid (0: no PNG)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace wavs and spectrograms.png already in --out_dir (default: refuse before the model loads)",
-    )
+    add_overwrite_flag(p, "wavs and spectrograms.png already in --out_dir", "the model loads")
     args = p.parse_args(argv)
     check_args(p, args)
     return args

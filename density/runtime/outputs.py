@@ -25,6 +25,14 @@ def confined(folder, relative, source=None) -> Path:
     return folder / relative
 
 
+def add_overwrite_flag(parser, replaces, refused_before):
+    """Add --overwrite (what plan_outputs' `overwrite` takes) to an argparse parser or group; its help names what
+    it `replaces` and what a refused run comes before, e.g. 'wavs already in --out_dir', 'the model loads'."""
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"replace {replaces} (default: refuse before {refused_before})"
+    )
+
+
 def plan_outputs(folder, outputs: Iterable[tuple[object, Path]], *, overwrite: bool) -> list[Path]:
     """Check (source, output relative to folder) pairs before any work; -> the output paths, in order.
 

@@ -1,18 +1,20 @@
 """The skeleton the three training commands share (train_asgan.py, train_vocoder.py, train_classifier.py).
 
+    from density.runtime import trainer
+
     def main(argv):
-        argv = without_launcher_arguments(argv)               # deepspeed's --local_rank=N
-        if show_help(argv, __doc__, TrainConfig):             # --help / -h: the doc and every key's default
+        argv = trainer.without_launcher_arguments(argv)       # deepspeed's --local_rank=N
+        if trainer.show_help(argv, __doc__, TrainConfig):     # --help / -h: the doc and every key's default
             return None
         cfg = parse_config(argv)                              # ranges: density.config.check_ranges
-        log_per_rank()
+        trainer.log_per_rank()
         ... data, engine ...
-        with open_harness(cfg, main=engine.is_main) as harness:  # run folder, lock, resume choice (run.py)
-            loop = build(cfg, engine, harness, ...)           # resumes from agreed_resume(harness, engine)
-            if already_finished(loop, loop.position, steps_per_epoch=..., limit=...):
+        with trainer.open_harness(cfg, main=engine.is_main) as harness:  # run folder, lock, resume (run.py)
+            loop = build(cfg, engine, harness, ...)           # resumes from trainer.agreed_resume(harness, engine)
+            if trainer.already_finished(loop, loop.position, steps_per_epoch=..., limit=...):
                 return finish(loop)                           # resumed at its end: missing end outputs only
             with harness.stop_signals():
-                run_epochs(loop, loop.position, steps_per_epoch=..., show_progress=engine.is_main)
+                trainer.run_epochs(loop, loop.position, steps_per_epoch=..., show_progress=engine.is_main)
 
 A trainer's loop object is an `EpochLoop`: which batches an epoch has, what a step does, and what follows each
 step (logging, validation, stopping on every rank alike, checkpoints). `run_epochs` drives it and owns exact
@@ -143,6 +145,15 @@ class Position:
     def checkpoint_entries(self):
         """The checkpoint's 'steps' (the last finished step), 'epoch' and 'batch_index' (the next batch)."""
         return {"steps": self.steps - 1, "epoch": self.epoch, "batch_index": self.batch_index}
+
+
+LOOP_KEYS = ("steps", "epoch", "batch_index", "best", "rng_state", "cfg_yaml")  # the entries of loop_entries
+
+
+def loop_entries(position, *, best, rng_state, cfg):
+    """The checkpoint entries (LOOP_KEYS) the vocoder and classifier trainers write alike: the position's steps,
+    epoch and batch_index, the best validation scores, the RNG state(s) to restore and the config as YAML."""
+    return {**position.checkpoint_entries(), "best": best, "rng_state": rng_state, "cfg_yaml": OmegaConf.to_yaml(cfg)}
 
 
 class EpochLoop(Protocol):

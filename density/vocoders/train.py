@@ -70,25 +70,9 @@ from density.config import (
 )
 from density.data.splits import read_split_csv
 from density.runtime import checkpoint as ckpt
-from density.runtime import cli
+from density.runtime import cli, trainer
 from density.runtime.engine import make_engine, mean_over_ranks, optimise
 from density.runtime.run import Harness, ignore_stop_signals, seed_all
-from density.runtime.trainer import (
-    Engine,
-    Position,
-    Trainable,
-    agreed_resume,
-    already_finished,
-    any_rank,
-    log_per_rank,
-    log_stopped,
-    on_interval,
-    open_harness,
-    rank_rng,
-    run_epochs,
-    show_help,
-    without_launcher_arguments,
-)
 from density.vocoders import training as vt
 from density.vocoders.vocoder import VOCODER_CONFIGS, build_vocoder, save_vocoder, vocoder_config
 
@@ -102,12 +86,7 @@ RESUME_KEYS = (
     "d_optim_state_dict",
     "g_sched_state_dict",
     "d_sched_state_dict",
-    "steps",
-    "epoch",
-    "batch_index",
-    "best",
-    "rng_state",
-    "cfg_yaml",
+    *trainer.LOOP_KEYS,
     "vocoder",
 )
 VALID_BATCH = 16
@@ -241,11 +220,11 @@ def make_datasets(cfg, config, seed):
 
 
 def main(argv):
-    argv = without_launcher_arguments(argv)
-    if show_help(argv, __doc__, VocoderTrainConfig):
+    argv = trainer.without_launcher_arguments(argv)
+    if trainer.show_help(argv, __doc__, VocoderTrainConfig):
         return None
     cfg, fmt, config = parse_config(argv)
-    log_per_rank()
+    trainer.log_per_rank()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     train_ds, valid_ds = make_datasets(cfg, config, cfg.seed)
@@ -260,11 +239,11 @@ def main(argv):
             f"{len(train_ds)} training clips give no full batch of batch_size={cfg.batch_size} per "
             f"rank ({engine.world_size} ranks); lower batch_size or add data"
         )
-    with open_harness(cfg, main=engine.is_main) as harness:
+    with trainer.open_harness(cfg, main=engine.is_main) as harness:
         try:
             loop = build(cfg, fmt, config, engine, harness, data, valid_ds)
             limit = f"max_steps={cfg.max_steps}"
-            if already_finished(
+            if trainer.already_finished(
                 loop, loop.position, steps_per_epoch=data.steps_per_epoch, limit=limit, main=engine.is_main
             ):
                 return finish(loop)
@@ -331,18 +310,18 @@ class Loop:
     density/runtime/trainer.py drives it: epoch_batches, step, end_of_step."""
 
     cfg: DictConfig
-    engine: Engine
+    engine: trainer.Engine
     harness: Harness
     identity: dict[str, Any]
     g: torch.nn.Module
     d: vt.Discriminators
-    G: Trainable
-    D: Trainable
+    G: trainer.Trainable
+    D: trainer.Trainable
     g_sched: ExponentialLR
     d_sched: ExponentialLR
     data: TrainData
     valid_ds: vt.VocoderClips
-    position: Position = field(default_factory=Position)
+    position: trainer.Position = field(default_factory=trainer.Position)
     best: dict[str, float] = field(default_factory=lambda: {"mel_l1": math.inf})
     time: TrainTime = field(default_factory=TrainTime)
     writer: SummaryWriter | None = None
@@ -433,11 +412,13 @@ class Loop:
         final = step + 1 >= cfg.max_steps
         if self.engine.is_main:
             self.log_and_validate(result, pbar, final=final)
-        (self.stopped,) = any_rank(self.engine, self.harness.stop_requested)  # every rank stops at the same step
+        (self.stopped,) = trainer.any_rank(
+            self.engine, self.harness.stop_requested
+        )  # every rank stops at the same step
         final = final or self.stopped
         position.steps += 1
         position.batch_index += 1
-        if on_interval(step, cfg.checkpoint_interval) or final:
+        if trainer.on_interval(step, cfg.checkpoint_interval) or final:
             rng_states = self.engine.all_gather_object(ckpt.rng_state())
             path = self.harness.save_periodic(self.checkpoint_dict(rng_states) if self.engine.is_main else None, step)
             log.info("step %d: saved %s", step, path)
@@ -477,11 +458,8 @@ class Loop:
             "d_scaler_state_dict": d_scaler,
             "g_sched_state_dict": self.g_sched.state_dict(),
             "d_sched_state_dict": self.d_sched.state_dict(),
-            **self.position.checkpoint_entries(),
-            "best": self.best,
-            "rng_state": rng_states,
+            **trainer.loop_entries(self.position, best=self.best, rng_state=rng_states, cfg=self.cfg),
             **self.time.totals(),
-            "cfg_yaml": OmegaConf.to_yaml(self.cfg),
             "vocoder": self.identity,
             "run_id": self.harness.run.run_id if self.harness.run else None,
         }
@@ -490,7 +468,7 @@ class Loop:
 def build(cfg, fmt, config, engine, harness, data, valid_ds):
     """Generator, discriminators, optimisers and schedules: from the checkpoint rank 0 resumes (which must be of
     the same vocoder), else new, with the same initial weights on every rank."""
-    resume = agreed_resume(harness, engine)
+    resume = trainer.agreed_resume(harness, engine)
     seed_all(cfg.seed)  # every rank builds the same initial weights
     g, d = build_vocoder(fmt, config), vt.Discriminators(cfg.d_width)
     identity = {"name": cfg.vocoder, "format": fmt, "config": dataclasses.asdict(config), "d_width": cfg.d_width}
@@ -526,14 +504,14 @@ def resume_from(loop, checkpoint):
     loop.D.load_state_dict(checkpoint["d_optim_state_dict"], checkpoint.get("d_scaler_state_dict"))
     loop.g_sched.load_state_dict(checkpoint["g_sched_state_dict"])
     loop.d_sched.load_state_dict(checkpoint["d_sched_state_dict"])
-    rng = rank_rng(
+    rng = trainer.rank_rng(
         checkpoint["rng_state"],
         rank=engine.rank,
         world_size=engine.world_size,
         seed=loop.cfg.seed,
         steps=checkpoint["steps"] + 1,
     )
-    loop.position = Position.after(checkpoint, rng)
+    loop.position = trainer.Position.after(checkpoint, rng)
     loop.best = checkpoint["best"]
     loop.time = TrainTime(checkpoint.get("train_seconds", 0.0), checkpoint.get("train_cpu_seconds", 0.0))
 
@@ -569,14 +547,16 @@ def train(loop):
     loop.time.begin(loop.position.steps)
     try:
         with loop.harness.stop_signals():
-            run_epochs(loop, loop.position, steps_per_epoch=loop.data.steps_per_epoch, show_progress=engine.is_main)
+            trainer.run_epochs(
+                loop, loop.position, steps_per_epoch=loop.data.steps_per_epoch, show_progress=engine.is_main
+            )
     finally:
         if loop.writer is not None:
             loop.writer.close()
     if engine.is_main:
         save_vocoder(loop.g, folder / FINAL)
     if loop.stopped:
-        log_stopped(log, loop.position.steps - 1, folder)
+        trainer.log_stopped(log, loop.position.steps - 1, folder)
         return None
     log.info(
         "done: %d steps; best validation log-mel L1 %.4f at step %s; %s and %s in %s",
