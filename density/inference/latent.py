@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from density.runtime.download import sha256_of
-from density.runtime.fileio import WriteError, load_torch, save_torch
+from density.runtime.fileio import WriteError, read_keyed, save_torch
 
 W_AVG_SEED = 12345  # latents for the mean w come from their own fixed stream, apart from any sampling seed
 W_AVG_BATCH = 4096  # mapping-network batch when estimating the mean w
@@ -93,13 +93,10 @@ def w_stats(g, n=W_AVG_SAMPLES, checkpoint=None, progress=False) -> WStats:
     sha = sha256_of(checkpoint)
     path = w_cache_path(checkpoint, n, sha)
     key = {"format": CACHE_FORMAT, "checkpoint_sha256": sha, "n": n, "seed": W_AVG_SEED}
-    if path.exists():
-        try:
-            cached = load_torch(path, "mean-w cache")
-        except ValueError as e:
-            cached = e
-        if isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items()):
-            return WStats(cached["w_avg"], cached["w_std"])
+    cached, foreign = read_keyed(path, key, "mean-w cache")
+    if cached is not None:
+        return WStats(cached["w_avg"], cached["w_std"])
+    if foreign:
         warnings.warn(f"{path} is not the mean-w cache of {checkpoint}; leaving it alone and not caching", stacklevel=2)
         return _compute_w_stats(g, n, progress)
     stats = _compute_w_stats(g, n, progress)

@@ -134,3 +134,18 @@ def load_torch(path, what):
         raise ValueError(
             f"{path}: not a readable {what} (truncated, corrupt or another kind of file?): {type(e).__name__}: {detail}"
         ) from e
+
+
+def read_keyed(path, key, what):
+    """A cache file written as {**key, ...} -> (its dict when every entry of `key` matches, else None; whether
+    `path` holds something else). No file: (None, False). An unreadable file or one of another key: (None, True),
+    which callers leave alone (they neither trust nor replace it)."""
+    if not Path(path).exists():
+        return None, False
+    try:
+        cached = load_torch(path, what)
+    except ValueError:
+        return None, True
+    if isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items()):
+        return cached, False
+    return None, True

@@ -24,7 +24,7 @@ from density.inference.asgan import ASGANInference, default_vocoder, load_genera
 from density.inference.edit import FrontEnd, labelled_subset
 from density.runtime.download import sha256_of
 from density.runtime.engine import resolve_device
-from density.runtime.fileio import WriteError, load_torch, save_torch
+from density.runtime.fileio import WriteError, read_keyed, save_torch
 from density.vocoders.vocoder import load_vocoder
 
 MAX_SEED = 2**31 - 1
@@ -289,13 +289,10 @@ class Studio:
             raise StudioError(f"from and to are both '{source}': choose two different digits")
         path = self.direction_path(source, target)
         key = {"format": DIRECTION_FORMAT, "checkpoint_sha256": sha256_of(self.checkpoint), "labels": [source, target]}
-        if path.exists():
-            try:
-                cached = load_torch(path, "direction cache")
-            except ValueError as e:
-                cached = e
-            if isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items()):
-                return cached["direction"]
+        cached, foreign = read_keyed(path, key, "direction cache")
+        if cached is not None:
+            return cached["direction"]
+        if foreign:
             warnings.warn(f"{path} is not a direction of this checkpoint; leaving it alone", stacklevel=2)
         if self.csv is None:
             raise StudioError(
@@ -303,7 +300,7 @@ class Studio:
                 "<labelled split CSV> (split_data.py) to compute it once"
             )
         d, n = self._compute_direction(source, target, progress)
-        if not path.exists():
+        if not foreign:
             try:
                 save_torch({**key, "direction": d, "n": n, "csv": str(self.csv), "steps": DIRECTION_STEPS}, path)
             except WriteError as e:
